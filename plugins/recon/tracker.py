@@ -1,0 +1,510 @@
+"""The Process Tracker: a PostgreSQL table used as a durable work queue.
+
+Seed API: ``create_task``, ``get_next_pending_task``, ``update_task_status``.
+Production queue on top: ``claim_batch`` hands out leases (owner + expiry) with
+``FOR UPDATE SKIP LOCKED``; outcome writes (``finish``, ``complete``, ``fail``, ``retry``) only
+touch tasks still PROCESSING under the caller's lease, so a late worker cannot overwrite a task
+that was rescued by ``reap_expired_leases`` and claimed again.
+
+Every method takes an optional ``conn`` so a caller can put the tracker write in the same
+database transaction as its own effect (one outcome, one transaction).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from recon import settings
+from recon.db import Database, default_database
+from recon.settings import RetryPolicy
+
+
+class TaskType(enum.StrEnum):
+    PROCESS_STAGING_ENTRY = "PROCESS_STAGING_ENTRY"
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    RETRY = "RETRY"
+
+
+class TaskNotFoundError(LookupError):
+    """No tracker task has the given id."""
+
+
+MAX_ERROR_LENGTH = 4000  # last_error is for humans; a full traceback belongs in the logs
+
+
+def parse_task_type(value: str | TaskType) -> TaskType:
+    try:
+        return TaskType(value)
+    except ValueError:
+        known = ", ".join(t.value for t in TaskType)
+        raise ValueError(f"unknown task_type {value!r}; known task types: {known}") from None
+
+
+def parse_task_status(value: str | TaskStatus) -> TaskStatus:
+    try:
+        return TaskStatus(value)
+    except ValueError:
+        known = ", ".join(s.value for s in TaskStatus)
+        raise ValueError(f"unknown task status {value!r}; known statuses: {known}") from None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One process_tracker row; field names are the column names."""
+
+    task_id: str
+    task_type: str
+    payload: dict[str, Any]
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    processing_started_at: dt.datetime | None
+    completed_at: dt.datetime | None
+    run_after: dt.datetime
+    lease_owner: str | None
+    lease_expires_at: dt.datetime | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Task":
+        mapping = row._mapping
+        return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one claimed task: COMPLETED, FAILED or RETRY, with an error for the latter two."""
+
+    task_id: str
+    status: TaskStatus
+    error: str | None = None
+
+
+_COLUMNS = ", ".join(f.name for f in fields(Task))
+
+_INSERT_TASKS = sa.text(
+    f"""
+    INSERT INTO process_tracker (task_type, payload)
+    SELECT :task_type, p FROM unnest(CAST(:payloads AS jsonb[])) WITH ORDINALITY AS u(p, n)
+    ORDER BY n
+    RETURNING {_COLUMNS}
+    """
+)
+
+_NEXT_DUE = sa.text(
+    f"""
+    SELECT {_COLUMNS} FROM process_tracker
+    WHERE task_type = :task_type AND status IN ('PENDING', 'RETRY') AND run_after <= now()
+    ORDER BY run_after, task_id
+    LIMIT :limit
+    """
+)
+
+# SKIP LOCKED inside the CTE keeps the LIMIT exact under concurrency; `= ANY(ARRAY(...))`
+# keeps the UPDATE on the primary key index where `FROM cte` can flip to a hash join.
+_CLAIM = sa.text(
+    f"""
+    WITH due AS (
+        SELECT task_id FROM process_tracker
+        WHERE task_type = :task_type AND status IN ('PENDING', 'RETRY') AND run_after <= now()
+        ORDER BY run_after, task_id
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE process_tracker SET
+        status = 'PROCESSING',
+        attempts = attempts + 1,
+        processing_started_at = now(),
+        completed_at = NULL,
+        last_error = NULL,
+        lease_owner = :owner,
+        lease_expires_at = now() + make_interval(secs => :lease_seconds)
+    WHERE task_id = ANY(ARRAY(SELECT task_id FROM due))
+    RETURNING {_COLUMNS}
+    """
+)
+
+# Backoff for attempt n: min(max, base * 2^(n-1)) scaled by a jitter factor in [0.5, 1).
+_BACKOFF = (
+    "make_interval(secs => least(:max_seconds, :base_seconds * power(2, greatest(t.attempts - 1, 0)))"
+    " * (0.5 + random() / 2))"
+)
+
+_FINISH = sa.text(
+    f"""
+    WITH outcome AS (
+        SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:errors AS text[]))
+            AS o(task_id, status, error)
+    ), decided AS (
+        SELECT o.task_id, o.error,
+               CASE WHEN o.status = 'RETRY' AND t.attempts >= :max_attempts THEN 'FAILED'
+                    ELSE o.status END AS status
+        FROM outcome o JOIN process_tracker t USING (task_id)
+    )
+    UPDATE process_tracker t SET
+        status = d.status,
+        last_error = CASE WHEN d.status = 'COMPLETED' THEN NULL ELSE d.error END,
+        completed_at = CASE WHEN d.status = 'RETRY' THEN NULL ELSE now() END,
+        run_after = CASE WHEN d.status = 'RETRY' THEN now() + {_BACKOFF} ELSE t.run_after END,
+        lease_owner = NULL,
+        lease_expires_at = NULL
+    FROM decided d
+    WHERE t.task_id = d.task_id AND t.status = 'PROCESSING' AND t.lease_owner = :owner
+    RETURNING t.task_id, t.status
+    """
+)
+
+_REAP = sa.text(
+    f"""
+    WITH expired AS (
+        SELECT task_id FROM process_tracker
+        WHERE status = 'PROCESSING' AND lease_expires_at < now()
+        FOR UPDATE SKIP LOCKED
+    )
+    UPDATE process_tracker t SET
+        status = CASE WHEN t.attempts >= :max_attempts THEN 'FAILED' ELSE 'RETRY' END,
+        last_error = 'rescued by the reaper: lease of ' || coalesce(t.lease_owner, '?')
+                     || ' expired at ' || to_char(t.lease_expires_at, 'YYYY-MM-DD"T"HH24:MI:SSOF')
+                     || ' (attempt ' || t.attempts || ')',
+        completed_at = CASE WHEN t.attempts >= :max_attempts THEN now() ELSE NULL END,
+        run_after = now() + {_BACKOFF},
+        lease_owner = NULL,
+        lease_expires_at = NULL
+    WHERE t.task_id = ANY(ARRAY(SELECT task_id FROM expired))
+    RETURNING t.task_id, t.status
+    """
+)
+
+
+@dataclass(frozen=True)
+class ReapResult:
+    retried: list[str]
+    failed: list[str]
+
+
+class ProcessTracker:
+    """The tracker API bound to one database and one retry policy."""
+
+    def __init__(self, db: Database | None = None, retry_policy: RetryPolicy | None = None):
+        self._db = db
+        self.retry_policy = retry_policy or RetryPolicy.from_env()
+
+    @property
+    def db(self) -> Database:
+        # resolved on first use, so argument errors are raised before any database is touched
+        if self._db is None:
+            self._db = default_database()
+        return self._db
+
+    @contextmanager
+    def _transaction(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.db.begin() as own:
+                yield own
+
+    # ---- seed API -------------------------------------------------------------------------
+
+    def create_task(
+        self, task_type: str | TaskType, payload: Mapping[str, Any], conn: Connection | None = None
+    ) -> Task:
+        """A new PENDING task with attempts 0."""
+        return self.create_tasks(task_type, [payload], conn=conn)[0]
+
+    def create_tasks(
+        self,
+        task_type: str | TaskType,
+        payloads: Sequence[Mapping[str, Any]],
+        conn: Connection | None = None,
+    ) -> list[Task]:
+        """Bulk form of create_task: one INSERT for all payloads, returned in input order."""
+        task_type = parse_task_type(task_type)
+        encoded = [_encode_payload(p, i) for i, p in enumerate(payloads)]
+        if not encoded:
+            return []
+        with self._transaction(conn) as c:
+            rows = c.execute(_INSERT_TASKS, {"task_type": task_type.value, "payloads": encoded})
+            return [Task.from_row(r) for r in rows]
+
+    def get_next_pending_task(self, task_type: str | TaskType) -> Task | None:
+        """The oldest due PENDING or RETRY task of a type, without claiming it."""
+        tasks = self.due_tasks(task_type, limit=1)
+        return tasks[0] if tasks else None
+
+    def update_task_status(
+        self,
+        task_id: str,
+        new_status: str | TaskStatus,
+        error_message: str | None = None,
+        increment_attempt: bool = False,
+        conn: Connection | None = None,
+    ) -> Task:
+        """Administrative status change with the seed's semantics (no lease check)."""
+        status = parse_task_status(new_status)
+        sets = ["status = :status", "attempts = attempts + :inc"]
+        if status is TaskStatus.PROCESSING:
+            sets += ["processing_started_at = now()", "last_error = NULL"]
+        elif status is TaskStatus.COMPLETED:
+            sets += ["completed_at = now()", "last_error = NULL"]
+        elif status is TaskStatus.FAILED:
+            sets += ["completed_at = now()", "last_error = coalesce(:error, last_error)"]
+        else:  # PENDING, RETRY: due again now, not finished
+            sets += ["completed_at = NULL", "run_after = now()"]
+            if error_message is not None:
+                sets.append("last_error = :error")
+        if status is TaskStatus.PROCESSING:
+            # a PROCESSING row always carries a lease; an admin claim gets an anonymous one
+            sets += [
+                "lease_owner = coalesce(lease_owner, 'update_task_status')",
+                "lease_expires_at = now() + make_interval(secs => :lease)",
+            ]
+        else:
+            sets += ["lease_owner = NULL", "lease_expires_at = NULL"]
+        statement = sa.text(
+            f"UPDATE process_tracker SET {', '.join(sets)} WHERE task_id = :task_id RETURNING {_COLUMNS}"
+        )
+        params = {
+            "status": status.value,
+            "inc": 1 if increment_attempt else 0,
+            "error": _truncate(error_message),
+            "task_id": task_id,
+            "lease": settings.lease_seconds(),
+        }
+        with self._transaction(conn) as c:
+            row = c.execute(statement, params).first()
+        if row is None:
+            raise TaskNotFoundError(f"no process_tracker task with task_id {task_id!r}")
+        return Task.from_row(row)
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def get_task(self, task_id: str, conn: Connection | None = None) -> Task:
+        with self._transaction(conn) as c:
+            row = c.execute(
+                sa.text(f"SELECT {_COLUMNS} FROM process_tracker WHERE task_id = :id"), {"id": task_id}
+            ).first()
+        if row is None:
+            raise TaskNotFoundError(f"no process_tracker task with task_id {task_id!r}")
+        return Task.from_row(row)
+
+    def due_tasks(self, task_type: str | TaskType, limit: int) -> list[Task]:
+        """Up to `limit` due tasks, oldest first, read-only (used by dry runs)."""
+        task_type = parse_task_type(task_type)
+        _check_positive("limit", limit)
+        with self.db.begin() as c:
+            rows = c.execute(_NEXT_DUE, {"task_type": task_type.value, "limit": limit})
+            return [Task.from_row(r) for r in rows]
+
+    # ---- claiming and outcomes ------------------------------------------------------------
+
+    def claim_batch(
+        self,
+        task_type: str | TaskType,
+        limit: int,
+        lease_seconds: int | None = None,
+        owner: str = "",
+        conn: Connection | None = None,
+    ) -> list[Task]:
+        """Atomically move up to `limit` due tasks to PROCESSING under a lease held by `owner`.
+
+        Concurrent claimers never receive the same task. `owner` must be unique per claim
+        (e.g. the Airflow run id plus a random suffix): it is the fence for outcome writes.
+        """
+        task_type = parse_task_type(task_type)
+        _check_positive("limit", limit)
+        lease_seconds = settings.lease_seconds() if lease_seconds is None else lease_seconds
+        _check_positive("lease_seconds", lease_seconds)
+        if not owner:
+            raise ValueError("claim_batch needs a non-empty owner (unique per claim)")
+        with self._transaction(conn) as c:
+            rows = c.execute(
+                _CLAIM,
+                {"task_type": task_type.value, "limit": limit, "owner": owner, "lease_seconds": lease_seconds},
+            )
+            tasks = [Task.from_row(r) for r in rows]
+        return sorted(tasks, key=lambda t: (t.run_after, t.task_id))
+
+    def finish(
+        self, outcomes: Iterable[Outcome], owner: str, conn: Connection | None = None
+    ) -> dict[str, str]:
+        """Write outcomes of tasks claimed by `owner`; return {task_id: status written}.
+
+        Tasks no longer PROCESSING under this owner (rescued, re-claimed, already finished)
+        are left untouched and absent from the result. A RETRY past max_attempts is FAILED.
+        """
+        outcomes = list(outcomes)
+        if not outcomes:
+            return {}
+        for outcome in outcomes:
+            if outcome.status not in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.RETRY):
+                raise ValueError(f"an outcome is COMPLETED, FAILED or RETRY, not {outcome.status}")
+        params = {
+            "ids": [o.task_id for o in outcomes],
+            "statuses": [TaskStatus(o.status).value for o in outcomes],
+            "errors": [_truncate(o.error) for o in outcomes],
+            "owner": owner,
+            **self._policy_params(),
+        }
+        with self._transaction(conn) as c:
+            return dict(c.execute(_FINISH, params).all())
+
+    def complete(self, task_ids: Iterable[str], owner: str, conn: Connection | None = None) -> int:
+        return len(self.finish((Outcome(t, TaskStatus.COMPLETED) for t in task_ids), owner, conn))
+
+    def fail(self, errors: Mapping[str, str], owner: str, conn: Connection | None = None) -> int:
+        return len(self.finish((Outcome(t, TaskStatus.FAILED, e) for t, e in errors.items()), owner, conn))
+
+    def retry(self, errors: Mapping[str, str], owner: str, conn: Connection | None = None) -> dict[str, str]:
+        """Put tasks back for a later attempt with backoff; exhausted ones become FAILED."""
+        return self.finish((Outcome(t, TaskStatus.RETRY, e) for t, e in errors.items()), owner, conn)
+
+    def reap_expired_leases(self, conn: Connection | None = None) -> ReapResult:
+        """Rescue PROCESSING tasks whose lease expired: RETRY, or FAILED when attempts are used up."""
+        with self._transaction(conn) as c:
+            rows = c.execute(_REAP, self._policy_params()).all()
+        return ReapResult(
+            retried=[r.task_id for r in rows if r.status == TaskStatus.RETRY],
+            failed=[r.task_id for r in rows if r.status == TaskStatus.FAILED],
+        )
+
+    def requeue(
+        self,
+        task_ids: Sequence[str] | None = None,
+        created_from: dt.datetime | None = None,
+        created_to: dt.datetime | None = None,
+        conn: Connection | None = None,
+    ) -> list[str]:
+        """FAILED tasks (by ids and/or a created_at window) back to PENDING with attempts 0.
+
+        A task whose staging entry already has another unfinished task is left FAILED.
+        """
+        if task_ids is None and created_from is None and created_to is None:
+            raise ValueError("requeue needs task_ids or a created_at window")
+        statement = sa.text(
+            """
+            UPDATE process_tracker t SET status = 'PENDING', attempts = 0, run_after = now(),
+                   completed_at = NULL, lease_owner = NULL, lease_expires_at = NULL
+            WHERE t.status = 'FAILED'
+              AND (CAST(:ids AS text[]) IS NULL OR t.task_id = ANY(CAST(:ids AS text[])))
+              AND (CAST(:created_from AS timestamptz) IS NULL OR t.created_at >= :created_from)
+              AND (CAST(:created_to AS timestamptz) IS NULL OR t.created_at < :created_to)
+              AND NOT EXISTS (
+                  SELECT 1 FROM process_tracker o
+                  WHERE o.payload ->> 'staging_entry_id' = t.payload ->> 'staging_entry_id'
+                    AND o.status IN ('PENDING', 'PROCESSING', 'RETRY'))
+            RETURNING t.task_id
+            """
+        )
+        params = {
+            "ids": list(task_ids) if task_ids is not None else None,
+            "created_from": created_from,
+            "created_to": created_to,
+        }
+        with self._transaction(conn) as c:
+            return list(c.execute(statement, params).scalars())
+
+    # ---- observing and housekeeping ------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counts per task type and status, age of the oldest due task, leases held."""
+        with self.db.begin() as c:
+            counts = c.execute(
+                sa.text("SELECT task_type, status, count(*) AS n FROM process_tracker GROUP BY 1, 2")
+            ).all()
+            oldest = c.execute(
+                sa.text(
+                    "SELECT extract(epoch FROM now() - min(run_after)) FROM process_tracker"
+                    " WHERE status IN ('PENDING', 'RETRY') AND run_after <= now()"
+                )
+            ).scalar()
+            leases = c.execute(
+                sa.text("SELECT count(*) FROM process_tracker WHERE status = 'PROCESSING'")
+            ).scalar()
+        by_status: Counter[str] = Counter()
+        by_type: dict[str, dict[str, int]] = {}
+        for row in counts:
+            by_status[row.status] += row.n
+            by_type.setdefault(row.task_type, {})[row.status] = row.n
+        return {
+            "by_status": {s.value: by_status.get(s.value, 0) for s in TaskStatus},
+            "by_type": by_type,
+            "total": sum(by_status.values()),
+            "oldest_due_age_seconds": float(oldest) if oldest is not None else None,
+            "leases_held": leases,
+        }
+
+    def prune_completed(self, older_than: dt.timedelta, conn: Connection | None = None) -> int:
+        """Delete COMPLETED rows finished before now() - older_than (keeps the hot table small)."""
+        with self._transaction(conn) as c:
+            result = c.execute(
+                sa.text(
+                    "DELETE FROM process_tracker WHERE status = 'COMPLETED'"
+                    " AND completed_at < now() - make_interval(secs => :secs)"
+                ),
+                {"secs": older_than.total_seconds()},
+            )
+            return result.rowcount
+
+    def _policy_params(self) -> dict[str, int]:
+        return {
+            "max_attempts": self.retry_policy.max_attempts,
+            "base_seconds": self.retry_policy.base_seconds,
+            "max_seconds": self.retry_policy.max_seconds,
+        }
+
+
+def _encode_payload(payload: Mapping[str, Any], index: int) -> str:
+    if not isinstance(payload, Mapping):
+        raise ValueError(f"payload #{index} must be a JSON object (dict), got {type(payload).__name__}")
+    try:
+        return json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"payload #{index} is not JSON-serialisable: {exc}") from None
+
+
+def _truncate(message: str | None) -> str | None:
+    if message is None or len(message) <= MAX_ERROR_LENGTH:
+        return message
+    return message[: MAX_ERROR_LENGTH - 20] + " ... [truncated]"
+
+
+def _check_positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+# ---- module-level seed API on the default database ---------------------------------------------
+
+
+def create_task(task_type: str | TaskType, payload: Mapping[str, Any]) -> Task:
+    return ProcessTracker().create_task(task_type, payload)
+
+
+def get_next_pending_task(task_type: str | TaskType) -> Task | None:
+    return ProcessTracker().get_next_pending_task(task_type)
+
+
+def update_task_status(
+    task_id: str,
+    new_status: str | TaskStatus,
+    error_message: str | None = None,
+    increment_attempt: bool = False,
+) -> Task:
+    return ProcessTracker().update_task_status(task_id, new_status, error_message, increment_attempt)
