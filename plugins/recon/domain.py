@@ -1,0 +1,151 @@
+"""Merchants, accounts and recon rules: the static set-up the engine books against."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from recon.db import Database, default_database
+from recon.errors import InvalidInputError, NotFoundError
+from recon.money import parse_currency
+
+
+class AccountType(enum.StrEnum):
+    DEBIT_NORMAL = "DEBIT_NORMAL"
+    CREDIT_NORMAL = "CREDIT_NORMAL"
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    merchant_id: str
+    account_name: str
+    account_type: str
+    currency: str
+    initial_balance: Decimal
+
+
+@dataclass(frozen=True)
+class ReconRule:
+    id: str
+    merchant_id: str
+    account_one_id: str
+    account_two_id: str
+
+
+def _name(value: str, field: str) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > 255:
+        raise InvalidInputError(f"{field} must be a non-empty string of at most 255 characters, got {value!r}")
+    return value.strip()
+
+
+def create_merchant(merchant_name: str, merchant_id: str | None = None, db: Database | None = None) -> str:
+    name = _name(merchant_name, "merchant_name")
+    with (db or default_database()).begin() as conn:
+        return conn.execute(
+            sa.text(
+                "INSERT INTO merchant_accounts (merchant_id, merchant_name)"
+                " VALUES (coalesce(:id, recon_new_id('mer')), :name) RETURNING merchant_id"
+            ),
+            {"id": merchant_id, "name": name},
+        ).scalar_one()
+
+
+def create_account(
+    merchant_id: str,
+    account_name: str,
+    account_type: str,
+    currency: str,
+    initial_balance: Decimal | str | int = 0,
+    account_id: str | None = None,
+    db: Database | None = None,
+) -> str:
+    from recon.money import parse_amount
+
+    name = _name(account_name, "account_name")
+    try:
+        kind = AccountType(account_type)
+    except ValueError:
+        raise InvalidInputError(
+            f"account_type {account_type!r} must be DEBIT_NORMAL or CREDIT_NORMAL"
+        ) from None
+    currency = parse_currency(currency)
+    balance = Decimal(0) if initial_balance in (0, "0") else _signed_amount(initial_balance, parse_amount)
+    with (db or default_database()).begin() as conn:
+        _require_merchant(conn, merchant_id)
+        return conn.execute(
+            sa.text(
+                "INSERT INTO accounts (account_id, merchant_id, account_name, account_type, currency,"
+                " initial_balance) VALUES (coalesce(:id, recon_new_id('acc')), :merchant, :name, :type,"
+                " :currency, :balance) RETURNING account_id"
+            ),
+            {"id": account_id, "merchant": merchant_id, "name": name, "type": kind.value,
+             "currency": currency, "balance": balance},
+        ).scalar_one()
+
+
+def _signed_amount(value: Decimal | str | int, parse_amount) -> Decimal:
+    """An initial balance may be negative (an overdrawn account); reuse the amount checks on |value|."""
+    text = str(value).strip()
+    negative = text.startswith("-")
+    amount = parse_amount(text.lstrip("-") if negative else value, field="initial_balance")
+    return -amount if negative else amount
+
+
+def create_recon_rule(
+    account_one_id: str, account_two_id: str, rule_id: str | None = None, db: Database | None = None
+) -> str:
+    """A rule maps account_one (where entries arrive) to its contra account_two."""
+    if account_one_id == account_two_id:
+        raise InvalidInputError(f"a recon rule needs two distinct accounts, got {account_one_id!r} twice")
+    with (db or default_database()).begin() as conn:
+        one = get_account(account_one_id, conn)
+        two = get_account(account_two_id, conn)
+        if one.merchant_id != two.merchant_id:
+            raise InvalidInputError(
+                f"accounts {one.account_id} ({one.merchant_id}) and {two.account_id} ({two.merchant_id})"
+                " belong to different merchants"
+            )
+        if one.currency != two.currency:
+            raise InvalidInputError(
+                f"accounts {one.account_id} ({one.currency}) and {two.account_id} ({two.currency})"
+                " have different currencies"
+            )
+        existing = conn.execute(
+            sa.text("SELECT id FROM recon_rules WHERE account_one_id = :a AND account_two_id = :b"),
+            {"a": account_one_id, "b": account_two_id},
+        ).scalar()
+        if existing:
+            raise InvalidInputError(f"recon rule {existing} already maps {account_one_id} to {account_two_id}")
+        return conn.execute(
+            sa.text(
+                "INSERT INTO recon_rules (id, merchant_id, account_one_id, account_two_id)"
+                " VALUES (coalesce(:id, recon_new_id('rule')), :m, :a, :b) RETURNING id"
+            ),
+            {"id": rule_id, "m": one.merchant_id, "a": account_one_id, "b": account_two_id},
+        ).scalar_one()
+
+
+def get_account(account_id: str, conn: Connection) -> Account:
+    row = conn.execute(
+        sa.text(
+            "SELECT account_id, merchant_id, account_name, account_type, currency, initial_balance"
+            " FROM accounts WHERE account_id = :id"
+        ),
+        {"id": account_id},
+    ).first()
+    if row is None:
+        raise NotFoundError(f"no account with account_id {account_id!r}")
+    return Account(**row._mapping)
+
+
+def _require_merchant(conn: Connection, merchant_id: str) -> None:
+    found = conn.execute(
+        sa.text("SELECT 1 FROM merchant_accounts WHERE merchant_id = :id"), {"id": merchant_id}
+    ).first()
+    if not found:
+        raise NotFoundError(f"no merchant with merchant_id {merchant_id!r}")
