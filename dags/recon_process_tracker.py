@@ -1,0 +1,301 @@
+"""
+# Recon: Process Tracker
+
+Reconciles staging entries in batches. Every run takes due tasks from the **Process
+Tracker** (a PostgreSQL work queue), splits them into chunks and sends each chunk through
+the engine:
+
+```
+reap → requeue → claim → split ─┬─ chunk.decide → chunk.validate → chunk.run ─┬─ write_back → summary
+                                 └─ (one mapped group per chunk, labelled)   ─┘
+```
+
+| task | what it does |
+| --- | --- |
+| `reap` | tasks whose lease expired (a worker died) go back to RETRY, or FAILED when out of attempts |
+| `requeue` | only with the `reprocess` param: FAILED tasks and NEEDS_MANUAL_REVIEW entries in that scope are queued again |
+| `claim` | leases up to `batch_size` due tasks to this run (`FOR UPDATE SKIP LOCKED`: safe with concurrent runs) |
+| `split` | chunks of `chunk_size` task ids, never more than `[core] max_map_length` chunks |
+| `chunk.decide` / `chunk.validate` | read-only: which task implementation handles each entry, and whether its input is sound |
+| `chunk.run` | the ledger effect, staging status and tracker status of each task, in one DB transaction |
+| `write_back` | runs whatever happened above: any claimed task still PROCESSING goes to RETRY |
+| `summary` | logs and returns the counts; fails the run if a chunk did not finish |
+
+Mapped chunks are labelled `chunk 3 · 500 tasks` in the Grid. XCom carries task ids and
+counts only, never entry payloads.
+
+## Triggering by hand
+
+- **Backfill / reprocess**: fix a rule, then trigger with
+  `reprocess = {"created_from": "2026-11-01T00:00:00Z", "created_to": "2026-11-08T00:00:00Z"}`
+  (or `{"task_ids": ["task_..."]}`): FAILED tasks and entries waiting for manual review
+  in that scope are queued again, then processed by this run.
+- **Dry run**: `dry_run = true` peeks at the due tasks without claiming them and runs
+  `decide` and `validate` only; nothing is written.
+
+## Configuration
+
+The recon database is the Airflow connection **`recon_db`** (Postgres), or the
+`RECON_DATABASE_URL` environment variable, which wins when set. Environment variables read
+when the DAG file is parsed: `RECON_SCHEDULE` (cron, default every minute; `none` for
+manual runs only), `RECON_MAX_ACTIVE_RUNS` (default 1; claims stay safe with more),
+`RECON_BATCH_SIZE` and `RECON_CHUNK_SIZE` (param defaults), `RECON_TASK_RETRIES` and
+`RECON_TASK_RETRY_DELAY_SECONDS` (retries of infrastructure errors: connection loss,
+timeouts; a bug or a constraint violation fails at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import (
+    ExceptionRetryPolicy,
+    Param,
+    RetryAction,
+    RetryRule,
+    TriggerRule,
+    conf,
+    dag,
+    get_current_context,
+    task,
+    task_group,
+)
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+log = logging.getLogger("recon.dags.process_tracker")
+
+TASK_TYPES = ["PROCESS_STAGING_ENTRY"]
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def _schedule() -> str | None:
+    raw = os.environ.get("RECON_SCHEDULE", "* * * * *").strip()
+    return None if raw.lower() in ("", "none", "manual") else raw
+
+
+# Only errors a second attempt can cure are retried: the database went away or timed out.
+INFRASTRUCTURE_ERRORS = ExceptionRetryPolicy(
+    rules=[
+        RetryRule(
+            exception=[
+                "sqlalchemy.exc.OperationalError",
+                "sqlalchemy.exc.InterfaceError",
+                "sqlalchemy.exc.TimeoutError",
+                "psycopg.OperationalError",
+                "builtins.ConnectionError",
+                "builtins.TimeoutError",
+            ],
+            action=RetryAction.RETRY,
+            reason="infrastructure error: retrying",
+        )
+    ],
+    default=RetryAction.FAIL,
+)
+
+CHUNK_LABEL = "{{ chunk_label }}"
+
+
+def _label_chunk(task_ids: list[str]) -> None:
+    """Name this mapped instance in the Grid: `chunk 3 · 500 tasks` (rendered by map_index_template)."""
+    context = get_current_context()
+    n = len(task_ids)
+    context["chunk_label"] = f"chunk {context['ti'].map_index + 1} · {n} task{'' if n == 1 else 's'}"
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dag(
+    dag_id="recon_process_tracker",
+    schedule=_schedule(),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=_env_int("RECON_MAX_ACTIVE_RUNS", 1),
+    doc_md=__doc__,
+    tags=["recon", "process-tracker"],
+    default_args={
+        "owner": "recon",
+        "retries": _env_int("RECON_TASK_RETRIES", 2),
+        "retry_delay": timedelta(seconds=_env_int("RECON_TASK_RETRY_DELAY_SECONDS", 30)),
+        "retry_policy": INFRASTRUCTURE_ERRORS,
+        "execution_timeout": timedelta(minutes=30),
+    },
+    params={
+        "batch_size": Param(
+            _env_int("RECON_BATCH_SIZE", 5000),
+            type="integer",
+            minimum=1,
+            maximum=1_000_000,
+            title="Batch size",
+            description="Most tasks this run claims from the Process Tracker.",
+        ),
+        "chunk_size": Param(
+            _env_int("RECON_CHUNK_SIZE", 500),
+            type="integer",
+            minimum=1,
+            maximum=100_000,
+            title="Chunk size",
+            description="Tasks per mapped chunk (decide → validate → run). "
+            "Raised automatically so a batch never needs more than [core] max_map_length chunks.",
+        ),
+        "task_type": Param(
+            TASK_TYPES[0],
+            type="string",
+            enum=TASK_TYPES,
+            title="Task type",
+            description="Which Process Tracker tasks to claim.",
+        ),
+        "reprocess": Param(
+            None,
+            type=["null", "object"],
+            title="Reprocess (backfill)",
+            description="Requeue FAILED tasks and NEEDS_MANUAL_REVIEW entries in a scope before claiming: "
+            '{"created_from": "2026-11-01T00:00:00Z", "created_to": "2026-11-08T00:00:00Z"} '
+            '(created_at window, end exclusive) or {"task_ids": ["task_..."]}. Empty: no requeue.',
+            properties={
+                "created_from": {"type": "string", "format": "date-time"},
+                "created_to": {"type": "string", "format": "date-time"},
+                "task_ids": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+            },
+            additionalProperties=False,
+            minProperties=1,
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Peek at due tasks without claiming them and run decide and validate only: nothing is written.",
+        ),
+    },
+)
+def recon_process_tracker():
+    @task
+    def reap() -> dict:
+        """Rescue tasks whose lease expired (their worker died) before claiming new ones."""
+        from recon import pipeline
+
+        return pipeline.reap()
+
+    @task
+    def requeue(params=None) -> dict:
+        """Backfill: queue FAILED tasks and manual-review entries in the `reprocess` scope again."""
+        from recon import pipeline
+
+        scope = params["reprocess"]
+        if not scope:
+            return {"requeued": 0}
+        if params["dry_run"]:
+            log.info("dry run: would requeue %s; nothing written", scope)
+            return {"requeued": 0, "dry_run": True}
+        return pipeline.requeue_scope(
+            created_from=_timestamp(scope.get("created_from")),
+            created_to=_timestamp(scope.get("created_to")),
+            task_ids=scope.get("task_ids"),
+        )
+
+    @task(multiple_outputs=True)
+    def claim(params=None, run_id=None) -> dict:
+        """Lease a batch of due tasks to this run (a dry run only peeks)."""
+        from recon import pipeline
+
+        if params["dry_run"]:
+            task_ids = pipeline.peek(params["batch_size"], params["task_type"])
+            lease_owner = None
+        else:
+            lease_owner = pipeline.new_owner(run_id)
+            task_ids = pipeline.claim(params["batch_size"], params["task_type"], lease_owner)
+        log.info("claimed %d task(s)%s", len(task_ids), " (dry run: peeked, not leased)" if lease_owner is None else "")
+        return {"lease_owner": lease_owner, "task_ids": task_ids, "count": len(task_ids)}
+
+    @task
+    def split(task_ids: list[str], params=None) -> list[list[str]]:
+        """Chunks of task ids: one mapped `chunk` group per element."""
+        from recon import pipeline
+
+        max_chunks = conf.getint("core", "max_map_length")
+        chunk_size = max(params["chunk_size"], -(-len(task_ids) // max_chunks))
+        chunks = pipeline.split_into_chunks(task_ids, chunk_size)
+        log.info("%d task(s) in %d chunk(s) of up to %d", len(task_ids), len(chunks), chunk_size)
+        return chunks
+
+    @task_group(group_id="chunk", tooltip="One chunk of claimed tasks: decide → validate → run")
+    def process_chunk(task_ids: list[str], lease_owner: str | None):
+        @task(map_index_template=CHUNK_LABEL)
+        def decide(task_ids: list[str]) -> dict:
+            """Which task implementation handles each claimed task (read-only)."""
+            from recon import pipeline
+
+            _label_chunk(task_ids)
+            return pipeline.decide_chunk(task_ids)
+
+        @task(map_index_template=CHUNK_LABEL)
+        def validate(decision: dict) -> dict:
+            """Check each task's input before anything is written (read-only)."""
+            from recon import pipeline
+
+            _label_chunk(decision["task_ids"])
+            return pipeline.validate_chunk(decision)
+
+        @task(map_index_template=CHUNK_LABEL)
+        def run(validation: dict, lease_owner: str | None, params=None) -> dict:
+            """Write each task's outcome: ledger effect, staging status and tracker status together."""
+            from recon import pipeline
+
+            _label_chunk(validation["task_ids"])
+            if params["dry_run"]:
+                raise AirflowSkipException("dry run: decide and validate only, nothing written")
+            return pipeline.run_chunk(validation, lease_owner)
+
+        return run(validate(decide(task_ids)), lease_owner)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def write_back(task_ids: list[str] | None, lease_owner: str | None) -> dict:
+        """Whatever happened to the chunks, no claimed task stays PROCESSING after this run."""
+        from recon import pipeline
+
+        if not lease_owner or not task_ids:
+            return {"retried": 0}
+        return pipeline.write_back(task_ids, lease_owner)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def summary(
+        chunk_results, chunks, claimed: int | None, written_back: dict | None, dag_run=None, params=None, ti=None
+    ) -> dict:
+        """Log and return the run's counts; fail the run when a chunk did not finish."""
+        from recon import pipeline
+
+        results = list(chunk_results[:]) if chunk_results is not None else []  # one request
+        counts = pipeline.summarize(results, claimed or 0, dag_run.start_date.timestamp())
+        if params["dry_run"]:
+            validations = ti.xcom_pull(task_ids=["chunk.validate"], default=[]) or []
+            counts["dry_run"] = True
+            counts["validated"] = [{k: v for k, v in r.items() if k != "task_ids"} for r in validations if r]
+        log.info("recon summary: %s", " ".join(f"{k}={v}" for k, v in counts.items()))
+        expected = len(chunks) if chunks else 0
+        if not params["dry_run"] and (len(results) < expected or written_back is None):
+            ti.xcom_push(key="summary", value=counts)
+            raise AirflowFailException(
+                f"{expected - len(results)} of {expected} chunk(s) did not finish; "
+                f"write_back returned their tasks to RETRY: {written_back}"
+            )
+        return counts
+
+    reaped = reap()
+    requeued = requeue()
+    claimed = claim()
+    reaped >> requeued >> claimed
+    chunks = split(claimed["task_ids"])
+    chunk_results = process_chunk.partial(lease_owner=claimed["lease_owner"]).expand(task_ids=chunks)
+    written_back = write_back(claimed["task_ids"], claimed["lease_owner"])
+    chunk_results >> written_back
+    summary(chunk_results, chunks, claimed["count"], written_back)
+
+
+recon_process_tracker()
