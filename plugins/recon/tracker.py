@@ -89,11 +89,16 @@ class Task:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one claimed task: COMPLETED, FAILED or RETRY, with an error for the latter two."""
+    """What happened to one claimed task: COMPLETED, FAILED or RETRY, with an error for the latter two.
+
+    ``wait_seconds`` makes a RETRY a deliberate wait (e.g. for an order that has not arrived):
+    due again after that many seconds, and not counted as a failed attempt.
+    """
 
     task_id: str
     status: TaskStatus
     error: str | None = None
+    wait_seconds: float | None = None
 
 
 _COLUMNS = ", ".join(f.name for f in fields(Task))
@@ -149,19 +154,23 @@ _BACKOFF = (
 _FINISH = sa.text(
     f"""
     WITH outcome AS (
-        SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:errors AS text[]))
-            AS o(task_id, status, error)
+        SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:errors AS text[]),
+                             CAST(:waits AS float8[]))
+            AS o(task_id, status, error, wait_seconds)
     ), decided AS (
-        SELECT o.task_id, o.error,
-               CASE WHEN o.status = 'RETRY' AND t.attempts >= :max_attempts THEN 'FAILED'
-                    ELSE o.status END AS status
+        SELECT o.task_id, o.error, o.wait_seconds,
+               CASE WHEN o.status = 'RETRY' AND o.wait_seconds IS NULL AND t.attempts >= :max_attempts
+                    THEN 'FAILED' ELSE o.status END AS status
         FROM outcome o JOIN process_tracker t USING (task_id)
     )
     UPDATE process_tracker t SET
         status = d.status,
+        attempts = CASE WHEN d.wait_seconds IS NOT NULL THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
         last_error = CASE WHEN d.status = 'COMPLETED' THEN NULL ELSE d.error END,
         completed_at = CASE WHEN d.status = 'RETRY' THEN NULL ELSE now() END,
-        run_after = CASE WHEN d.status = 'RETRY' THEN now() + {_BACKOFF} ELSE t.run_after END,
+        run_after = CASE WHEN d.wait_seconds IS NOT NULL THEN now() + make_interval(secs => d.wait_seconds)
+                         WHEN d.status = 'RETRY' THEN now() + {_BACKOFF}
+                         ELSE t.run_after END,
         lease_owner = NULL,
         lease_expires_at = NULL
     FROM decided d
@@ -359,6 +368,7 @@ class ProcessTracker:
             "ids": [o.task_id for o in outcomes],
             "statuses": [TaskStatus(o.status).value for o in outcomes],
             "errors": [_truncate(o.error) for o in outcomes],
+            "waits": [o.wait_seconds for o in outcomes],
             "owner": owner,
             **self._policy_params(),
         }
@@ -393,22 +403,34 @@ class ProcessTracker:
     ) -> list[str]:
         """FAILED tasks (by ids and/or a created_at window) back to PENDING with attempts 0.
 
-        A task whose staging entry already has another unfinished task is left FAILED.
+        A task whose staging entry already has another unfinished task is left FAILED, and
+        when several FAILED tasks of one staging entry match, only the newest is reopened
+        (at most one unfinished task per staging entry).
         """
         if task_ids is None and created_from is None and created_to is None:
             raise ValueError("requeue needs task_ids or a created_at window")
         statement = sa.text(
             """
+            WITH candidates AS (
+                SELECT t.task_id, t.payload ->> 'staging_entry_id' AS entry_id, t.created_at
+                FROM process_tracker t
+                WHERE t.status = 'FAILED'
+                  AND (CAST(:ids AS text[]) IS NULL OR t.task_id = ANY(CAST(:ids AS text[])))
+                  AND (CAST(:created_from AS timestamptz) IS NULL OR t.created_at >= :created_from)
+                  AND (CAST(:created_to AS timestamptz) IS NULL OR t.created_at < :created_to)
+                  AND NOT EXISTS (
+                      SELECT 1 FROM process_tracker o
+                      WHERE o.payload ->> 'staging_entry_id' = t.payload ->> 'staging_entry_id'
+                        AND o.status IN ('PENDING', 'PROCESSING', 'RETRY'))
+            ), chosen AS (
+                SELECT task_id FROM candidates WHERE entry_id IS NULL
+                UNION ALL
+                (SELECT DISTINCT ON (entry_id) task_id FROM candidates WHERE entry_id IS NOT NULL
+                 ORDER BY entry_id, created_at DESC, task_id DESC)
+            )
             UPDATE process_tracker t SET status = 'PENDING', attempts = 0, run_after = now(),
                    completed_at = NULL, lease_owner = NULL, lease_expires_at = NULL
-            WHERE t.status = 'FAILED'
-              AND (CAST(:ids AS text[]) IS NULL OR t.task_id = ANY(CAST(:ids AS text[])))
-              AND (CAST(:created_from AS timestamptz) IS NULL OR t.created_at >= :created_from)
-              AND (CAST(:created_to AS timestamptz) IS NULL OR t.created_at < :created_to)
-              AND NOT EXISTS (
-                  SELECT 1 FROM process_tracker o
-                  WHERE o.payload ->> 'staging_entry_id' = t.payload ->> 'staging_entry_id'
-                    AND o.status IN ('PENDING', 'PROCESSING', 'RETRY'))
+            WHERE t.task_id IN (SELECT task_id FROM chosen) AND t.status = 'FAILED'
             RETURNING t.task_id
             """
         )

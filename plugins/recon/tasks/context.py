@@ -1,0 +1,302 @@
+"""Load everything a chunk of tasks needs with a few set-based queries.
+
+With ``lock=True`` (the run step) the staging entries and the candidate expected
+transactions are locked ``FOR UPDATE`` in a fixed order, and new logical transaction ids
+are serialised with advisory locks, so concurrent chunks cannot book or fulfil twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from recon.domain import Account, ReconRule
+from recon.tracker import Task
+
+_TASK_COLUMNS = (
+    "task_id, task_type, payload, status, attempts, last_error, created_at, updated_at,"
+    " processing_started_at, completed_at, run_after, lease_owner, lease_expires_at"
+)
+
+
+@dataclass(frozen=True)
+class StagingEntry:
+    staging_entry_id: str
+    account_id: str
+    entry_type: str
+    amount: Decimal
+    currency: str
+    status: str
+    processing_mode: str
+    effective_date: dt.datetime
+    metadata: dict[str, Any]
+    order_id: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A claimed tracker task and its staging entry (None when the payload is unusable)."""
+
+    task: Task
+    staging: StagingEntry | None
+    payload_problem: str | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.task.task_id
+
+
+@dataclass(frozen=True)
+class ExpectedLeg:
+    """An EXPECTED entry waiting to be fulfilled, with its transaction's header."""
+
+    entry_id: str
+    account_id: str
+    order_id: str
+    entry_type: str
+    amount: Decimal
+    currency: str
+    transaction_id: str
+    logical_transaction_id: str
+    version: int
+    merchant_id: str
+    transaction_amount: Decimal
+    transaction_metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PostedLeg:
+    entry_id: str
+    account_id: str
+    transaction_id: str
+    entry_type: str
+    amount: Decimal
+    currency: str
+    effective_date: dt.datetime
+    metadata: dict[str, Any]
+
+
+@dataclass
+class ChunkContext:
+    items: list[WorkItem]
+    accounts: dict[str, Account]
+    rules_by_account_one: dict[str, ReconRule]
+    rules_by_account_two: dict[str, list[ReconRule]]
+    booked_logical_ids: set[str]
+    expected_by_order: dict[tuple[str, str], list[ExpectedLeg]]
+    posted_legs: dict[str, list[PostedLeg]]  # by transaction id, for carrying over on fulfilment
+    fulfilled_orders: set[tuple[str, str]]
+    now: dt.datetime
+    consumed_expected: set[str] = field(default_factory=set)  # reserved by earlier items
+
+
+def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool) -> ChunkContext:
+    tasks = [
+        Task.from_row(r)
+        for r in conn.execute(
+            sa.text(f"SELECT {_TASK_COLUMNS} FROM process_tracker WHERE task_id = ANY(:ids)"),
+            {"ids": list(task_ids)},
+        )
+    ]
+    position = {task_id: i for i, task_id in enumerate(task_ids)}
+    tasks.sort(key=lambda t: position[t.task_id])  # keep the claim order: oldest first
+
+    staging_ids = sorted({sid for t in tasks if (sid := _staging_id(t.payload)) is not None})
+    staging = _load_staging(conn, staging_ids, lock)
+    items = []
+    for task in tasks:
+        sid = _staging_id(task.payload)
+        if sid is None:
+            items.append(WorkItem(task, None, f"payload has no string staging_entry_id: {_short(task.payload)}"))
+        elif sid not in staging:
+            items.append(WorkItem(task, None, f"staging entry {sid!r} does not exist"))
+        else:
+            items.append(WorkItem(task, staging[sid]))
+
+    entries = [i.staging for i in items if i.staging is not None]
+    rules = _load_rules(conn, sorted({e.account_id for e in entries}))
+    account_ids = {e.account_id for e in entries}
+    for rule in rules:
+        account_ids.update((rule.account_one_id, rule.account_two_id))
+    accounts = _load_accounts(conn, sorted(account_ids))
+
+    rules_by_one: dict[str, ReconRule] = {}
+    rules_by_two: dict[str, list[ReconRule]] = {}
+    for rule in rules:  # ordered oldest first: the oldest rule of an account_one wins
+        rules_by_one.setdefault(rule.account_one_id, rule)
+        rules_by_two.setdefault(rule.account_two_id, []).append(rule)
+
+    logical_ids = sorted(
+        {logical_transaction_id(e) for e in entries if e.processing_mode == "TRANSACTION"}
+    )
+    if lock and logical_ids:
+        _lock_logical_ids(conn, logical_ids)
+    booked = _existing_logical_ids(conn, logical_ids)
+
+    order_keys = sorted(
+        {(e.account_id, e.order_id) for e in entries if e.processing_mode == "CONFIRMATION" and e.order_id}
+    )
+    expected = _load_expected_legs(conn, order_keys, lock)
+    posted_legs = _load_posted_legs(conn, sorted({leg.transaction_id for legs in expected.values() for leg in legs}))
+    fulfilled = _fulfilled_orders(conn, [k for k in order_keys if k not in expected])
+    now = conn.execute(sa.text("SELECT now()")).scalar_one()
+    return ChunkContext(
+        items=items,
+        accounts=accounts,
+        rules_by_account_one=rules_by_one,
+        rules_by_account_two=rules_by_two,
+        booked_logical_ids=booked,
+        expected_by_order=expected,
+        posted_legs=posted_legs,
+        fulfilled_orders=fulfilled,
+        now=now,
+    )
+
+
+def logical_transaction_id(entry: StagingEntry) -> str:
+    """`<account_id>_<order_id>`, or the staging entry id when the line has no order id."""
+    return f"{entry.account_id}_{entry.order_id}" if entry.order_id else entry.staging_entry_id
+
+
+def _staging_id(payload: Any) -> str | None:
+    value = payload.get("staging_entry_id") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _load_staging(conn: Connection, ids: list[str], lock: bool) -> dict[str, StagingEntry]:
+    if not ids:
+        return {}
+    rows = conn.execute(
+        sa.text(
+            "SELECT staging_entry_id, account_id, entry_type, amount, currency, status, processing_mode,"
+            " effective_date, metadata, order_id, created_at FROM staging_entries"
+            " WHERE staging_entry_id = ANY(:ids) ORDER BY staging_entry_id"
+            + (" FOR UPDATE" if lock else "")
+        ),
+        {"ids": ids},
+    )
+    return {r.staging_entry_id: StagingEntry(**r._mapping) for r in rows}
+
+
+def _load_rules(conn: Connection, account_ids: list[str]) -> list[ReconRule]:
+    if not account_ids:
+        return []
+    rows = conn.execute(
+        sa.text(
+            "SELECT id, merchant_id, account_one_id, account_two_id FROM recon_rules"
+            " WHERE account_one_id = ANY(:ids) OR account_two_id = ANY(:ids) ORDER BY created_at, id"
+        ),
+        {"ids": account_ids},
+    )
+    return [ReconRule(**r._mapping) for r in rows]
+
+
+def _load_accounts(conn: Connection, account_ids: list[str]) -> dict[str, Account]:
+    if not account_ids:
+        return {}
+    rows = conn.execute(
+        sa.text(
+            "SELECT account_id, merchant_id, account_name, account_type, currency, initial_balance"
+            " FROM accounts WHERE account_id = ANY(:ids)"
+        ),
+        {"ids": account_ids},
+    )
+    return {r.account_id: Account(**r._mapping) for r in rows}
+
+
+def _lock_logical_ids(conn: Connection, logical_ids: list[str]) -> None:
+    """Serialise bookings of the same logical transaction across concurrent chunks."""
+    conn.execute(
+        sa.text(
+            "SELECT pg_advisory_xact_lock(k) FROM ("
+            " SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest(CAST(:ids AS text[])) AS x"
+            " ORDER BY k) AS keys"
+        ),
+        {"ids": logical_ids},
+    )
+
+
+def _existing_logical_ids(conn: Connection, logical_ids: list[str]) -> set[str]:
+    if not logical_ids:
+        return set()
+    rows = conn.execute(
+        sa.text(
+            "SELECT DISTINCT logical_transaction_id FROM transactions"
+            " WHERE logical_transaction_id = ANY(CAST(:ids AS text[]))"
+        ),
+        {"ids": logical_ids},
+    )
+    return set(rows.scalars())
+
+
+def _load_expected_legs(
+    conn: Connection, order_keys: list[tuple[str, str]], lock: bool
+) -> dict[tuple[str, str], list[ExpectedLeg]]:
+    if not order_keys:
+        return {}
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT e.entry_id, e.account_id, e.order_id, e.entry_type, e.amount, e.currency,
+                   t.transaction_id, t.logical_transaction_id, t.version, t.merchant_id,
+                   t.amount AS transaction_amount, t.metadata AS transaction_metadata
+            FROM unnest(CAST(:accounts AS text[]), CAST(:orders AS text[])) AS k(account_id, order_id)
+            JOIN entries e ON e.account_id = k.account_id AND e.order_id = k.order_id
+            JOIN transactions t ON t.transaction_id = e.transaction_id
+            WHERE e.status = 'EXPECTED' AND t.status NOT IN ('ARCHIVED', 'MISMATCH')
+            ORDER BY t.transaction_id, e.entry_id
+            """
+            + (" FOR UPDATE OF t" if lock else "")
+        ),
+        {"accounts": [k[0] for k in order_keys], "orders": [k[1] for k in order_keys]},
+    )
+    legs: dict[tuple[str, str], list[ExpectedLeg]] = {}
+    for r in rows:
+        legs.setdefault((r.account_id, r.order_id), []).append(ExpectedLeg(**r._mapping))
+    return legs
+
+
+def _load_posted_legs(conn: Connection, transaction_ids: list[str]) -> dict[str, list[PostedLeg]]:
+    if not transaction_ids:
+        return {}
+    rows = conn.execute(
+        sa.text(
+            "SELECT entry_id, account_id, transaction_id, entry_type, amount, currency, effective_date,"
+            " metadata FROM entries WHERE transaction_id = ANY(:ids) AND status = 'POSTED'"
+            " ORDER BY transaction_id, entry_id"
+        ),
+        {"ids": transaction_ids},
+    )
+    legs: dict[str, list[PostedLeg]] = {}
+    for r in rows:
+        legs.setdefault(r.transaction_id, []).append(PostedLeg(**r._mapping))
+    return legs
+
+
+def _fulfilled_orders(conn: Connection, order_keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Orders on an account whose expected leg was already fulfilled (a repeated confirmation)."""
+    if not order_keys:
+        return set()
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT DISTINCT e.account_id, e.order_id
+            FROM unnest(CAST(:accounts AS text[]), CAST(:orders AS text[])) AS k(account_id, order_id)
+            JOIN entries e ON e.account_id = k.account_id AND e.order_id = k.order_id
+            WHERE e.fulfilled_expected_entry_id IS NOT NULL
+            """
+        ),
+        {"accounts": [k[0] for k in order_keys], "orders": [k[1] for k in order_keys]},
+    )
+    return {(r.account_id, r.order_id) for r in rows}
