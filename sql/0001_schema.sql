@@ -142,8 +142,9 @@ CREATE TABLE process_tracker (
 CREATE INDEX process_tracker_status_idx ON process_tracker (status);
 CREATE INDEX process_tracker_task_type_idx ON process_tracker (task_type);
 CREATE INDEX process_tracker_created_at_idx ON process_tracker (created_at);
--- the claim path: oldest due PENDING/RETRY task of a type is an index scan
-CREATE INDEX process_tracker_claim_idx ON process_tracker (task_type, run_after)
+-- the claim path: oldest due PENDING/RETRY task of a type is an index scan in the claim's exact
+-- order (run_after, task_id), so a large batch enqueued in one transaction needs no sort
+CREATE INDEX process_tracker_claim_idx ON process_tracker (task_type, run_after, task_id)
     WHERE status IN ('PENDING', 'RETRY');
 -- the reaper's path
 CREATE INDEX process_tracker_lease_idx ON process_tracker (lease_expires_at)

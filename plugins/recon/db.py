@@ -94,9 +94,13 @@ def _airflow_env_connection_to_url(value: str) -> str:
         raise DatabaseConfigError("AIRFLOW_CONN_RECON_DB is neither a URI nor valid JSON") from exc
     extra = fields.get("extra") or {}
     if isinstance(extra, str):
-        extra = json.loads(extra or "{}")
+        try:
+            extra = json.loads(extra or "{}")
+        except json.JSONDecodeError as exc:
+            raise DatabaseConfigError("AIRFLOW_CONN_RECON_DB: 'extra' is not valid JSON") from exc
+    # keep the connection type as the scheme so a non-PostgreSQL connection is rejected, not reinterpreted
     return URL.create(
-        "postgresql",
+        fields.get("conn_type") or "postgresql",
         username=fields.get("login"),
         password=fields.get("password"),
         host=fields.get("host"),
@@ -109,11 +113,19 @@ def _airflow_env_connection_to_url(value: str) -> str:
 def resolve_database() -> ResolvedDatabase:
     raw = os.environ.get("RECON_DATABASE_URL")
     if raw:
-        return ResolvedDatabase(to_sqlalchemy_url(raw), "RECON_DATABASE_URL")
+        return _resolved(raw, "RECON_DATABASE_URL")
     raw = _airflow_connection_url()
     if raw:
-        return ResolvedDatabase(to_sqlalchemy_url(raw), "Airflow connection recon_db")
-    return ResolvedDatabase(to_sqlalchemy_url(start_embedded_server()), "embedded PostgreSQL")
+        return _resolved(raw, "Airflow connection recon_db")
+    return _resolved(start_embedded_server(), "embedded PostgreSQL")
+
+
+def _resolved(raw: str, source: str) -> ResolvedDatabase:
+    """A bad URL error names where the URL came from, so the user knows what to fix."""
+    try:
+        return ResolvedDatabase(to_sqlalchemy_url(raw), source)
+    except DatabaseConfigError as exc:
+        raise DatabaseConfigError(f"{source}: {exc}") from exc
 
 
 def start_embedded_server(database: str = EMBEDDED_DATABASE_NAME) -> str:
