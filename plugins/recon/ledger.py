@@ -66,15 +66,16 @@ class LedgerBatch:
     mismatch_transaction_ids: list[str] = field(default_factory=list)
 
     def flush(self, conn: Connection) -> None:
-        # archive first: the new version's entries may reference the archived one's ids
-        if self.archive_transaction_ids:
-            conn.execute(_ARCHIVE, {"ids": self.archive_transaction_ids})
-        if self.mismatch_transaction_ids:
-            conn.execute(_MISMATCH, {"ids": self.mismatch_transaction_ids})
+        # inserts first: a transaction booked earlier in the same chunk may be archived or
+        # marked MISMATCH by a later confirmation of the chunk
         if self.transactions:
             conn.execute(_INSERT_TRANSACTIONS, _columns(self.transactions, json_fields=("metadata",)))
         if self.entries:
             conn.execute(_INSERT_ENTRIES, _columns(self.entries, json_fields=("metadata",)))
+        if self.archive_transaction_ids:
+            conn.execute(_ARCHIVE, {"ids": self.archive_transaction_ids})
+        if self.mismatch_transaction_ids:
+            conn.execute(_MISMATCH, {"ids": self.mismatch_transaction_ids})
         written = [t.transaction_id for t in self.transactions]
         if written:
             assert_balanced(conn, written)

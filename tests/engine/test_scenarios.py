@@ -122,3 +122,45 @@ def test_balances(books):
     bank, clearing = by_id[books.bank], by_id[books.clearing]
     assert (bank.posted, bank.pending, bank.available) == (Decimal(150), Decimal(150), Decimal(150))
     assert (clearing.posted, clearing.pending, clearing.available) == (Decimal(100), Decimal(150), Decimal(100))
+
+
+def test_transaction_and_confirmation_in_one_chunk(books):
+    books.stage(books.bank, "DEBIT", "20", "TRANSACTION", order_id="same")
+    sid, _ = books.stage(books.clearing, "CREDIT", "20", "CONFIRMATION", order_id="same")
+    summary = books.process(chunk_size=100)
+    assert summary["booked"] == 1 and summary["matched"] == 1
+    assert books.staging(sid).metadata["match_type"] == "Phase2_Fulfilled"
+    assert ledger.check_invariants(books.db).ok
+
+
+def test_confirmation_waits_for_its_queued_order(books):
+    """A confirmation claimed before its TRANSACTION line waits instead of failing."""
+    import sqlalchemy as sa
+
+    tsid, ttid = books.stage(books.bank, "DEBIT", "30", "TRANSACTION", order_id="late")
+    csid, ctid = books.stage(books.clearing, "CREDIT", "30", "CONFIRMATION", order_id="late")
+    with books.db.begin() as c:  # make the confirmation the older, due task
+        c.execute(sa.text("UPDATE process_tracker SET run_after = now() + interval '1 hour' WHERE task_id = :t"),
+                  {"t": ttid})
+    summary = books.process()
+    assert summary["waiting"] == 1 and books.staging(csid).status == "PENDING"
+    task = books.task(ctid)
+    assert task.status == "RETRY" and task.attempts == 0  # a wait is not a failed attempt
+    for _ in range(2):  # time passes: both due again (in either order)
+        with books.db.begin() as c:
+            c.execute(sa.text("UPDATE process_tracker SET run_after = now() WHERE status IN ('PENDING', 'RETRY')"))
+        books.process()
+    assert books.staging(csid).status == "PROCESSED" and books.staging(tsid).status == "PROCESSED"
+
+
+def test_matching_window_keeps_unmatched_confirmation_waiting(books, monkeypatch):
+    monkeypatch.setenv("RECON_MATCHING_WINDOW_SECONDS", "3600")
+    sid, tid = books.stage(books.clearing, "CREDIT", "30", "CONFIRMATION", order_id="future")
+    books.process()
+    assert books.staging(sid).status == "PENDING" and books.task(tid).status == "RETRY"
+    monkeypatch.setenv("RECON_MATCHING_WINDOW_SECONDS", "0")
+    import sqlalchemy as sa
+    with books.db.begin() as c:
+        c.execute(sa.text("UPDATE process_tracker SET run_after = now()"))
+    books.process()
+    assert books.staging(sid).metadata["error_type"] == "NoMatchFoundError"

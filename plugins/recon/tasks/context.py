@@ -92,6 +92,7 @@ class ChunkContext:
     expected_by_order: dict[tuple[str, str], list[ExpectedLeg]]
     posted_legs: dict[str, list[PostedLeg]]  # by transaction id, for carrying over on fulfilment
     fulfilled_orders: set[tuple[str, str]]
+    queued_orders: set[tuple[str, str]]  # (contra account, order) with a TRANSACTION line still PENDING
     now: dt.datetime
     consumed_expected: set[str] = field(default_factory=set)  # reserved by earlier items
 
@@ -144,7 +145,9 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool) -> ChunkCo
     )
     expected = _load_expected_legs(conn, order_keys, lock)
     posted_legs = _load_posted_legs(conn, sorted({leg.transaction_id for legs in expected.values() for leg in legs}))
-    fulfilled = _fulfilled_orders(conn, [k for k in order_keys if k not in expected])
+    unmatched_keys = [k for k in order_keys if k not in expected]
+    fulfilled = _fulfilled_orders(conn, unmatched_keys)
+    queued = _queued_orders(conn, unmatched_keys)
     now = conn.execute(sa.text("SELECT now()")).scalar_one()
     return ChunkContext(
         items=items,
@@ -155,6 +158,7 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool) -> ChunkCo
         expected_by_order=expected,
         posted_legs=posted_legs,
         fulfilled_orders=fulfilled,
+        queued_orders=queued,
         now=now,
     )
 
@@ -295,6 +299,29 @@ def _fulfilled_orders(conn: Connection, order_keys: list[tuple[str, str]]) -> se
             FROM unnest(CAST(:accounts AS text[]), CAST(:orders AS text[])) AS k(account_id, order_id)
             JOIN entries e ON e.account_id = k.account_id AND e.order_id = k.order_id
             WHERE e.fulfilled_expected_entry_id IS NOT NULL
+            """
+        ),
+        {"accounts": [k[0] for k in order_keys], "orders": [k[1] for k in order_keys]},
+    )
+    return {(r.account_id, r.order_id) for r in rows}
+
+
+def _queued_orders(conn: Connection, order_keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Confirmations whose order is itself still waiting in the queue as a TRANSACTION line.
+
+    Such a confirmation waits instead of failing, so the outcome does not depend on which
+    chunk or worker happened to run first.
+    """
+    if not order_keys:
+        return set()
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT DISTINCT k.account_id, k.order_id
+            FROM unnest(CAST(:accounts AS text[]), CAST(:orders AS text[])) AS k(account_id, order_id)
+            JOIN recon_rules r ON r.account_two_id = k.account_id
+            JOIN staging_entries s ON s.account_id = r.account_one_id AND s.order_id = k.order_id
+            WHERE s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
             """
         ),
         {"accounts": [k[0] for k in order_keys], "orders": [k[1] for k in order_keys]},

@@ -79,6 +79,11 @@ class ExpectedEntryMatchingTask(ReconTask):
                 f"the expected entry for order {entry.order_id!r} on account {entry.account_id}"
                 " was already fulfilled or mismatched by another confirmation",
             )
+        if key in ctx.queued_orders:
+            return Wait(
+                f"order {entry.order_id!r} is still queued as a TRANSACTION line; waiting for it to be booked",
+                seconds=5.0,
+            )
         window_end = entry.created_at + self.window
         if ctx.now < window_end:
             waited = (ctx.now - entry.created_at).total_seconds()

@@ -10,7 +10,14 @@ from recon.errors import ErrorType
 from recon.ingest import EntryType
 from recon.ledger import LedgerBatch, NewEntry, NewTransaction, new_id
 from recon.tasks.base import Applied, ManualReview, Plan, ReconTask, Verdict
-from recon.tasks.context import ChunkContext, WorkItem, logical_transaction_id
+from recon.tasks.context import (
+    ChunkContext,
+    ExpectedLeg,
+    PostedLeg,
+    StagingEntry,
+    WorkItem,
+    logical_transaction_id,
+)
 
 
 class TransactionCreationTask(ReconTask):
@@ -45,13 +52,19 @@ class TransactionCreationTask(ReconTask):
                 f" (logical transaction {logical_id})",
             )
         ctx.booked_logical_ids.add(logical_id)  # a later line of this chunk is a duplicate
-        return Plan("book", {"rule_id": rule.id, "contra_account_id": contra.account_id,
-                             "merchant_id": account.merchant_id, "logical_id": logical_id})
+        plan = Plan("book", {
+            "rule_id": rule.id, "contra_account_id": contra.account_id, "merchant_id": account.merchant_id,
+            "logical_id": logical_id, "transaction_id": new_id("txn"),
+            "posted_entry_id": new_id("ent"), "expected_entry_id": new_id("ent"),
+        })
+        if entry.order_id:
+            _make_visible_to_later_items(entry, plan, ctx)
+        return plan
 
     def run(self, item: WorkItem, plan: Plan, ctx: ChunkContext, batch: LedgerBatch) -> Applied:
         entry = item.staging
         assert entry is not None
-        transaction_id = new_id("txn")
+        transaction_id = plan.details["transaction_id"]
         source = {"source_staging_entry_id": entry.staging_entry_id}
         order = {"order_id": entry.order_id} if entry.order_id else {}
         batch.transactions.append(
@@ -69,7 +82,7 @@ class TransactionCreationTask(ReconTask):
         )
         batch.entries.append(
             NewEntry(
-                entry_id=new_id("ent"),
+                entry_id=plan.details["posted_entry_id"],
                 account_id=entry.account_id,
                 transaction_id=transaction_id,
                 entry_type=entry.entry_type,
@@ -82,7 +95,7 @@ class TransactionCreationTask(ReconTask):
         )
         batch.entries.append(
             NewEntry(
-                entry_id=new_id("ent"),
+                entry_id=plan.details["expected_entry_id"],
                 account_id=plan.details["contra_account_id"],
                 transaction_id=transaction_id,
                 entry_type=EntryType(entry.entry_type).opposite.value,
@@ -97,3 +110,37 @@ class TransactionCreationTask(ReconTask):
             "book",
             {"created_transaction_id": transaction_id, "match_type": "NewTransactionGenerated"},
         )
+
+
+def _make_visible_to_later_items(entry: StagingEntry, plan: Plan, ctx: ChunkContext) -> None:
+    """A confirmation later in the same chunk must find this booking, as it would one at a time."""
+    d = plan.details
+    metadata = {**entry.metadata, "source_staging_entry_id": entry.staging_entry_id}
+    ctx.expected_by_order.setdefault((d["contra_account_id"], entry.order_id), []).append(
+        ExpectedLeg(
+            entry_id=d["expected_entry_id"],
+            account_id=d["contra_account_id"],
+            order_id=entry.order_id,
+            entry_type=EntryType(entry.entry_type).opposite.value,
+            amount=entry.amount,
+            currency=entry.currency,
+            transaction_id=d["transaction_id"],
+            logical_transaction_id=d["logical_id"],
+            version=1,
+            merchant_id=d["merchant_id"],
+            transaction_amount=entry.amount,
+            transaction_metadata=metadata,
+        )
+    )
+    ctx.posted_legs[d["transaction_id"]] = [
+        PostedLeg(
+            entry_id=d["posted_entry_id"],
+            account_id=entry.account_id,
+            transaction_id=d["transaction_id"],
+            entry_type=entry.entry_type,
+            amount=entry.amount,
+            currency=entry.currency,
+            effective_date=entry.effective_date,
+            metadata={**entry.metadata, "order_id": entry.order_id, **metadata},
+        )
+    ]
