@@ -1,6 +1,8 @@
-"""The `recon` command line: database setup, producers, processing and reports.
+"""The `recon` command line: set-up, ingestion, processing, reports, the demo and the local UI.
 
-Every command prints which database it uses (never its password) on stderr.
+Every command that touches the database says which one on stderr (never its password).
+Exit codes: 0 success, 2 bad input or configuration, 3 a CSV had rejected rows (the valid
+rows were ingested), 1 the demo's books did not balance or its DAG run failed.
 """
 
 from __future__ import annotations
@@ -8,18 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from typing import Any, Callable
+from typing import Any
 
 from recon import migrations
-from recon.db import DatabaseConfigError, default_database, stop_embedded_server
-from recon.tracker import ProcessTracker
-
-Command = Callable[[argparse.Namespace], int]
+from recon.db import DatabaseConfigError, default_database, reset_default_database, stop_embedded_server
+from recon.errors import InvalidInputError, NotFoundError
 
 
 def _announce_database() -> None:
     print(f"recon: database {default_database().display}", file=sys.stderr)
+
+
+def _print(data: Any, as_json: bool, text: str) -> None:
+    print(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+# ---- db and tracker -------------------------------------------------------------------------
 
 
 def cmd_db_migrate(args: argparse.Namespace) -> int:
@@ -31,8 +39,7 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 def cmd_db_url(args: argparse.Namespace) -> int:
     """Print the resolved URL with its password, for tools that need it (e.g. psql)."""
-    db = default_database()
-    url = db.url.set(drivername="postgresql")
+    url = default_database().url.set(drivername="postgresql")
     print(url.render_as_string(hide_password=args.hide_password))
     return 0
 
@@ -43,24 +50,153 @@ def cmd_db_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_tracker_stats(args: argparse.Namespace) -> int:
+    from recon.tracker import ProcessTracker
+
     _announce_database()
-    _print_json_or_table(ProcessTracker(default_database()).stats(), args.json)
+    stats = ProcessTracker(default_database()).stats()
+    _print(stats, args.json, "\n".join(f"{k:>24}: {v}" for k, v in stats.items()))
     return 0
 
 
 def cmd_tracker_reap(args: argparse.Namespace) -> int:
+    from recon import pipeline
+
     _announce_database()
-    result = ProcessTracker(default_database()).reap_expired_leases()
-    print(f"rescued {len(result.retried)} task(s) to RETRY, {len(result.failed)} to FAILED")
+    result = pipeline.reap()
+    print(f"rescued {result['retried']} task(s) to RETRY, {result['failed']} to FAILED")
     return 0
 
 
-def _print_json_or_table(data: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(data, indent=2, default=str))
-        return
-    for key, value in data.items():
-        print(f"{key:>24}: {value}")
+def cmd_reprocess(args: argparse.Namespace) -> int:
+    from recon import pipeline
+
+    _announce_database()
+    result = pipeline.requeue_scope(args.created_from, args.created_to, args.task_id or None)
+    print(f"requeued {result['requeued_tasks']} FAILED task(s);"
+          f" reopened {result['reopened_entries']} entries from manual review")
+    return 0
+
+
+# ---- set-up ---------------------------------------------------------------------------------
+
+
+def cmd_merchant_create(args: argparse.Namespace) -> int:
+    from recon import domain
+
+    _announce_database()
+    print(domain.create_merchant(args.name, merchant_id=args.id))
+    return 0
+
+
+def cmd_account_create(args: argparse.Namespace) -> int:
+    from recon import domain
+
+    _announce_database()
+    print(domain.create_account(args.merchant, args.name, args.type, args.currency,
+                                args.initial_balance, account_id=args.id))
+    return 0
+
+
+def cmd_rule_create(args: argparse.Namespace) -> int:
+    from recon import domain
+
+    _announce_database()
+    print(domain.create_recon_rule(args.account_one, args.account_two, rule_id=args.id))
+    return 0
+
+
+# ---- work -----------------------------------------------------------------------------------
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from recon.csv_ingest import ingest_csv
+
+    _announce_database()
+    report = ingest_csv(args.file, args.account, args.mode,
+                        progress=lambda p: print(f"  {p.line()}", file=sys.stderr))
+    _print(report.to_dict(), args.json, "\n".join(report.summary_lines()))
+    return 3 if report.rejected_count else 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from recon import pipeline
+
+    _announce_database()
+
+    def progress(summary: dict[str, Any]) -> None:
+        print(f"  {summary['claimed']:,} claimed, {summary['completed']:,} completed,"
+              f" {summary['failed']:,} failed, {summary['retried']:,} retried"
+              f" ({summary['entries_per_s']:,.0f} entries/s)", file=sys.stderr)
+
+    summary = pipeline.process_queue(batch_size=args.batch_size, chunk_size=args.chunk_size,
+                                     max_batches=args.max_batches, progress=progress)
+    _print(summary, args.json, _format_summary(summary))
+    return 0
+
+
+def _format_summary(summary: dict[str, Any]) -> str:
+    counts = ", ".join(f"{k} {summary[k]:,}" for k in (
+        "claimed", "completed", "failed", "retried", "booked", "matched", "mismatched", "manual_review"))
+    lines = [f"Run summary: {counts}; {summary['duration_s']}s, {summary['entries_per_s']:,} entries/s"]
+    for error_type, n in summary.get("manual_review_by_type", {}).items():
+        lines.append(f"  manual review: {error_type} x{n}")
+    return "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from recon.reports import build_report, format_report
+
+    _announce_database()
+    report = build_report()
+    _print(report, args.json, format_report(report))
+    return 0
+
+
+# ---- demo and local Airflow -----------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Migrate, load the demo data, run the DAG once through Airflow, print summary and report."""
+    from recon import demo
+
+    demo_url = demo.fresh_demo_database()
+    os.environ["RECON_DATABASE_URL"] = demo_url  # the DAG's tasks resolve the same database
+    reset_default_database()
+    db = default_database()
+    print(f"recon: demo database {db.display}", file=sys.stderr)
+    reports = demo.load_demo_data(db)
+    for report in reports.values():
+        print("\n".join(report.summary_lines()))
+    print()
+    if args.no_airflow:
+        from recon import pipeline
+
+        summary = pipeline.process_queue()
+    else:
+        from recon import local_airflow
+
+        print("recon: running DAG recon_process_tracker once through Airflow (dag.test)...", file=sys.stderr)
+        try:
+            summary = local_airflow.run_dag_once()
+        except local_airflow.AirflowSetupError as exc:
+            print(f"recon: error: {exc}", file=sys.stderr)
+            return 1
+    print(_format_summary(summary))
+    print()
+    from recon.reports import build_report, format_report
+
+    report = build_report(db)
+    print(format_report(report))
+    return 0 if report["invariants"]["ok"] else 1
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from recon import local_airflow
+
+    return local_airflow.standalone(port=args.port)
+
+
+# ---- parser ---------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,22 +204,77 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    db = commands.add_parser("db", help="database: migrate, url, stop").add_subparsers(
-        dest="db_command", required=True, metavar="ACTION"
-    )
+    def group(name: str, help: str) -> argparse._SubParsersAction:
+        return commands.add_parser(name, help=help).add_subparsers(dest=f"{name}_action", required=True,
+                                                                   metavar="ACTION")
+
+    db = group("db", "database: migrate, url, stop")
     db.add_parser("migrate", help="apply pending migrations from sql/").set_defaults(func=cmd_db_migrate)
     url = db.add_parser("url", help="print the database URL the engine uses")
     url.add_argument("--hide-password", action="store_true")
     url.set_defaults(func=cmd_db_url)
     db.add_parser("stop", help="stop the embedded PostgreSQL server").set_defaults(func=cmd_db_stop)
 
-    tracker = commands.add_parser("tracker", help="the Process Tracker queue").add_subparsers(
-        dest="tracker_command", required=True, metavar="ACTION"
-    )
+    tracker = group("tracker", "the Process Tracker queue: stats, reap")
     stats = tracker.add_parser("stats", help="counts per status and type, oldest due task")
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_tracker_stats)
     tracker.add_parser("reap", help="rescue tasks whose lease expired").set_defaults(func=cmd_tracker_reap)
+
+    merchant = group("merchant", "merchants")
+    create = merchant.add_parser("create", help="create a merchant; prints its id")
+    create.add_argument("name")
+    create.add_argument("--id", help="merchant_id (default: generated)")
+    create.set_defaults(func=cmd_merchant_create)
+
+    account = group("account", "accounts")
+    create = account.add_parser("create", help="create an account; prints its id")
+    create.add_argument("--merchant", required=True)
+    create.add_argument("--name", required=True)
+    create.add_argument("--type", required=True, choices=["DEBIT_NORMAL", "CREDIT_NORMAL"])
+    create.add_argument("--currency", required=True, help="ISO 4217, e.g. USD")
+    create.add_argument("--initial-balance", default="0")
+    create.add_argument("--id", help="account_id (default: generated)")
+    create.set_defaults(func=cmd_account_create)
+
+    rule = group("rule", "recon rules")
+    create = rule.add_parser("create", help="map account_one (entries arrive) to its contra account_two")
+    create.add_argument("--account-one", required=True)
+    create.add_argument("--account-two", required=True)
+    create.add_argument("--id", help="rule id (default: generated)")
+    create.set_defaults(func=cmd_rule_create)
+
+    ingest = commands.add_parser("ingest", help="ingest a statement CSV as staging entries")
+    ingest.add_argument("file")
+    ingest.add_argument("--account", required=True)
+    ingest.add_argument("--mode", required=True, choices=["TRANSACTION", "CONFIRMATION"])
+    ingest.add_argument("--json", action="store_true")
+    ingest.set_defaults(func=cmd_ingest)
+
+    process = commands.add_parser("process", help="drain the queue in-process (the DAG's own steps)")
+    process.add_argument("--batch-size", type=int, default=20_000)
+    process.add_argument("--chunk-size", type=int, default=2_000)
+    process.add_argument("--max-batches", type=int, default=None)
+    process.add_argument("--json", action="store_true")
+    process.set_defaults(func=cmd_process)
+
+    reprocess = commands.add_parser("reprocess", help="requeue FAILED tasks and manual-review entries in scope")
+    reprocess.add_argument("--created-from", help="ISO 8601, inclusive")
+    reprocess.add_argument("--created-to", help="ISO 8601, exclusive")
+    reprocess.add_argument("--task-id", action="append", help="repeatable")
+    reprocess.set_defaults(func=cmd_reprocess)
+
+    report = commands.add_parser("report", help="statuses, manual-review reasons, balances, invariants")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(func=cmd_report)
+
+    demo = commands.add_parser("demo", help="the main job on demo data: ingest, run the DAG once, report")
+    demo.add_argument("--no-airflow", action="store_true", help="process in-process instead of dag.test()")
+    demo.set_defaults(func=cmd_demo)
+
+    ui = commands.add_parser("ui", help="Airflow standalone with this project's DAGs and plugins")
+    ui.add_argument("--port", type=int, default=8080)
+    ui.set_defaults(func=cmd_ui)
     return parser
 
 
@@ -95,6 +286,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (DatabaseConfigError, ValueError, LookupError) as exc:
+    except (DatabaseConfigError, InvalidInputError, NotFoundError, ValueError, LookupError) as exc:
         print(f"recon: error: {exc}", file=sys.stderr)
         return 2

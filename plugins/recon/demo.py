@@ -1,0 +1,48 @@
+"""The demo data set: one merchant, a bank account and its PSP clearing account, a rule,
+and two statement files (demo/transactions.csv, demo/confirmations.csv) that include a
+duplicate line, an invalid line, amount and side mismatches and an unmatched confirmation.
+
+The demo runs in its own database (``recon_demo`` on the same server as the resolved
+database), recreated on every run, so it is repeatable and never touches real data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from recon import domain
+from recon.csv_ingest import ingest_csv
+from recon.db import Database, resolve_database
+from recon.migrations import migrate
+from recon.settings import PROJECT_ROOT
+
+DEMO_DATABASE = "recon_demo"
+DEMO_DIR = PROJECT_ROOT / "demo"
+
+
+def fresh_demo_database() -> str:
+    """Drop and recreate recon_demo next to the resolved database; return its libpq URL."""
+    resolved = resolve_database()
+    server = resolved.url.set(drivername="postgresql")
+    admin = server.set(database="postgres").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DATABASE)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
+    return server.set(database=DEMO_DATABASE).render_as_string(hide_password=False)
+
+
+def load_demo_data(db: Database) -> dict[str, Any]:
+    """Migrate, create the set-up and ingest both demo files; return the ingest reports."""
+    migrate(db)
+    merchant = domain.create_merchant("Demo Shop", merchant_id="mer_demo", db=db)
+    bank = domain.create_account(merchant, "Bank USD", "DEBIT_NORMAL", "USD", "1000.00",
+                                 account_id="acc_demo_bank", db=db)
+    psp = domain.create_account(merchant, "PSP clearing USD", "CREDIT_NORMAL", "USD",
+                                account_id="acc_demo_psp", db=db)
+    domain.create_recon_rule(bank, psp, rule_id="rule_demo_bank_psp", db=db)
+    transactions = ingest_csv(DEMO_DIR / "transactions.csv", bank, "TRANSACTION", db=db)
+    confirmations = ingest_csv(DEMO_DIR / "confirmations.csv", psp, "CONFIRMATION", db=db)
+    return {"transactions": transactions, "confirmations": confirmations}

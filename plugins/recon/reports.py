@@ -1,0 +1,93 @@
+"""The reconciliation report: where every staging entry ended up, why, and the balances."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from recon import ledger
+from recon.db import Database, default_database
+from recon.tracker import ProcessTracker
+
+MANUAL_REVIEW_SAMPLE = 20  # entries listed per reason; the counts are always complete
+
+
+def build_report(db: Database | None = None) -> dict[str, Any]:
+    db = db or default_database()
+    with db.begin() as conn:
+        staging = dict(
+            conn.execute(sa.text("SELECT status, count(*) FROM staging_entries GROUP BY status")).all()
+        )
+        transactions = dict(
+            conn.execute(sa.text("SELECT status, count(*) FROM transactions GROUP BY status")).all()
+        )
+        reasons = conn.execute(
+            sa.text(
+                """
+                SELECT metadata ->> 'error_type' AS error_type, count(*) AS n,
+                       (array_agg(jsonb_build_object(
+                            'staging_entry_id', staging_entry_id, 'account_id', account_id,
+                            'order_id', order_id, 'amount', CAST(amount AS text), 'currency', currency,
+                            'error', metadata ->> 'error') ORDER BY created_at, staging_entry_id)
+                       )[1:CAST(:sample AS int)] AS sample
+                FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW'
+                GROUP BY 1 ORDER BY n DESC, error_type
+                """
+            ),
+            {"sample": MANUAL_REVIEW_SAMPLE},
+        ).all()
+    invariants = ledger.check_invariants(db)
+    return {
+        "staging_entries": {s: staging.get(s, 0) for s in ("PENDING", "PROCESSED", "NEEDS_MANUAL_REVIEW")},
+        "tracker": ProcessTracker(db).stats()["by_status"],
+        "transactions": transactions,
+        "manual_review": [
+            {"error_type": r.error_type or "(none)", "count": r.n, "entries": r.sample} for r in reasons
+        ],
+        "balances": [_plain(asdict(b)) for b in ledger.balances(db=db)],
+        "invariants": {**asdict(invariants), "ok": invariants.ok},
+    }
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """Decimals as strings: exact in JSON, no float rounding."""
+    return {k: str(v) if isinstance(v, Decimal) else v for k, v in row.items()}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = ["Staging entries"]
+    lines += [f"  {status:<22}{n:>10}" for status, n in report["staging_entries"].items()]
+    lines.append("Tracker tasks")
+    lines += [f"  {status:<22}{n:>10}" for status, n in report["tracker"].items()]
+    lines.append("Transactions")
+    lines += [f"  {status:<22}{n:>10}" for status, n in sorted(report["transactions"].items())] or ["  (none)"]
+    lines.append("Manual review")
+    if not report["manual_review"]:
+        lines.append("  (none)")
+    for group in report["manual_review"]:
+        lines.append(f"  {group['error_type']}: {group['count']}")
+        for entry in group["entries"][:5]:
+            order = entry.get("order_id") or "-"
+            lines.append(
+                f"    {entry['staging_entry_id']}  order {order}  {entry['amount']} {entry['currency']}"
+                f"  {entry['error']}"
+            )
+        if group["count"] > 5:
+            lines.append(f"    ... {group['count'] - 5} more (use --json for up to {MANUAL_REVIEW_SAMPLE})")
+    lines.append("Balances (posted / pending / available)")
+    for b in report["balances"]:
+        lines.append(
+            f"  {b['account_name'][:28]:<28} {b['account_type']:<13} {b['currency']}"
+            f" {b['posted']:>16} {b['pending']:>16} {b['available']:>16}"
+        )
+    inv = report["invariants"]
+    verdict = "balanced" if inv["ok"] else "NOT BALANCED"
+    lines.append(
+        f"Books: {verdict} (unbalanced transactions {inv['unbalanced_transactions']},"
+        f" expected entries fulfilled twice {inv['expected_entries_fulfilled_twice']},"
+        f" entries booked twice {inv['entries_booked_twice']})"
+    )
+    return "\n".join(lines)
