@@ -693,3 +693,30 @@ def test_prune_completed_deletes_only_old_completed_tasks(tracker, db):
     remaining = {r[0] for r in sql(db, "SELECT task_id FROM process_tracker")}
     assert remaining == {new_done.task_id, old_failed.task_id, pending.task_id}
     assert tracker.prune_completed(dt.timedelta(days=1)) == 0
+
+
+# ---- deliberate waits (RETRY with wait_seconds) ------------------------------------------------------------
+
+
+def test_a_wait_is_due_after_exactly_that_long_and_does_not_use_up_an_attempt(tracker, db, retry_policy):
+    """A confirmation waiting for its order is not failing: it may wait past max_attempts."""
+    [task] = entry_tasks(tracker, 1)
+    for round_ in range(retry_policy.max_attempts + 2):
+        make_due(db, [task.task_id])
+        [claimed] = tracker.claim_batch(T, 1, 60, owner=f"w{round_}")
+        assert claimed.attempts == 1
+        written = tracker.finish([Outcome(task.task_id, "RETRY", "order not booked yet", wait_seconds=30)],
+                                 owner=f"w{round_}")
+        assert written == {task.task_id: "RETRY"}
+        assert backoff_delays(db, [task.task_id]) == [30.0]
+    waiting = tracker.get_task(task.task_id)
+    assert (waiting.attempts, waiting.last_error, waiting.completed_at) == (0, "order not booked yet", None)
+
+
+@pytest.mark.parametrize("status, wait", [("COMPLETED", 30), ("FAILED", 30), ("RETRY", -1)])
+def test_a_wait_needs_a_retry_outcome_and_a_non_negative_delay(tracker, status, wait):
+    [task] = entry_tasks(tracker, 1)
+    [claimed] = tracker.claim_batch(T, 1, 60, owner="w1")
+    with pytest.raises(ValueError, match="wait_seconds"):
+        tracker.finish([Outcome(task.task_id, status, "e", wait_seconds=wait)], owner="w1")
+    assert tracker.get_task(task.task_id) == claimed

@@ -364,6 +364,12 @@ class ProcessTracker:
         for outcome in outcomes:
             if outcome.status not in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.RETRY):
                 raise ValueError(f"an outcome is COMPLETED, FAILED or RETRY, not {outcome.status}")
+            # a wait also gives the attempt back, which only makes sense for a task that will run again
+            if outcome.wait_seconds is not None and (outcome.status != TaskStatus.RETRY or outcome.wait_seconds < 0):
+                raise ValueError(
+                    f"task {outcome.task_id}: wait_seconds needs a RETRY outcome and a value >= 0,"
+                    f" got {outcome.status} with {outcome.wait_seconds!r}"
+                )
         params = {
             "ids": [o.task_id for o in outcomes],
             "statuses": [TaskStatus(o.status).value for o in outcomes],
