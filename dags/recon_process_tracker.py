@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from datetime import datetime, timedelta
 
 from airflow.sdk import (
@@ -99,6 +100,7 @@ INFRASTRUCTURE_ERRORS = ExceptionRetryPolicy(
 )
 
 CHUNK_LABEL = "{{ chunk_label }}"
+ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
 
 
 def _label_chunk(task_ids: list[str]) -> None:
@@ -108,8 +110,14 @@ def _label_chunk(task_ids: list[str]) -> None:
     context["chunk_label"] = f"chunk {context['ti'].map_index + 1} · {n} task{'' if n == 1 else 's'}"
 
 
-def _timestamp(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+def _validation_totals(ti) -> dict:
+    """What a dry run found: verdicts and manual-review reasons summed over the chunks."""
+    verdicts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    for validation in ti.xcom_pull(task_ids=["chunk.validate"], default=[]) or []:
+        verdicts.update((validation or {}).get("verdicts", {}))
+        reasons.update((validation or {}).get("manual_review_by_type", {}))
+    return {"verdicts": dict(verdicts), "manual_review_by_type": dict(reasons)}
 
 
 @dag(
@@ -160,8 +168,8 @@ def _timestamp(value: str | None) -> datetime | None:
             '{"created_from": "2026-11-01T00:00:00Z", "created_to": "2026-11-08T00:00:00Z"} '
             '(created_at window, end exclusive) or {"task_ids": ["task_..."]}. Empty: no requeue.',
             properties={
-                "created_from": {"type": "string", "format": "date-time"},
-                "created_to": {"type": "string", "format": "date-time"},
+                "created_from": {"type": "string", "format": "date-time", "pattern": ISO_TIMESTAMP},
+                "created_to": {"type": "string", "format": "date-time", "pattern": ISO_TIMESTAMP},
                 "task_ids": {"type": "array", "items": {"type": "string"}, "minItems": 1},
             },
             additionalProperties=False,
@@ -195,8 +203,8 @@ def recon_process_tracker():
             log.info("dry run: would requeue %s; nothing written", scope)
             return {"requeued": 0, "dry_run": True}
         return pipeline.requeue_scope(
-            created_from=_timestamp(scope.get("created_from")),
-            created_to=_timestamp(scope.get("created_to")),
+            created_from=scope.get("created_from"),
+            created_to=scope.get("created_to"),
             task_ids=scope.get("task_ids"),
         )
 
@@ -261,7 +269,7 @@ def recon_process_tracker():
         from recon import pipeline
 
         if not lease_owner or not task_ids:
-            return {"retried": 0}
+            return {"leftover": 0, "retried": 0, "failed": 0}
         return pipeline.write_back(task_ids, lease_owner)
 
     @task(trigger_rule=TriggerRule.ALL_DONE)
@@ -272,11 +280,11 @@ def recon_process_tracker():
         from recon import pipeline
 
         results = list(chunk_results[:]) if chunk_results is not None else []  # one request
-        counts = pipeline.summarize(results, claimed or 0, dag_run.start_date.timestamp())
         if params["dry_run"]:
-            validations = ti.xcom_pull(task_ids=["chunk.validate"], default=[]) or []
-            counts["dry_run"] = True
-            counts["validated"] = [{k: v for k, v in r.items() if k != "task_ids"} for r in validations if r]
+            counts = pipeline.summarize([], 0, dag_run.start_date.timestamp())
+            counts.update(dry_run=True, due=claimed or 0, **_validation_totals(ti))
+        else:
+            counts = pipeline.summarize(results, claimed or 0, dag_run.start_date.timestamp(), written_back)
         log.info("recon summary: %s", " ".join(f"{k}={v}" for k, v in counts.items()))
         expected = len(chunks) if chunks else 0
         if not params["dry_run"] and (len(results) < expected or written_back is None):

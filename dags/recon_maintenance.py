@@ -1,0 +1,89 @@
+"""
+# Recon: maintenance
+
+Daily housekeeping for the recon engine and for Airflow itself.
+
+| task | what it does |
+| --- | --- |
+| `prune_tracker` | deletes COMPLETED Process Tracker rows finished more than `tracker_retention_days` ago (FAILED and open tasks are kept) |
+| `clean_airflow_metadata` | `airflow db clean` of runs, task instances, XComs and logs older than `airflow_retention_days`: `recon_process_tracker` runs every minute, 1,440 runs a day |
+
+Airflow 3 does not let task code reach Airflow's own database, so `clean_airflow_metadata`
+needs the metadata URL in the worker's environment as `RECON_AIRFLOW_METADATA_URL` (set by
+`docker-compose.yaml` and `./recon ui`); without it the task is skipped and says so.
+It keeps the newest scheduled run of every DAG (Airflow's rule) and archives nothing.
+
+Environment (read when the file is parsed): `RECON_MAINTENANCE_SCHEDULE` (default `@daily`),
+`RECON_TRACKER_RETENTION_DAYS` (default 30), `RECON_AIRFLOW_RETENTION_DAYS` (default 7).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+@dag(
+    dag_id="recon_maintenance",
+    schedule=os.environ.get("RECON_MAINTENANCE_SCHEDULE", "@daily"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["recon", "maintenance"],
+    default_args={"owner": "recon", "retries": 1, "retry_delay": timedelta(minutes=5)},
+    params={
+        "tracker_retention_days": Param(
+            _env_int("RECON_TRACKER_RETENTION_DAYS", 30),
+            type="integer",
+            minimum=0,
+            title="Tracker retention (days)",
+            description="COMPLETED Process Tracker rows finished longer ago than this are deleted.",
+        ),
+        "airflow_retention_days": Param(
+            _env_int("RECON_AIRFLOW_RETENTION_DAYS", 7),
+            type="integer",
+            minimum=1,
+            title="Airflow metadata retention (days)",
+            description="DAG runs, task instances, XComs and logs older than this are deleted from Airflow's database.",
+        ),
+    },
+)
+def recon_maintenance():
+    @task
+    def prune_tracker(params=None) -> dict:
+        """Delete old COMPLETED tracker rows (the queue's hot table stays small)."""
+        from recon import pipeline
+
+        return pipeline.prune(params["tracker_retention_days"])
+
+    @task.bash
+    def clean_airflow_metadata(params=None) -> str:
+        """`airflow db clean` older than the retention, against RECON_AIRFLOW_METADATA_URL."""
+        if not os.environ.get("RECON_AIRFLOW_METADATA_URL"):
+            raise AirflowSkipException(
+                "RECON_AIRFLOW_METADATA_URL is not set in the worker's environment: "
+                "Airflow's metadata was not cleaned (run `airflow db clean` elsewhere, or set it)"
+            )
+        before = datetime.now(timezone.utc) - timedelta(days=params["airflow_retention_days"])
+        # the URL stays in the environment: it is never rendered into the command or the logs
+        return (
+            'AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$RECON_AIRFLOW_METADATA_URL" '
+            f"exec {shlex.quote(sys.executable)} -m airflow db clean "
+            f"--clean-before-timestamp {shlex.quote(before.isoformat())} --skip-archive --yes"
+        )
+
+    prune_tracker() >> clean_airflow_metadata()
+
+
+recon_maintenance()

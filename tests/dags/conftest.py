@@ -1,0 +1,106 @@
+"""Airflow for DAG tests: a throwaway AIRFLOW_HOME with a SQLite metadata database.
+
+Airflow reads its configuration when it is first imported, so this module sets the
+environment at import time (pytest imports conftest files before the test modules that
+import airflow). The metadata database is migrated once per test session (per xdist worker).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from recon import settings
+
+PROJECT = settings.PROJECT_ROOT
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="recon-dag-tests-airflow-"))
+atexit.register(shutil.rmtree, AIRFLOW_HOME, ignore_errors=True)
+
+if "airflow" in sys.modules:  # pragma: no cover - a guard, not a test
+    raise pytest.UsageError(
+        "airflow was imported before tests/dags/conftest.py could point it at a test AIRFLOW_HOME"
+    )
+
+METADATA_URL = f"sqlite:///{AIRFLOW_HOME}/airflow.db"
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": METADATA_URL,
+        # the maintenance DAG's `airflow db clean` reads the metadata URL from here
+        "RECON_AIRFLOW_METADATA_URL": METADATA_URL,
+    }
+)
+os.environ.pop("AIRFLOW_CONN_RECON_DB", None)  # the db_url fixture's RECON_DATABASE_URL decides
+
+
+@pytest.fixture(scope="session")
+def airflow_metadata() -> Path:
+    """A migrated Airflow metadata database (SQLite) for this session."""
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True, env=os.environ.copy()
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return AIRFLOW_HOME
+
+
+def load_dags() -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(PROJECT / "dags"))
+
+
+@pytest.fixture
+def dagbag() -> Any:
+    return load_dags()
+
+
+@pytest.fixture
+def tracker_dag(dagbag: Any) -> Any:
+    assert not dagbag.import_errors, dagbag.import_errors
+    return dagbag.dags["recon_process_tracker"]
+
+
+@pytest.fixture
+def maintenance_dag(dagbag: Any) -> Any:
+    assert not dagbag.import_errors, dagbag.import_errors
+    return dagbag.dags["recon_maintenance"]
+
+
+def task_instances(run_id: str) -> list[Any]:
+    """(task_id, map_index, state, rendered_map_index) of one run, from the metadata DB."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(TaskInstance)
+            .filter(TaskInstance.run_id == run_id)
+            .order_by(TaskInstance.task_id, TaskInstance.map_index)
+            .all()
+        )
+        return [(ti.task_id, ti.map_index, str(ti.state.value if ti.state else None), ti.rendered_map_index) for ti in rows]
+
+
+@pytest.fixture
+def run_dag(airflow_metadata: Path, tracker_dag: Any, db_url: str) -> Iterator[Any]:
+    """Run recon_process_tracker once with dag.test() on the test's recon database."""
+    from recon.local_airflow import read_summary
+
+    def run(conf: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        dag_run = tracker_dag.test(run_conf=conf or {}, **kwargs)
+        dag_run.summary = read_summary(dag_run.run_id)
+        dag_run.tis = task_instances(dag_run.run_id)
+        return dag_run
+
+    yield run

@@ -1,0 +1,145 @@
+"""The DAG folder parses cleanly and recon_process_tracker has the documented shape."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.dags.conftest import PROJECT
+
+TRACKER_EDGES = {
+    "reap": set(),
+    "requeue": {"reap"},
+    "claim": {"requeue"},
+    "split": {"claim"},
+    "chunk.decide": {"split"},
+    "chunk.validate": {"chunk.decide"},
+    "chunk.run": {"chunk.validate", "claim"},
+    "write_back": {"chunk.run", "claim"},
+    "summary": {"chunk.run", "split", "claim", "write_back"},
+}
+
+
+def test_dag_folder_has_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dags) == {"recon_process_tracker", "recon_maintenance"}
+
+
+def test_plugin_loader_reports_no_errors():
+    from airflow import plugins_manager
+    from airflow.configuration import conf
+
+    assert conf.get("core", "plugins_folder") == str(PROJECT / "plugins")
+    plugins_manager.ensure_plugins_loaded()
+    assert plugins_manager.get_import_errors() == {}
+
+
+def test_parsing_does_no_database_work():
+    """Parse in a fresh process with an unreachable database: no error, engine not even imported."""
+    code = (
+        "import sys\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(PROJECT / 'dags')!r})\n"
+        "assert not bag.import_errors, bag.import_errors\n"
+        "print('engine imported' if 'recon.pipeline' in sys.modules else 'engine not imported')\n"
+    )
+    env = dict(os.environ, RECON_DATABASE_URL="postgresql://nobody@127.0.0.1:1/nothing")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "engine not imported" in result.stdout
+
+
+def test_task_ids_and_dependencies(tracker_dag):
+    edges = {t.task_id: set(t.upstream_task_ids) for t in tracker_dag.tasks}
+    assert edges == TRACKER_EDGES
+
+
+def test_write_back_and_summary_run_whatever_happened(tracker_dag):
+    rules = {t.task_id: t.trigger_rule for t in tracker_dag.tasks}
+    assert rules["write_back"] == "all_done"
+    assert rules["summary"] == "all_done"
+    assert {rules[t] for t in ("reap", "claim", "split", "chunk.decide", "chunk.run")} == {"all_success"}
+
+
+def test_chunk_tasks_are_mapped_and_labelled(tracker_dag):
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    for task_id in ("chunk.decide", "chunk.validate", "chunk.run"):
+        task = tracker_dag.get_task(task_id)
+        assert task.get_closest_mapped_task_group() is not None, task_id
+        assert task.map_index_template == "{{ chunk_label }}"
+    assert not isinstance(tracker_dag.get_task("summary"), MappedOperator)
+
+
+def test_schedule_and_run_settings(tracker_dag):
+    assert tracker_dag.schedule == "* * * * *"
+    assert tracker_dag.catchup is False
+    assert tracker_dag.max_active_runs == 1
+    assert {"recon"} <= set(tracker_dag.tags)
+    assert "Process Tracker" in tracker_dag.doc_md and "recon_db" in tracker_dag.doc_md
+    claim = tracker_dag.get_task("claim")
+    assert claim.retries >= 1 and claim.retry_policy is not None
+
+
+def test_only_infrastructure_errors_are_retried(tracker_dag):
+    import sqlalchemy.exc
+    from airflow.sdk import RetryAction
+
+    policy = tracker_dag.get_task("chunk.run").retry_policy
+    lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, ConnectionError("server closed the connection"))
+    assert policy.evaluate(lost, 1, 3).action is RetryAction.RETRY
+    assert policy.evaluate(TimeoutError("slow"), 1, 3).action is RetryAction.RETRY
+    assert policy.evaluate(KeyError("task_ids"), 1, 3).action is RetryAction.FAIL
+    integrity = sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("duplicate key"))
+    assert policy.evaluate(integrity, 1, 3).action is RetryAction.FAIL
+
+
+def test_schedule_is_configurable():
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"dag = DagBag(dag_folder={str(PROJECT / 'dags')!r}).dags['recon_process_tracker']\n"
+        "print(repr(dag.schedule), dag.max_active_runs, dag.params['batch_size'])\n"
+    )
+    env = dict(
+        os.environ, RECON_SCHEDULE="*/5 * * * *", RECON_MAX_ACTIVE_RUNS="3", RECON_BATCH_SIZE="777"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "'*/5 * * * *' 3 777"
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("batch_size", 0),
+        ("batch_size", "many"),
+        ("chunk_size", -1),
+        ("task_type", "SOMETHING_ELSE"),
+        ("reprocess", {}),
+        ("reprocess", {"created_since": "2026-11-01T00:00:00Z"}),
+        ("reprocess", {"task_ids": []}),
+        ("reprocess", {"created_from": "last week"}),
+        ("dry_run", "yes"),
+    ],
+)
+def test_params_reject_bad_values(tracker_dag, name, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        tracker_dag.params.get_param(name).resolve(value)
+
+
+def test_params_accept_documented_values(tracker_dag):
+    params = tracker_dag.params
+    assert params.get_param("reprocess").resolve(None) is None
+    window = {"created_from": "2026-11-01T00:00:00Z", "created_to": "2026-11-08T00:00:00+00:00"}
+    assert params.get_param("reprocess").resolve(window) == window
+    assert params.get_param("reprocess").resolve({"task_ids": ["task_1"]}) == {"task_ids": ["task_1"]}
+    defaults = params.validate()
+    assert defaults["dry_run"] is False and defaults["task_type"] == "PROCESS_STAGING_ENTRY"
+    assert defaults["batch_size"] >= defaults["chunk_size"] >= 1
+    for name in ("batch_size", "chunk_size", "task_type", "reprocess", "dry_run"):
+        assert params.get_param(name).description, name
