@@ -110,6 +110,19 @@ def _label_chunk(task_ids: list[str]) -> None:
     context["chunk_label"] = f"chunk {context['ti'].map_index + 1} · {n} task{'' if n == 1 else 's'}"
 
 
+def _chunk_results(value) -> list[dict]:
+    """Results of the mapped group's `run` as a list.
+
+    Airflow hands a downstream task the group's output as a list, or as the bare value when
+    exactly one chunk pushed one; a mapped *task* would give a lazy sequence (read with [:]).
+    """
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [value]
+    return [r for r in value[:] if r is not None]
+
+
 def _validation_totals(ti) -> dict:
     """What a dry run found: verdicts and manual-review reasons summed over the chunks."""
     verdicts: Counter[str] = Counter()
@@ -277,9 +290,9 @@ def recon_process_tracker():
         chunk_results, chunks, claimed: int | None, written_back: dict | None, dag_run=None, params=None, ti=None
     ) -> dict:
         """Log and return the run's counts; fail the run when a chunk did not finish."""
-        from recon import pipeline
+        from recon import monitoring, pipeline
 
-        results = list(chunk_results[:]) if chunk_results is not None else []  # one request
+        results = _chunk_results(chunk_results)
         if params["dry_run"]:
             counts = pipeline.summarize([], 0, dag_run.start_date.timestamp())
             counts.update(dry_run=True, due=claimed or 0, **_validation_totals(ti))
@@ -287,7 +300,11 @@ def recon_process_tracker():
             counts = pipeline.summarize(results, claimed or 0, dag_run.start_date.timestamp(), written_back)
         log.info("recon summary: %s", " ".join(f"{k}={v}" for k, v in counts.items()))
         expected = len(chunks) if chunks else 0
-        if not params["dry_run"] and (len(results) < expected or written_back is None):
+        incomplete = not params["dry_run"] and (len(results) < expected or written_back is None)
+        # the Recon view (Airflow UI → Recon, and this run's "Recon summary" tab) reads this row
+        monitoring.record_run_summary(dag_run.run_id, counts, outcome="failed" if incomplete else "success")
+        log.info("%s", monitoring.summary_markdown(counts, dag_run.run_id))
+        if incomplete:
             ti.xcom_push(key="summary", value=counts)
             raise AirflowFailException(
                 f"{expected - len(results)} of {expected} chunk(s) did not finish; "

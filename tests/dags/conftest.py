@@ -89,7 +89,9 @@ def task_instances(run_id: str) -> list[Any]:
             .order_by(TaskInstance.task_id, TaskInstance.map_index)
             .all()
         )
-        return [(ti.task_id, ti.map_index, str(ti.state.value if ti.state else None), ti.rendered_map_index) for ti in rows]
+        return [
+            (ti.task_id, ti.map_index, getattr(ti.state, "value", ti.state), ti.rendered_map_index) for ti in rows
+        ]
 
 
 @pytest.fixture
