@@ -200,8 +200,8 @@ def ingest_csv(
     (unknown account), in which case nothing was written.
     """
     started = time.monotonic()
-    if not isinstance(account_id, str) or not account_id:
-        raise InvalidInputError(f"account_id must be a non-empty string, got {account_id!r}")
+    if not isinstance(account_id, str) or not account_id or "\x00" in account_id:
+        raise InvalidInputError(f"account_id must be a non-empty string without NUL, got {_show(account_id)}")
     mode = _parse_mode(mode)
     if batch_rows < 1 or progress_every < 1:
         raise InvalidInputError("batch_rows and progress_every must be positive")
@@ -506,7 +506,7 @@ def _entry_type(kind: str, account_type: str) -> str:
     return (normal if kind == "payment" else normal.opposite).value
 
 
-def _show(value: str) -> str:
+def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "...'"
 
