@@ -160,7 +160,7 @@ class IngestReport:
             lines.append("duplicate rows (not ingested):")
             lines += [
                 f"  row {d.row_number}: order_id {_show(d.order_id)} duplicates an {d.duplicate_of}"
-                for d in self.duplicates
+                for d in sorted(self.duplicates, key=lambda d: d.row_number)
             ]
             if self.duplicate_count > len(self.duplicates):
                 lines.append(f"  ... and {self.duplicate_count - len(self.duplicates):,} more duplicates")
@@ -194,8 +194,10 @@ def ingest_csv(
     """Ingest one CSV file into `account_id` in processing `mode` (TRANSACTION or CONFIRMATION).
 
     `path_or_binary_stream` is a path or a stream opened in binary mode (UTF-8, BOM accepted).
-    `source_file` is stored in each entry's metadata; it defaults to the file's base name.
-    `progress` is called with a Progress every `progress_every` rows.
+    `source_file` is stored in each entry's metadata; it defaults to the file's base name
+    (a stream without a name stores none).
+    `progress` is called with a Progress every `progress_every` rows (an exception it raises
+    aborts the ingest and rolls it back). `batch_rows` is the INSERT batch size.
     Returns the report; raises InvalidInputError (bad file, header, limits) or NotFoundError
     (unknown account), in which case nothing was written.
     """
@@ -431,11 +433,10 @@ def _parse_row(
             errors.append(f"{name} is missing")
         else:
             fields[name] = raw.strip()
-    extras = {}
+    extras = {}  # verbatim: a cell is data, whatever it looks like (=cmd(), SQL, markup)
     for i, name in header.extras:
-        raw = cell(i, name) if i < len(values) else None
-        if raw is not None:
-            extras[name] = raw  # verbatim: a cell is data, whatever it looks like
+        if i < len(values) and (raw := cell(i, name)) is not None:
+            extras[name] = raw
 
     order_id = fields.get("order_id")
     if order_id is not None and len(order_id) > MAX_ORDER_ID_LENGTH:
