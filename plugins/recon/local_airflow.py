@@ -178,6 +178,28 @@ def ensure_metadata_migrated(env: Mapping[str, str]) -> bool:
     return True
 
 
+def recon_url_of(env: Mapping[str, str]) -> str:
+    """The recon database Airflow's tasks will use with this environment."""
+    from recon.db import _airflow_env_connection_to_url
+
+    raw = env.get("RECON_DATABASE_URL") or env.get("AIRFLOW_CONN_RECON_DB")
+    if not raw:
+        raise AirflowSetupError("neither RECON_DATABASE_URL nor AIRFLOW_CONN_RECON_DB is set")
+    return raw if env.get("RECON_DATABASE_URL") else _airflow_env_connection_to_url(raw)
+
+
+def ensure_recon_schema(env: Mapping[str, str]) -> list[str]:
+    """Apply pending sql/ migrations to the recon database the DAG will use."""
+    from recon.db import Database
+    from recon.migrations import migrate
+
+    db = Database(recon_url_of(env), "recon_db")
+    try:
+        return migrate(db)
+    finally:
+        db.dispose()
+
+
 def load_dag(dag_id: str = DAG_ID):
     """The DAG object parsed from dags/ (raises with the import error if it does not parse)."""
     from airflow.dag_processing.dagbag import DagBag
@@ -201,9 +223,10 @@ def run_dag_once(
     Raises AirflowSetupError when the run does not succeed (the summary, if any, is in the message).
     """
     if quiet:
-        os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "ERROR")
     env = configure(home, **kwargs)
     ensure_metadata_migrated(env)
+    ensure_recon_schema(env)
     dag = load_dag()
     dag_run = dag.test(run_conf=dict(conf or {}))
     summary = read_summary(dag_run.run_id)
@@ -231,6 +254,7 @@ def standalone(home: Path | None = None, port: int = 8080) -> int:
     """`airflow standalone` with this project's configuration (blocks until Ctrl-C)."""
     env = airflow_environment(home, port=port)
     ensure_metadata_migrated(env)
+    ensure_recon_schema(env)
     home_dir = Path(env["AIRFLOW_HOME"])
     print(f"recon: Airflow UI on http://localhost:{port} (DAG {DAG_ID})", file=sys.stderr)
     print(
@@ -239,4 +263,8 @@ def standalone(home: Path | None = None, port: int = 8080) -> int:
         file=sys.stderr,
     )
     print(f"recon: AIRFLOW_HOME={home_dir}; stop with Ctrl-C", file=sys.stderr)
-    return subprocess.call(airflow_command(["standalone"]), env=env)
+    process = subprocess.Popen(airflow_command(["standalone"]), env=env)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached airflow too: let it shut its components down
+        return process.wait()
