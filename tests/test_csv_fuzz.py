@@ -232,12 +232,6 @@ def test_unknown_or_hostile_account_ids_are_not_found(db, account, account_id):
     assert counts(db) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recon.ingest._check_metadata looks for the text \\u0000 in the JSON encoding, so a literal"
-    " backslash-u0000 in a cell is taken for a NUL and the row is rejected (real NULs never get this"
-    " far: the CSV reader refuses them). Remove this mark when that check looks at the values.",
-)
 def test_a_literal_backslash_u0000_cell_is_stored_verbatim(db, account):
     content = (HEADER.strip() + ",note\n" + "LIT-1,1,USD,2024-01-01,Payment,C:\\u0000\\dir\n").encode()
     report = ingest_or_refuse(db, account, content)

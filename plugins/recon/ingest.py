@@ -85,7 +85,7 @@ def _check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
         raise InvalidInputError(f"metadata is not JSON: {exc}") from None
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidInputError(f"metadata is larger than {MAX_METADATA_BYTES} bytes")
-    if "\\u0000" in encoded:
+    if _contains_nul(metadata):
         raise InvalidInputError("metadata contains a NUL character, which PostgreSQL text cannot store")
     order_id = metadata.get("order_id")
     if order_id is not None:
@@ -94,6 +94,16 @@ def _check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
         if len(order_id) > MAX_ORDER_ID_LENGTH:
             raise InvalidInputError(f"metadata.order_id is longer than {MAX_ORDER_ID_LENGTH} characters")
     return json.loads(encoded)
+
+
+def _contains_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_contains_nul(v) for v in value)
+    return False
 
 
 def _reject(value: object) -> None:

@@ -24,7 +24,7 @@ def parse_amount(value: object, field: str = "amount") -> Decimal:
         amount = Decimal(value)
     elif isinstance(value, str):
         text = value.strip()
-        if not re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", text):
+        if not re.fullmatch(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?", text):
             raise InvalidInputError(f"{field} {_show(value)} is not a decimal number")
         try:
             amount = Decimal(text)

@@ -164,3 +164,17 @@ def test_matching_window_keeps_unmatched_confirmation_waiting(books, monkeypatch
         c.execute(sa.text("UPDATE process_tracker SET run_after = now()"))
     books.process()
     assert books.staging(sid).metadata["error_type"] == "NoMatchFoundError"
+
+
+def test_producer_rejects_bad_amounts_and_nul_but_keeps_backslash_text(books):
+    import pytest
+    from recon.errors import InvalidInputError
+
+    for amount in ["0", "-1", "NaN", "Infinity", "1e400", "1.23456", "١٢", "", "1,00"]:
+        with pytest.raises(InvalidInputError, match="amount"):
+            books.stage(books.bank, "DEBIT", amount, "TRANSACTION", order_id="x")
+    with pytest.raises(InvalidInputError, match="NUL"):
+        books.stage(books.bank, "DEBIT", "1", "TRANSACTION", order_id="x", note="a\x00b")
+    sid, _ = books.stage(books.bank, "DEBIT", "1", "TRANSACTION", order_id="x", note="C:\\u0000\\dir")
+    assert books.staging(sid).metadata["note"] == "C:\\u0000\\dir"
+    assert len(books.rows("SELECT 1 FROM staging_entries")) == 1
