@@ -67,17 +67,19 @@ class ExpectedEntryMatchingTask(ReconTask):
                 metadata={"matched_transaction_id": leg.transaction_id, "matched_entry_id": leg.entry_id},
                 mismatch_transaction_id=leg.transaction_id,
             )
+        # a later confirmation of this order in the chunk finds it fulfilled, as it would one at a time
+        ctx.fulfilled_orders.add((entry.account_id, entry.order_id))
         return Plan("fulfil", {"leg": leg})
 
     def _unmatched(self, entry: StagingEntry, ctx: ChunkContext) -> Verdict:
         key = (entry.account_id, entry.order_id)
-        if key in ctx.fulfilled_orders or any(
-            leg.entry_id in ctx.consumed_expected for leg in ctx.expected_by_order.get(key, [])
-        ):
+        # only a fulfilment makes a later confirmation "already fulfilled"; after a mismatch (here or
+        # in an earlier chunk) there is simply no open expected entry left: NoMatchFound, either way
+        if key in ctx.fulfilled_orders:
             return ManualReview(
                 ErrorType.ALREADY_FULFILLED,
                 f"the expected entry for order {entry.order_id!r} on account {entry.account_id}"
-                " was already fulfilled or mismatched by another confirmation",
+                " was already fulfilled by another confirmation",
             )
         if key in ctx.queued_orders:
             return Wait(
