@@ -12,11 +12,12 @@ import datetime as dt
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from recon.db import Database
+from tests import databases
 from tests.reliability import figures
 from tests.reliability.helpers import REPO_ROOT, Books, make_books
 
@@ -29,6 +30,18 @@ _merged: dict[str, Any] | None = None  # the controller's merge of xdist workers
 @pytest.fixture
 def books(db: Database) -> Books:
     return make_books(db)
+
+
+@pytest.fixture
+def second_db(pg_admin_url: str, pg_template: str) -> Iterator[Database]:
+    """Another fresh migrated database, e.g. for a one-at-a-time reference run of the same input."""
+    name = databases.create_test_database(pg_admin_url, pg_template)
+    database = Database(databases.libpq_url(pg_admin_url, name), "second")
+    try:
+        yield database
+    finally:
+        database.dispose()
+        databases.drop_database(pg_admin_url, name)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -1,0 +1,64 @@
+"""Deterministic cases the chunking/worker property (test_invariants.py) found or guards.
+
+Each case runs the same lines one at a time and as one chunk, and the outcomes per staging entry
+must be equal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from recon import pipeline
+from recon.db import Database
+from tests.reliability.helpers import assert_books_consistent, make_books, make_retries_due
+
+
+def _outcomes(db: Database, ids: list[str]) -> list[tuple[Any, ...]]:
+    with db.begin() as conn:
+        found = {r.staging_entry_id: (r.status, r.error_type) for r in conn.execute(sa.text(
+            "SELECT staging_entry_id, status, metadata ->> 'error_type' AS error_type FROM staging_entries"))}
+    return [found[i] for i in ids]
+
+
+def _run(db: Database, lines: list[tuple[str, ...]], chunk_size: int) -> list[tuple[Any, ...]]:
+    books = make_books(db)
+    ids = []
+    for mode, order, side, amount in lines:  # one line per transaction: claim order = line order
+        entry = (books.transaction(order, amount) if mode == "T"
+                 else books.confirmation(order, amount, side=side))
+        ids.append(books.stage([entry])[0].staging_entry_id)
+    for _ in range(10):
+        summary = pipeline.process_queue(db=db, batch_size=chunk_size, chunk_size=chunk_size)
+        if not make_retries_due(db) and not summary["claimed"]:
+            break
+    assert_books_consistent(db)
+    return _outcomes(db, ids)
+
+
+def _both_ways(db: Database, second_db: Database, lines: list[tuple[str, ...]]) -> list[tuple[Any, ...]]:
+    one_at_a_time = _run(second_db, lines, chunk_size=1)
+    chunked = _run(db, lines, chunk_size=100)
+    assert chunked == one_at_a_time
+    return chunked
+
+
+def test_second_confirmation_after_an_in_chunk_mismatch_is_no_match(db, second_db):
+    """The first confirmation mismatches (amount); an identical second one finds no open expected
+    entry: NoMatchFoundError one at a time, and so in one chunk too (it used to say AlreadyFulfilled)."""
+    lines = [("T", "o1", "DEBIT", "10.00"), ("C", "o1", "CREDIT", "99.99"), ("C", "o1", "CREDIT", "99.99")]
+    assert _both_ways(db, second_db, lines) == [
+        ("PROCESSED", None), ("NEEDS_MANUAL_REVIEW", "MismatchError"), ("NEEDS_MANUAL_REVIEW", "NoMatchFoundError")]
+
+
+def test_second_confirmation_after_an_in_chunk_fulfilment_is_already_fulfilled(db, second_db):
+    lines = [("T", "o1", "DEBIT", "10.00"), ("C", "o1", "CREDIT", "10"), ("C", "o1", "CREDIT", "10.0")]
+    assert _both_ways(db, second_db, lines) == [
+        ("PROCESSED", None), ("PROCESSED", None), ("NEEDS_MANUAL_REVIEW", "AlreadyFulfilledError")]
+
+
+def test_confirmation_before_its_transaction_waits_for_it(db, second_db):
+    lines = [("C", "o1", "CREDIT", "10.00"), ("T", "o1", "DEBIT", "10.00"), ("C", "o1", "CREDIT", "10.00")]
+    outcomes = _both_ways(db, second_db, lines)
+    assert sorted(outcomes[::2]) == [("NEEDS_MANUAL_REVIEW", "AlreadyFulfilledError"), ("PROCESSED", None)]
