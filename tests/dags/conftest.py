@@ -24,10 +24,7 @@ PROJECT = settings.PROJECT_ROOT
 AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="recon-dag-tests-airflow-"))
 atexit.register(shutil.rmtree, AIRFLOW_HOME, ignore_errors=True)
 
-if "airflow" in sys.modules:  # pragma: no cover - a guard, not a test
-    raise pytest.UsageError(
-        "airflow was imported before tests/dags/conftest.py could point it at a test AIRFLOW_HOME"
-    )
+_AIRFLOW_IMPORTED_EARLY = "airflow" in sys.modules
 
 METADATA_URL = f"sqlite:///{AIRFLOW_HOME}/airflow.db"
 os.environ.update(
@@ -45,7 +42,18 @@ os.environ.pop("AIRFLOW_CONN_RECON_DB", None)  # the db_url fixture's RECON_DATA
 
 
 @pytest.fixture(scope="session")
-def airflow_metadata() -> Path:
+def airflow_home() -> Path:
+    """This session's AIRFLOW_HOME, as long as airflow was first imported after this conftest."""
+    if _AIRFLOW_IMPORTED_EARLY:
+        pytest.fail("airflow was imported before tests/dags/conftest.py could point it at a test AIRFLOW_HOME")
+    from airflow.configuration import AIRFLOW_HOME as configured
+
+    assert Path(configured) == AIRFLOW_HOME
+    return AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def airflow_metadata(airflow_home: Path) -> Path:
     """A migrated Airflow metadata database (SQLite) for this session."""
     result = subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True, env=os.environ.copy()
@@ -61,7 +69,7 @@ def load_dags() -> Any:
 
 
 @pytest.fixture
-def dagbag() -> Any:
+def dagbag(airflow_home: Path) -> Any:
     return load_dags()
 
 

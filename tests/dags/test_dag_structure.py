@@ -28,7 +28,7 @@ def test_dag_folder_has_no_import_errors(dagbag):
     assert set(dagbag.dags) == {"recon_process_tracker", "recon_maintenance"}
 
 
-def test_plugin_loader_reports_no_errors():
+def test_plugin_loader_reports_no_errors(airflow_home):
     from airflow import plugins_manager
     from airflow.configuration import conf
 
