@@ -117,17 +117,18 @@ _INSERT_ENTRIES = sa.text(
 _ARCHIVE = sa.text(
     """
     WITH archived AS (
-        UPDATE transactions SET status = 'ARCHIVED', discarded_at = now()
+        UPDATE transactions SET status = 'ARCHIVED', discarded_at = now(), updated_at = now()
         WHERE transaction_id = ANY(CAST(:ids AS text[]))
         RETURNING transaction_id
     )
-    UPDATE entries SET status = 'ARCHIVED', discarded_at = now()
+    UPDATE entries SET status = 'ARCHIVED', discarded_at = now(), updated_at = now()
     WHERE transaction_id IN (SELECT transaction_id FROM archived)
     """
 )
 
 _MISMATCH = sa.text(
-    "UPDATE transactions SET status = 'MISMATCH' WHERE transaction_id = ANY(CAST(:ids AS text[]))"
+    "UPDATE transactions SET status = 'MISMATCH', updated_at = now()"
+    " WHERE transaction_id = ANY(CAST(:ids AS text[]))"
 )
 
 # debits equal credits per transaction and currency

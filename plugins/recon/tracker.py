@@ -139,7 +139,8 @@ _CLAIM = sa.text(
         completed_at = NULL,
         last_error = NULL,
         lease_owner = :owner,
-        lease_expires_at = now() + make_interval(secs => :lease_seconds)
+        lease_expires_at = now() + make_interval(secs => :lease_seconds),
+        updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
     WHERE task_id = ANY(ARRAY(SELECT task_id FROM due))
     RETURNING {_COLUMNS}
     """
@@ -172,7 +173,8 @@ _FINISH = sa.text(
                          WHEN d.status = 'RETRY' THEN now() + {_BACKOFF}
                          ELSE t.run_after END,
         lease_owner = NULL,
-        lease_expires_at = NULL
+        lease_expires_at = NULL,
+        updated_at = now()
     FROM decided d
     WHERE t.task_id = d.task_id AND t.status = 'PROCESSING' AND t.lease_owner = :owner
     RETURNING t.task_id, t.status
@@ -194,7 +196,8 @@ _REAP = sa.text(
         completed_at = CASE WHEN t.attempts >= :max_attempts THEN now() ELSE NULL END,
         run_after = now() + {_BACKOFF},
         lease_owner = NULL,
-        lease_expires_at = NULL
+        lease_expires_at = NULL,
+        updated_at = now()
     WHERE t.task_id = ANY(ARRAY(SELECT task_id FROM expired))
     RETURNING t.task_id, t.status
     """

@@ -331,7 +331,8 @@ _UPDATE_STAGING = sa.text(
         status = u.status,
         metadata = CASE WHEN u.status = 'PROCESSED' THEN (s.metadata - 'error' - 'error_type') || u.patch
                         ELSE s.metadata || u.patch END,
-        discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END
+        discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END,
+        updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
     FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:patches AS jsonb[]))
         AS u(staging_entry_id, status, patch)
     WHERE s.staging_entry_id = u.staging_entry_id AND s.status <> 'PROCESSED'
