@@ -400,24 +400,23 @@ def overview(db: Database | None = None, **filters: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None) -> str:
-    """A short Markdown summary of one run: counts, rates and the top manual-review reasons."""
+def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None, heading: bool = True) -> str:
+    """A short Markdown summary of one run: counts, rates and the top manual-review reasons.
+
+    Without ``heading`` the first line is the counts line (what a collapsed run note shows).
+    """
     s = dict(summary)
     title = f"Recon run `{run_id}`" if run_id else "Recon run"
     if s.get("dry_run"):
+        lines = [f"### {title} (dry run)", ""] if heading else []
+        lines.append(f"**{s.get('due', 0)} due** task(s) decided and validated; dry run, nothing written.")
         verdicts = s.get("verdicts") or {}
-        lines = [
-            f"### {title} (dry run: nothing written)",
-            "",
-            f"**{s.get('due', 0)} due** task(s) decided and validated.",
-        ]
         if verdicts:
             lines += ["", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))]
     else:
         claimed = int(s.get("claimed", 0) or 0)
-        lines = [
-            f"### {title}",
-            "",
+        lines = [f"### {title}", ""] if heading else []
+        lines += [
             f"**{claimed} claimed** · {s.get('completed', 0)} completed · {s.get('failed', 0)} failed · "
             f"{s.get('retried', 0)} retried · {s.get('entries_per_s', 0)} entries/s in {s.get('duration_s', 0)} s",
             "",

@@ -193,8 +193,13 @@ def test_summary_markdown_has_counts_rates_and_top_reasons() -> None:
     assert "Completion rate: 70.0 %" in md
     assert "`MismatchError` × 1, `NoMatchFoundError` × 1" in md
 
+    note = monitoring.summary_markdown(summary, heading=False)
+    assert note.startswith("**10 claimed** · 7 completed") and "###" not in note
+
     dry = monitoring.summary_markdown({"dry_run": True, "due": 5, "verdicts": {"book": 5}})
-    assert "dry run: nothing written" in dry and "**5 due**" in dry and "claimed" not in dry
+    assert dry.startswith("### Recon run (dry run)")
+    assert "**5 due** task(s) decided and validated; dry run, nothing written." in dry and "claimed" not in dry
+    assert monitoring.summary_markdown({"dry_run": True, "due": 5}, heading=False).startswith("**5 due**")
 
 
 def test_jsonable_keeps_money_exact() -> None:

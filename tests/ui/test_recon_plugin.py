@@ -1,0 +1,190 @@
+"""The Recon plugin in a real Airflow: it loads, its JSON equals the database, anonymous gets nothing.
+
+The api-server runs as a subprocess on a temporary AIRFLOW_HOME with its metadata on the test
+PostgreSQL server and this project's plugins/ and dags/; the recon database is the module's
+seeded one (through the recon_db connection, as in a deployment).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+from decimal import Decimal
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from recon import ledger
+from recon.settings import PROJECT_ROOT
+from tests import databases
+from tests.ui.airflow_harness import AirflowServer, _clean_environment, create_metadata_database, save_log, start_airflow
+from tests.ui.seed import LEASE_OWNER, MISMATCH_ORDER, SeededBooks
+
+pytestmark = [pytest.mark.slow, pytest.mark.airflow]
+
+ENDPOINTS = [
+    "/recon/api/queue",
+    "/recon/api/throughput",
+    "/recon/api/exceptions",
+    "/recon/api/ledger",
+    "/recon/api/overview",
+    "/recon/api/runs/recon_process_tracker/manual__seed-2",
+    "/recon/",
+    "/recon/runs/recon_process_tracker/manual__seed-2",
+]
+
+
+def test_airflow_plugins_lists_the_recon_plugin_without_import_errors(tmp_path: Path) -> None:
+    env = _clean_environment()
+    env.update(
+        AIRFLOW_HOME=str(tmp_path),
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(PROJECT_ROOT / "plugins"),
+        AIRFLOW__CORE__DAGS_FOLDER=str(PROJECT_ROOT / "dags"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path}/airflow.db",
+    )
+    env.pop("PYTHONPATH", None)  # Airflow itself must put plugins/ on sys.path for `import recon`
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "plugins", "--output", "json"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "Failed to import plugin" not in output and "could not be built" not in output, output[-3000:]
+    plugins = {p["name"]: p for p in json.loads(result.stdout[result.stdout.index("[") :])}
+    recon = plugins["recon"]
+    assert recon["source"].endswith("recon_ui.py")
+    assert [(a["url_prefix"], a["app"]) for a in recon["fastapi_apps"]] == [("/recon", "fastapi.applications.FastAPI")]
+    views = {v["name"]: v for v in recon["external_views"]}
+    assert (views["Recon"]["destination"], views["Recon"]["url_route"], views["Recon"]["href"]) == ("nav", "recon", "/recon/")
+    assert views["Recon summary"]["destination"] == "dag_run"
+    assert views["Recon summary"]["href"] == "/recon/runs/{DAG_ID}/{RUN_ID}"
+
+
+@pytest.fixture(scope="module")
+def api_server(seeded: SeededBooks, pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowServer]:
+    metadata = create_metadata_database(pg_admin_url)
+    home = tmp_path_factory.mktemp("airflow-api")
+    server = None
+    try:
+        server = start_airflow(
+            ["api-server"], home, databases.libpq_url(pg_admin_url, metadata), seeded.url, log_name="api-server.log"
+        )
+        server.token = server.login("admin", server.admin_password())
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+            save_log(server, "recon-plugin-api-server.log")
+        databases.drop_database(pg_admin_url, metadata)
+
+
+def test_the_running_api_server_reports_the_plugin_and_no_import_errors(api_server: AirflowServer) -> None:
+    plugins = api_server.call("GET", "/api/v2/plugins")["plugins"]
+    assert "recon" in {p["name"] for p in plugins}
+    errors = api_server.call("GET", "/api/v2/plugins/importErrors")
+    assert errors["total_entries"] == 0, errors
+
+
+def test_queue_endpoint_equals_the_database(api_server: AirflowServer, seeded: SeededBooks) -> None:
+    q = api_server.call("GET", "/recon/api/queue")
+    by_status = dict(seeded.rows("SELECT status, count(*) FROM process_tracker GROUP BY status"))
+    assert {s: n for s, n in q["by_status"].items() if n} == by_status
+    assert len(by_status) == 5  # every status is seeded
+    assert q["total"] == seeded.scalar("SELECT count(*) FROM process_tracker")
+    assert q["due_now"] == seeded.scalar(
+        "SELECT count(*) FROM process_tracker WHERE status IN ('PENDING', 'RETRY') AND run_after <= now()")
+    assert q["leases"]["held"] == by_status["PROCESSING"]
+    assert [o["lease_owner"] for o in q["leases"]["owners"]] == [LEASE_OWNER]
+    retry = seeded.rows("SELECT task_id, run_after FROM process_tracker WHERE status = 'RETRY'")
+    assert [(t["task_id"], t["next_due_at"]) for t in q["retry"]["tasks"]] == [
+        (r.task_id, r.run_after.isoformat()) for r in retry]
+
+
+def test_exceptions_endpoint_equals_the_database_and_filters(api_server: AirflowServer, seeded: SeededBooks) -> None:
+    ex = api_server.call("GET", "/recon/api/exceptions")
+    groups = dict(seeded.rows(
+        "SELECT metadata ->> 'error_type', count(*) FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW' GROUP BY 1"))
+    assert {g["error_type"]: g["count"] for g in ex["manual_review"]["groups"]} == groups
+    reasons = dict(seeded.rows(
+        "SELECT staging_entry_id, metadata ->> 'error' FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW'"))
+    assert {e["staging_entry_id"]: e["reason"] for e in ex["manual_review"]["entries"]} == reasons
+    failed = dict(seeded.rows("SELECT task_id, last_error FROM process_tracker WHERE status = 'FAILED'"))
+    assert {t["task_id"]: t["last_error"] for t in ex["failed_tasks"]["tasks"]} == failed
+
+    query = urllib.parse.urlencode({"order_id": MISMATCH_ORDER})
+    one = api_server.call("GET", f"/recon/api/exceptions?{query}")["manual_review"]
+    assert [(e["order_id"], e["error_type"], e["amount"]) for e in one["entries"]] == [
+        (MISMATCH_ORDER, "MismatchError", "249.0000")]  # money as an exact string
+    status, body = api_server.request("GET", "/recon/api/exceptions?limit=0")
+    assert status == 422, body
+
+
+def test_ledger_endpoint_equals_the_database(api_server: AirflowServer, seeded: SeededBooks) -> None:
+    lg = api_server.call("GET", "/recon/api/ledger")
+    expected = {b.account_id: (str(b.posted), str(b.pending), str(b.available)) for b in ledger.balances(db=seeded.db)}
+    assert {b["account_id"]: (b["posted"], b["pending"], b["available"]) for b in lg["balances"]} == expected
+    assert any(Decimal(p) != 0 for p, _, _ in expected.values())
+    mismatch = [r[0] for r in seeded.rows("SELECT transaction_id FROM transactions WHERE status = 'MISMATCH'")]
+    assert [t["transaction_id"] for t in lg["mismatch"]["transactions"]] == mismatch
+    assert lg["mismatch"]["count"] == len(mismatch) == 1
+
+
+def test_throughput_and_run_endpoints_equal_the_recorded_runs(api_server: AirflowServer, seeded: SeededBooks) -> None:
+    tp = api_server.call("GET", "/recon/api/throughput")
+    recorded = seeded.rows("SELECT run_id, processed, backlog FROM run_summaries ORDER BY recorded_at")
+    assert [(r["run_id"], r["processed"], r["backlog"]) for r in tp["runs"]] == [tuple(r) for r in recorded]
+    run = api_server.call("GET", "/recon/api/runs/recon_process_tracker/manual__seed-2")
+    assert run["summary"]["claimed"] == 3 and "**3 claimed**" in run["markdown"]
+    status, _ = api_server.request("GET", "/recon/api/runs/recon_process_tracker/no-such-run")
+    assert status == 404
+
+
+def test_the_html_view_shows_the_database_figures(api_server: AirflowServer, seeded: SeededBooks) -> None:
+    status, html = api_server.request("GET", "/recon/", headers={"Accept": "text/html"})
+    assert status == 200, html
+    for state, n in seeded.rows("SELECT status, count(*) FROM process_tracker GROUP BY status"):
+        assert f'data-testid="status-{state}">{n}<' in html
+    for error_type, n in seeded.rows(
+        "SELECT metadata ->> 'error_type', count(*) FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW' GROUP BY 1"
+    ):
+        assert f'data-testid="review-count-{error_type}">{n}<' in html
+    assert "amount: expected 250.0000, got 249.0000" in html
+    assert 'action="/api/v2/dags/recon_process_tracker/dagRuns"' in html  # the pre-filled trigger posts to Airflow
+    assert 'href="/dags/recon_process_tracker/runs/manual__seed-2"' in html
+
+
+def test_anonymous_requests_get_no_data(api_server: AirflowServer, seeded: SeededBooks) -> None:
+    secrets_of_the_books = [r[0] for r in seeded.rows("SELECT staging_entry_id FROM staging_entries")]
+    for path in ENDPOINTS:
+        for headers in ({"Accept": "application/json"}, {"Accept": "text/html"}):
+            status, body = api_server.request("GET", path, token=None, headers=headers)
+            text = json.dumps(body) if not isinstance(body, str) else body
+            assert not any(s in text for s in secrets_of_the_books), (path, text[:500])
+            if headers["Accept"] == "text/html" and "/api/" not in path:
+                assert status == 303, (path, status)  # a browser is sent to Airflow's login page
+            else:
+                assert status == 401, (path, status, body)
+        status, body = api_server.request("GET", path, token="not-a-jwt")
+        assert status in (401, 403) and "stg_" not in json.dumps(body), (path, status, body)
+
+
+def test_anonymous_browser_is_sent_to_the_login_page(api_server: AirflowServer) -> None:
+    status, _ = api_server.request("GET", "/recon/?error_type=MismatchError", token=None, headers={"Accept": "text/html"})
+    assert status == 303
+    import urllib.request
+
+    req = urllib.request.Request(api_server.base_url + "/recon/", headers={"Accept": "text/html"})
+    with urllib.request.urlopen(req, timeout=30) as resp:  # follows the redirect
+        assert "/auth/login" in resp.url and "next=" in resp.url
+
+
+def test_a_viewer_may_read_the_view(api_server: AirflowServer) -> None:
+    token = api_server.login("viewer", json.loads(
+        (api_server.home / "simple_auth_manager_passwords.json.generated").read_text())["viewer"])
+    status, body = api_server.request("GET", "/recon/api/queue", token=token)
+    assert status == 200 and body["total"] > 0

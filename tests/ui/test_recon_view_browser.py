@@ -1,0 +1,165 @@
+"""The Recon view in a real browser against a running `airflow standalone`.
+
+Headless Chromium (Debian package, driven by Playwright) logs in through Airflow's login form,
+opens "Recon" from the navigation, checks the figures against the database, filters the
+manual-review list, reprocesses it with the pre-filled trigger form, follows the link to the
+DAG run and opens the run's "Recon summary" tab. Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from recon import monitoring
+from tests import databases
+from tests.ui.airflow_harness import ARTIFACTS, AirflowServer, create_metadata_database, save_log, start_airflow
+from tests.ui.seed import SeededBooks
+
+pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.browser]
+
+DAG_ID = "recon_process_tracker"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run",
+]
+RUN_TIMEOUT_S = 300
+UI_TIMEOUT_MS = 30_000
+
+
+@pytest.fixture
+def standalone(books: SeededBooks, db_url: str, pg_admin_url: str, tmp_path: Path) -> Iterator[AirflowServer]:
+    metadata = create_metadata_database(pg_admin_url)
+    server = None
+    try:
+        server = start_airflow(
+            ["standalone"], tmp_path / "airflow", databases.libpq_url(pg_admin_url, metadata), db_url,
+            log_name="standalone.log",
+        )
+        server.extra["password"] = server.admin_password()
+        server.token = server.login("admin", server.extra["password"])
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+            save_log(server, "recon-view-standalone.log")
+        databases.drop_database(pg_admin_url, metadata)
+
+
+def wait_for_run(server: AirflowServer, run_id: str) -> dict:
+    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+    def finished() -> dict | None:
+        run = server.call("GET", path)
+        return run if run["state"] in ("success", "failed") else None
+
+    run = server.wait_for(f"run {run_id} to finish", finished, RUN_TIMEOUT_S)
+    assert run["state"] == "success", run
+    return run
+
+
+def test_recon_view_in_a_real_browser(standalone: AirflowServer, books: SeededBooks) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install chromium chromium-driver (.ci/run does)"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    server = standalone
+
+    # a real run through the scheduler: it processes the seeded backlog and records its summary
+    server.wait_for("the DAG to be parsed", lambda: server.request("GET", f"/api/v2/dags/{DAG_ID}")[0] == 200, 180)
+    server.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+    run_id = server.call("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {}})["dag_run_id"]
+    run = wait_for_run(server, run_id)
+    recorded = monitoring.run_summary(run_id, books.db)
+    assert recorded is not None and (recorded["claimed"], recorded["processed"]) == (3, 3)
+    # the listener wrote the run's summary as its note, counts first
+    assert run["note"] and run["note"].startswith("**3 claimed** · 3 completed · 0 failed"), run
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.set_default_timeout(UI_TIMEOUT_MS)
+
+            # log in through Airflow's own login form
+            page.goto(server.base_url + "/")
+            page.wait_for_url(re.compile(r"/auth/login"))
+            page.fill("input[name=username]", "admin")
+            page.fill("input[name=password]", server.extra["password"])
+            page.click("button[type=submit]")
+            page.wait_for_url(re.compile(r"^(?!.*/auth/login)"))
+
+            # open Recon from the navigation: the view is embedded in the Airflow UI
+            page.get_by_role("link", name="Recon", exact=True).click()
+            page.wait_for_url(re.compile(r"/plugin/recon"))
+            frame = page.frame_locator("iframe[title='Recon']")
+            for status, n in books.rows("SELECT status, count(*) FROM process_tracker GROUP BY status"):
+                expect(frame.get_by_test_id(f"status-{status}")).to_have_text(str(n))
+            expect(frame.get_by_test_id("leases-held")).to_have_text(
+                str(books.scalar("SELECT count(*) FROM process_tracker WHERE status = 'PROCESSING'")))
+            for error_type, n in books.rows(
+                "SELECT metadata ->> 'error_type', count(*) FROM staging_entries"
+                " WHERE status = 'NEEDS_MANUAL_REVIEW' GROUP BY 1"
+            ):
+                expect(frame.get_by_test_id(f"review-count-{error_type}")).to_have_text(str(n))
+            mismatch_reason = books.scalar(
+                "SELECT metadata ->> 'error' FROM staging_entries WHERE metadata ->> 'error_type' = 'MismatchError'")
+            expect(frame.get_by_test_id("review-reason").filter(has_text=mismatch_reason)).to_be_visible()
+            expect(frame.get_by_test_id("airflow-run-link").filter(has_text=run_id)).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "recon-view.png"))
+
+            # filter the manual-review list, then reprocess exactly those entries with the pre-filled trigger
+            frame.locator("select[name=error_type]").select_option("NoMatchFoundError")
+            frame.get_by_role("button", name="Filter").click()
+            expect(frame.get_by_test_id("review-count-NoMatchFoundError")).to_have_text("1")
+            expect(frame.get_by_test_id("review-count-MismatchError")).to_have_count(0)
+            (task_id,) = [r[0] for r in books.rows(
+                "SELECT p.task_id FROM process_tracker p JOIN staging_entries s"
+                " ON s.staging_entry_id = p.payload ->> 'staging_entry_id'"
+                " WHERE p.status = 'FAILED' AND s.metadata ->> 'error_type' = 'NoMatchFoundError'")]
+            reprocess = frame.get_by_test_id("reprocess-these")
+            reprocess.locator("summary").click()
+            expect(reprocess.locator("textarea[name=conf]")).to_contain_text(task_id)
+            page.screenshot(path=str(ARTIFACTS / "recon-view-reprocess-form.png"))
+            reprocess.get_by_role("button", name=re.compile("Trigger")).click()
+            result = reprocess.locator("[data-trigger-result]")
+            expect(result).to_contain_text("Queued run")
+            reprocess_run_id = re.search(r"Queued run (\S+)\.", result.inner_text()).group(1)
+            reprocess_run = wait_for_run(server, reprocess_run_id)
+            assert reprocess_run["conf"] == {"reprocess": {"task_ids": [task_id]}}
+            # the form's note is kept: the listener never overwrites a note a user wrote
+            assert reprocess_run["note"].startswith("Reprocess from the Recon view: NoMatchFoundError")
+            again = monitoring.run_summary(reprocess_run_id, books.db)["summary"]
+            assert (again["claimed"], again["manual_review_by_type"]) == (1, {"NoMatchFoundError": 1})
+
+            # follow the link from the view to the Airflow run: it opens in Airflow, not in the frame
+            page.reload()
+            frame = page.frame_locator("iframe[title='Recon']")
+            frame.get_by_test_id("airflow-run-link").filter(has_text=run_id).click()
+            page.wait_for_url(re.compile(rf"/dags/{DAG_ID}/runs/{re.escape(urllib.parse.quote(run_id, safe=''))}$"))
+            expect(page.get_by_text(run_id).first).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "recon-dag-run.png"))
+
+            # the run's own "Recon summary" tab renders the summary the run recorded
+            page.get_by_role("tab", name="Recon summary").or_(page.get_by_role("link", name="Recon summary")).first.click()
+            summary = page.frame_locator("iframe[title='Recon summary']").get_by_test_id("run-summary")
+            expect(summary).to_contain_text("3 claimed")
+            expect(summary).to_contain_text("3 completed")
+            page.screenshot(path=str(ARTIFACTS / "recon-run-summary-tab.png"))
+
+            # without a session: no data, only the login page
+            anonymous = browser.new_context()
+            response = anonymous.request.get(server.base_url + "/recon/api/overview")
+            assert response.status == 401 and "stg_" not in response.text()
+            anonymous_page = anonymous.new_page()
+            anonymous_page.goto(server.base_url + "/recon/")
+            anonymous_page.wait_for_url(re.compile(r"/auth/login"))
+            assert "stg_" not in anonymous_page.content()
+            anonymous.close()
+        finally:
+            browser.close()
