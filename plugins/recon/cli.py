@@ -196,6 +196,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return local_airflow.standalone(port=args.port)
 
 
+def cmd_airflow(args: argparse.Namespace) -> int:
+    """Any `airflow` command with this project's configuration (e.g. `dags list`)."""
+    from recon import local_airflow
+
+    return local_airflow.airflow_cli(args.airflow_args)
+
+
 # ---- parser ---------------------------------------------------------------------------------
 
 
@@ -275,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="Airflow standalone with this project's DAGs and plugins")
     ui.add_argument("--port", type=int, default=8080)
     ui.set_defaults(func=cmd_ui)
+
+    airflow = commands.add_parser("airflow", help="run an airflow CLI command with this project's configuration")
+    airflow.add_argument("airflow_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    airflow.set_defaults(func=cmd_airflow)
     return parser
 
 

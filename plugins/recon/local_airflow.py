@@ -250,6 +250,13 @@ def read_summary(run_id: str, dag_id: str = DAG_ID) -> dict[str, Any] | None:
     return None
 
 
+def airflow_cli(args: list[str], home: Path | None = None) -> int:
+    """`airflow ARGS` with this project's configuration; returns its exit code."""
+    env = airflow_environment(home)
+    ensure_metadata_migrated(env)
+    return subprocess.call(airflow_command(list(args) or ["--help"]), env=env)
+
+
 def standalone(home: Path | None = None, port: int = 8080) -> int:
     """`airflow standalone` with this project's configuration (blocks until Ctrl-C)."""
     env = airflow_environment(home, port=port)

@@ -88,3 +88,24 @@ def test_run_dag_once_on_postgresql_metadata(tmp_path: Path, pg_admin_url: str, 
     assert summary["claimed"] == 3 and summary["booked"] == 3 and summary["completed"] == 3
     assert [seed.task(t)["status"] for t in tasks] == ["COMPLETED"] * 3
     assert (tmp_path / "airflow" / "metadata_migrated").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.airflow
+def test_recon_airflow_passes_commands_through(tmp_path: Path, db_url: str):
+    """`./recon airflow dags report` parses this project's DAGs (metadata migrated on first use)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        AIRFLOW_HOME=str(tmp_path),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path}/airflow.db",
+        RECON_DATABASE_URL=db_url,
+        PYTHONPATH=os.pathsep.join([str(PROJECT / "plugins"), str(PROJECT)]),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "recon", "airflow", "dags", "report", "--output", "json"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("[{")))
+    assert {dag for file in report for dag in file["dags"]} == {"recon_process_tracker", "recon_maintenance"}
+    assert (tmp_path / "metadata_migrated").exists()
