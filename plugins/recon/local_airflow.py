@@ -128,6 +128,10 @@ def airflow_environment(
         for key in ("AIRFLOW__API__PORT", "AIRFLOW__API__BASE_URL", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"):
             env[key] = ours[key]
     env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+    # `airflow standalone` starts its components as `airflow ...` from PATH: use this interpreter's
+    bin_dir = str(Path(sys.executable).parent)
+    path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]
+    env["PATH"] = os.pathsep.join([bin_dir, *path])
     return env
 
 
