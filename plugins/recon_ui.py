@@ -150,6 +150,7 @@ def _build_app() -> Any:
     from pathlib import Path
 
     import jinja2
+    import sqlalchemy.exc as sa_exc
     from fastapi import APIRouter, Depends, FastAPI, Query, Request
     from fastapi.exceptions import HTTPException
     from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
@@ -190,6 +191,19 @@ def _build_app() -> Any:
             login = get_auth_manager().get_url_login(next_url=str(request.url.path))
             return RedirectResponse(f"{_airflow_base(request)}{login}", status_code=303)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(sa_exc.ProgrammingError)
+    @app.exception_handler(sa_exc.OperationalError)
+    async def _database_unusable(request: Request, exc: Exception) -> Any:
+        """Missing table (not migrated) or unreachable database: say so, without the URL or SQL."""
+        log.warning("recon view: database error: %s", str(exc).splitlines()[0][:300])
+        missing = "UndefinedTable" in type(getattr(exc, "orig", None)).__name__
+        detail = (
+            "the recon database is not migrated: run `./recon db migrate` (python -m recon db migrate)"
+            if missing
+            else "the recon database cannot be reached; see the API server log"
+        )
+        return JSONResponse({"detail": detail}, status_code=503)
 
     def filters(
         error_type: str | None = Query(None, max_length=200),

@@ -188,3 +188,16 @@ def test_a_viewer_may_read_the_view(api_server: AirflowServer) -> None:
         (api_server.home / "simple_auth_manager_passwords.json.generated").read_text())["viewer"])
     status, body = api_server.request("GET", "/recon/api/queue", token=token)
     assert status == 200 and body["total"] > 0
+
+
+def test_an_unmigrated_database_gets_a_clear_503(api_server: AirflowServer, seeded: SeededBooks) -> None:
+    with seeded.db.begin() as c:
+        c.exec_driver_sql("ALTER TABLE run_summaries RENAME TO run_summaries_hidden")
+    try:
+        status, body = api_server.request("GET", "/recon/api/throughput")
+        assert status == 503 and "not migrated" in body["detail"] and "recon db migrate" in body["detail"], body
+        assert "postgresql://" not in json.dumps(body)
+    finally:
+        with seeded.db.begin() as c:
+            c.exec_driver_sql("ALTER TABLE run_summaries_hidden RENAME TO run_summaries")
+    assert api_server.request("GET", "/recon/api/throughput")[0] == 200
