@@ -69,9 +69,9 @@ class LedgerBatch:
         # inserts first: a transaction booked earlier in the same chunk may be archived or
         # marked MISMATCH by a later confirmation of the chunk
         if self.transactions:
-            conn.execute(_INSERT_TRANSACTIONS, _columns(self.transactions, json_fields=("metadata",)))
+            conn.execute(_INSERT_TRANSACTIONS, {"rows": json_rows(self.transactions)})
         if self.entries:
-            conn.execute(_INSERT_ENTRIES, _columns(self.entries, json_fields=("metadata",)))
+            conn.execute(_INSERT_ENTRIES, {"rows": json_rows(self.entries)})
         if self.archive_transaction_ids:
             conn.execute(_ARCHIVE, {"ids": self.archive_transaction_ids})
         if self.mismatch_transaction_ids:
@@ -81,24 +81,34 @@ class LedgerBatch:
             assert_balanced(conn, written)
 
 
-def _columns(rows: list[Any], json_fields: tuple[str, ...]) -> dict[str, list[Any]]:
-    """Dataclass rows -> one array per column, for unnest()."""
-    names = rows[0].__dataclass_fields__
-    return {
-        name: [json.dumps(getattr(r, name)) if name in json_fields else getattr(r, name) for r in rows]
-        for name in names
-    }
+def json_rows(rows: Iterable[Any]) -> str:
+    """Dataclass rows as one JSON array of objects, for json_to_recordset().
+
+    One json.dumps (C) per statement instead of one array parameter per column: psycopg
+    escapes every element of a text or jsonb array in Python, which cost more than the
+    statement itself for a chunk of thousands of rows. Decimal and datetime travel as their
+    exact text forms and are parsed by the column types (numeric, timestamptz).
+    """
+    return json.dumps([vars(r) for r in rows], default=_json_scalar, separators=(",", ":"))
+
+
+def _json_scalar(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 _INSERT_TRANSACTIONS = sa.text(
     """
     INSERT INTO transactions (transaction_id, logical_transaction_id, version, amount, currency,
                               merchant_id, status, metadata, source_staging_entry_id)
-    SELECT * FROM unnest(
-        CAST(:transaction_id AS text[]), CAST(:logical_transaction_id AS text[]),
-        CAST(:version AS integer[]), CAST(:amount AS numeric[]), CAST(:currency AS text[]),
-        CAST(:merchant_id AS text[]), CAST(:status AS text[]), CAST(:metadata AS jsonb[]),
-        CAST(:source_staging_entry_id AS text[]))
+    SELECT transaction_id, logical_transaction_id, version, amount, currency,
+           merchant_id, status, metadata, source_staging_entry_id
+    FROM json_to_recordset(CAST(:rows AS json)) AS r(
+        transaction_id text, logical_transaction_id text, version integer, amount numeric,
+        currency text, merchant_id text, status text, metadata jsonb, source_staging_entry_id text)
     """
 )
 
@@ -106,11 +116,12 @@ _INSERT_ENTRIES = sa.text(
     """
     INSERT INTO entries (entry_id, account_id, transaction_id, entry_type, amount, currency, status,
                          effective_date, metadata, fulfilled_expected_entry_id)
-    SELECT * FROM unnest(
-        CAST(:entry_id AS text[]), CAST(:account_id AS text[]), CAST(:transaction_id AS text[]),
-        CAST(:entry_type AS text[]), CAST(:amount AS numeric[]), CAST(:currency AS text[]),
-        CAST(:status AS text[]), CAST(:effective_date AS timestamptz[]), CAST(:metadata AS jsonb[]),
-        CAST(:fulfilled_expected_entry_id AS text[]))
+    SELECT entry_id, account_id, transaction_id, entry_type, amount, currency, status,
+           effective_date, metadata, fulfilled_expected_entry_id
+    FROM json_to_recordset(CAST(:rows AS json)) AS r(
+        entry_id text, account_id text, transaction_id text, entry_type text, amount numeric,
+        currency text, status text, effective_date timestamptz, metadata jsonb,
+        fulfilled_expected_entry_id text)
     """
 )
 

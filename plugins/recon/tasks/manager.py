@@ -10,6 +10,7 @@ together.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -333,8 +334,7 @@ _UPDATE_STAGING = sa.text(
                         ELSE s.metadata || u.patch END,
         discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END,
         updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
-    FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:patches AS jsonb[]))
-        AS u(staging_entry_id, status, patch)
+    FROM json_to_recordset(CAST(:rows AS json)) AS u(staging_entry_id text, status text, patch jsonb)
     WHERE s.staging_entry_id = u.staging_entry_id AND s.status <> 'PROCESSED'
     """
 )
@@ -342,18 +342,10 @@ _UPDATE_STAGING = sa.text(
 
 def write_staging_updates(conn: Connection, updates: list[tuple[str, str, dict[str, Any]]]) -> None:
     """One statement for all staging status changes of a chunk; PROCESSED is never undone."""
-    import json
-
     if not updates:
         return
-    conn.execute(
-        _UPDATE_STAGING,
-        {
-            "ids": [u[0] for u in updates],
-            "statuses": [u[1] for u in updates],
-            "patches": [json.dumps(u[2], default=str) for u in updates],
-        },
-    )
+    rows = [{"staging_entry_id": u[0], "status": u[1], "patch": u[2]} for u in updates]
+    conn.execute(_UPDATE_STAGING, {"rows": json.dumps(rows, default=str, separators=(",", ":"))})
 
 
 def mark_exhausted_for_review(conn: Connection, task_ids: Sequence[str], error: str) -> None:
