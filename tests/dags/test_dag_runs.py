@@ -188,3 +188,15 @@ def test_reprocess_task_ids(run_dag, seed):
     assert seed.staging(chosen[0])["status"] == "PROCESSED"
     assert seed.staging(other[0])["status"] == "NEEDS_MANUAL_REVIEW"
     assert seed.task(other[1])["status"] == "FAILED"
+
+
+def test_chunks_grow_to_respect_max_map_length(run_dag, seed, monkeypatch):
+    """With [core] max_map_length = 2, five tasks in chunks of 1 become two chunks, not five."""
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_MAP_LENGTH", "2")
+    tasks = [seed.stage("acc_bank", "DEBIT", "2.00", "TRANSACTION", f"m-{i}")[1] for i in range(5)]
+    dag_run = run_dag({"chunk_size": 1})
+
+    assert dag_run.state == "success"
+    labels = [label for tid, _, _, label in dag_run.tis if tid == "chunk.run"]
+    assert labels == ["chunk 1 · 3 tasks", "chunk 2 · 2 tasks"]
+    assert [seed.task(t)["status"] for t in tasks] == ["COMPLETED"] * 5
