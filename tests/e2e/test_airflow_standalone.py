@@ -168,6 +168,16 @@ def test_trigger_through_rest_api_and_read_labelled_chunks(airflow: AirflowAPI, 
         STARTUP_TIMEOUT_S,
     )
     assert dag["is_paused"] is True
+    details = airflow.call("GET", f"/api/v2/dags/{DAG_ID}/details")
+    params = details["params"]
+    assert set(params) == {"batch_size", "chunk_size", "task_type", "reprocess", "dry_run"}
+    assert all(p["description"] for p in params.values())
+    assert params["chunk_size"]["schema"]["minimum"] == 1
+    assert params["reprocess"]["schema"]["properties"]["task_ids"]["type"] == "array"
+    rejected = airflow.request(
+        "POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {"chunk_size": 0}}
+    )
+    assert rejected[0] == 400, rejected
     assert airflow.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})["is_paused"] is False
 
     run = airflow.call(
