@@ -83,6 +83,8 @@ class Task:
 
     @classmethod
     def from_row(cls, row: Any) -> "Task":
+        if row._fields == _FIELD_NAMES:  # every tracker query selects _COLUMNS: the fast path
+            return cls(*row)
         mapping = row._mapping
         return cls(**{f.name: mapping[f.name] for f in fields(cls)})
 
@@ -101,7 +103,8 @@ class Outcome:
     wait_seconds: float | None = None
 
 
-_COLUMNS = ", ".join(f.name for f in fields(Task))
+_FIELD_NAMES = tuple(f.name for f in fields(Task))
+_COLUMNS = ", ".join(_FIELD_NAMES)
 
 _INSERT_TASKS = sa.text(
     f"""

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from recon.domain import Account, ReconRule
 from recon.tracker import Task
 
+_NO_METADATA = "CAST('{}' AS jsonb)"  # decide and validate do not read metadata
 _TASK_COLUMNS = (
     "task_id, task_type, payload, status, attempts, last_error, created_at, updated_at,"
     " processing_started_at, completed_at, run_after, lease_owner, lease_expires_at"
@@ -97,7 +98,12 @@ class ChunkContext:
     consumed_expected: set[str] = field(default_factory=set)  # reserved by earlier items
 
 
-def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool) -> ChunkContext:
+def load_items(conn: Connection, task_ids: Sequence[str], lock: bool, metadata: bool = True) -> list[WorkItem]:
+    """The tasks in claim order with their staging entries (locked with `lock`).
+
+    ``metadata=False`` leaves each entry's metadata empty: enough to route and validate,
+    and the JSON of thousands of entries is not decoded for nothing.
+    """
     tasks = [
         Task.from_row(r)
         for r in conn.execute(
@@ -109,7 +115,7 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool) -> ChunkCo
     tasks.sort(key=lambda t: position[t.task_id])  # keep the claim order: oldest first
 
     staging_ids = sorted({sid for t in tasks if (sid := _staging_id(t.payload)) is not None})
-    staging = _load_staging(conn, staging_ids, lock)
+    staging = _load_staging(conn, staging_ids, lock, metadata)
     items = []
     for task in tasks:
         sid = _staging_id(task.payload)
@@ -119,7 +125,17 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool) -> ChunkCo
             items.append(WorkItem(task, None, f"staging entry {sid!r} does not exist"))
         else:
             items.append(WorkItem(task, staging[sid]))
+    return items
 
+
+def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool, details: bool = True) -> ChunkContext:
+    """Everything the chunk's tasks need, in a few set-based queries.
+
+    The run step loads with ``lock=True``. ``details=False`` (the read-only validate step)
+    skips what only ``run`` uses: metadata of entries and transactions, and the POSTED legs a
+    fulfilment carries over.
+    """
+    items = load_items(conn, task_ids, lock, metadata=details)
     entries = [i.staging for i in items if i.staging is not None]
     rules = _load_rules(conn, sorted({e.account_id for e in entries}))
     account_ids = {e.account_id for e in entries}
@@ -143,8 +159,11 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool) -> ChunkCo
     order_keys = sorted(
         {(e.account_id, e.order_id) for e in entries if e.processing_mode == "CONFIRMATION" and e.order_id}
     )
-    expected = _load_expected_legs(conn, order_keys, lock)
-    posted_legs = _load_posted_legs(conn, sorted({leg.transaction_id for legs in expected.values() for leg in legs}))
+    expected = _load_expected_legs(conn, order_keys, lock, details)
+    posted_legs = (
+        _load_posted_legs(conn, sorted({leg.transaction_id for legs in expected.values() for leg in legs}))
+        if details else {}
+    )
     unmatched_keys = [k for k in order_keys if k not in expected]
     fulfilled = _fulfilled_orders(conn, unmatched_keys)
     queued = _queued_orders(conn, unmatched_keys)
@@ -178,19 +197,20 @@ def _short(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def _load_staging(conn: Connection, ids: list[str], lock: bool) -> dict[str, StagingEntry]:
+def _load_staging(conn: Connection, ids: list[str], lock: bool, metadata: bool) -> dict[str, StagingEntry]:
     if not ids:
         return {}
     rows = conn.execute(
         sa.text(
+            # in StagingEntry's field order: rows are unpacked positionally
             "SELECT staging_entry_id, account_id, entry_type, amount, currency, status, processing_mode,"
-            " effective_date, metadata, order_id, created_at FROM staging_entries"
-            " WHERE staging_entry_id = ANY(:ids) ORDER BY staging_entry_id"
+            f" effective_date, {'metadata' if metadata else _NO_METADATA}, order_id, created_at"
+            " FROM staging_entries WHERE staging_entry_id = ANY(:ids) ORDER BY staging_entry_id"
             + (" FOR UPDATE" if lock else "")
         ),
         {"ids": ids},
     )
-    return {r.staging_entry_id: StagingEntry(**r._mapping) for r in rows}
+    return {r[0]: StagingEntry(*r) for r in rows}
 
 
 def _load_rules(conn: Connection, account_ids: list[str]) -> list[ReconRule]:
@@ -203,7 +223,7 @@ def _load_rules(conn: Connection, account_ids: list[str]) -> list[ReconRule]:
         ),
         {"ids": account_ids},
     )
-    return [ReconRule(**r._mapping) for r in rows]
+    return [ReconRule(*r) for r in rows]  # selected in field order
 
 
 def _load_accounts(conn: Connection, account_ids: list[str]) -> dict[str, Account]:
@@ -216,7 +236,7 @@ def _load_accounts(conn: Connection, account_ids: list[str]) -> dict[str, Accoun
         ),
         {"ids": account_ids},
     )
-    return {r.account_id: Account(**r._mapping) for r in rows}
+    return {r[0]: Account(*r) for r in rows}  # selected in field order
 
 
 def _lock_logical_ids(conn: Connection, logical_ids: list[str]) -> None:
@@ -245,16 +265,17 @@ def _existing_logical_ids(conn: Connection, logical_ids: list[str]) -> set[str]:
 
 
 def _load_expected_legs(
-    conn: Connection, order_keys: list[tuple[str, str]], lock: bool
+    conn: Connection, order_keys: list[tuple[str, str]], lock: bool, metadata: bool = True
 ) -> dict[tuple[str, str], list[ExpectedLeg]]:
     if not order_keys:
         return {}
     rows = conn.execute(
         sa.text(
-            """
+            # in ExpectedLeg's field order: rows are unpacked positionally
+            f"""
             SELECT e.entry_id, e.account_id, e.order_id, e.entry_type, e.amount, e.currency,
                    t.transaction_id, t.logical_transaction_id, t.version, t.merchant_id,
-                   t.amount AS transaction_amount, t.metadata AS transaction_metadata
+                   t.amount AS transaction_amount, {'t.metadata' if metadata else _NO_METADATA}
             FROM unnest(CAST(:accounts AS text[]), CAST(:orders AS text[])) AS k(account_id, order_id)
             JOIN entries e ON e.account_id = k.account_id AND e.order_id = k.order_id
             JOIN transactions t ON t.transaction_id = e.transaction_id
@@ -267,7 +288,8 @@ def _load_expected_legs(
     )
     legs: dict[tuple[str, str], list[ExpectedLeg]] = {}
     for r in rows:
-        legs.setdefault((r.account_id, r.order_id), []).append(ExpectedLeg(**r._mapping))
+        leg = ExpectedLeg(*r)
+        legs.setdefault((leg.account_id, leg.order_id), []).append(leg)
     return legs
 
 
@@ -275,7 +297,7 @@ def _load_posted_legs(conn: Connection, transaction_ids: list[str]) -> dict[str,
     if not transaction_ids:
         return {}
     rows = conn.execute(
-        sa.text(
+        sa.text(  # in PostedLeg's field order: rows are unpacked positionally
             "SELECT entry_id, account_id, transaction_id, entry_type, amount, currency, effective_date,"
             " metadata FROM entries WHERE transaction_id = ANY(:ids) AND status = 'POSTED'"
             " ORDER BY transaction_id, entry_id"
@@ -284,7 +306,8 @@ def _load_posted_legs(conn: Connection, transaction_ids: list[str]) -> dict[str,
     )
     legs: dict[str, list[PostedLeg]] = {}
     for r in rows:
-        legs.setdefault(r.transaction_id, []).append(PostedLeg(**r._mapping))
+        leg = PostedLeg(*r)
+        legs.setdefault(leg.transaction_id, []).append(leg)
     return legs
 
 

@@ -24,7 +24,7 @@ from recon.db import Database, default_database
 from recon.errors import ErrorType
 from recon.ledger import LedgerBatch
 from recon.tasks.base import Applied, ManualReview, Plan, ReconTask, Wait
-from recon.tasks.context import ChunkContext, WorkItem, load_chunk
+from recon.tasks.context import ChunkContext, WorkItem, load_chunk, load_items
 from recon.tasks.expected_entry_matching import ExpectedEntryMatchingTask
 from recon.tasks.transaction_creation import TransactionCreationTask
 from recon.tracker import Outcome, ProcessTracker, TaskStatus
@@ -147,9 +147,9 @@ class TaskManager:
 
     def decide_chunk(self, task_ids: Sequence[str]) -> dict[str, Any]:
         with self.db.begin() as conn:
-            ctx = load_chunk(conn, task_ids, lock=False)
+            items = load_items(conn, task_ids, lock=False, metadata=False)  # routing needs no more
         routes: Counter[str] = Counter()
-        for item in ctx.items:
+        for item in items:
             if item.staging is None:
                 routes["unusable_payload"] += 1
             elif item.staging.status == "PROCESSED":
@@ -161,7 +161,7 @@ class TaskManager:
 
     def validate_chunk(self, task_ids: Sequence[str]) -> dict[str, Any]:
         with self.db.begin() as conn:
-            ctx = load_chunk(conn, task_ids, lock=False)
+            ctx = load_chunk(conn, task_ids, lock=False, details=False)
             evaluations = self._evaluate(ctx, apply=False)
         verdicts: Counter[str] = Counter()
         by_type: Counter[str] = Counter()
