@@ -193,6 +193,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from recon import local_airflow
 
+    if args.demo:
+        from recon import demo
+
+        os.environ["RECON_DATABASE_URL"] = demo.existing_demo_database()
+        print(f"recon: the UI works on the demo database {demo.DEMO_DATABASE}", file=sys.stderr)
     return local_airflow.standalone(port=args.port)
 
 
@@ -281,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = commands.add_parser("ui", help="Airflow standalone with this project's DAGs and plugins")
     ui.add_argument("--port", type=int, default=8080)
+    ui.add_argument("--demo", action="store_true", help="watch the demo database that ./recon demo filled")
     ui.set_defaults(func=cmd_ui)
 
     airflow = commands.add_parser("airflow", help="run an airflow CLI command with this project's configuration")

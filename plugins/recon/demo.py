@@ -25,13 +25,28 @@ DEMO_DIR = PROJECT_ROOT / "demo"
 
 def fresh_demo_database() -> str:
     """Drop and recreate recon_demo next to the resolved database; return its libpq URL."""
-    resolved = resolve_database()
-    server = resolved.url.set(drivername="postgresql")
-    admin = server.set(database="postgres").render_as_string(hide_password=False)
+    admin, url = _server_urls()
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DEMO_DATABASE)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DEMO_DATABASE)))
-    return server.set(database=DEMO_DATABASE).render_as_string(hide_password=False)
+    return url
+
+
+def existing_demo_database() -> str:
+    """The URL of recon_demo as the last `./recon demo` left it (for `./recon ui --demo`)."""
+    admin, url = _server_urls()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)).fetchone()
+    if not found:
+        raise LookupError(f"no {DEMO_DATABASE} database yet: run ./recon demo first")
+    return url
+
+
+def _server_urls() -> tuple[str, str]:
+    """(maintenance database URL, recon_demo URL) on the server the resolver chooses."""
+    server = resolve_database().url.set(drivername="postgresql")
+    admin = server.set(database="postgres").render_as_string(hide_password=False)
+    return admin, server.set(database=DEMO_DATABASE).render_as_string(hide_password=False)
 
 
 def load_demo_data(db: Database) -> dict[str, Any]:
