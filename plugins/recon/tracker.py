@@ -83,10 +83,15 @@ class Task:
 
     @classmethod
     def from_row(cls, row: Any) -> "Task":
-        if row._fields == _FIELD_NAMES:  # every tracker query selects _COLUMNS: the fast path
-            return cls(*row)
         mapping = row._mapping
         return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+
+    @classmethod
+    def from_rows(cls, result: Any) -> list["Task"]:
+        """All rows of a result; positionally when it selects _COLUMNS (the fields in order)."""
+        if tuple(result.keys()) == _FIELD_NAMES:
+            return [cls(*row) for row in result]
+        return [cls.from_row(row) for row in result]
 
 
 @dataclass(frozen=True)
@@ -255,8 +260,7 @@ class ProcessTracker:
         if not encoded:
             return []
         with self._transaction(conn) as c:
-            rows = c.execute(_INSERT_TASKS, {"task_type": task_type.value, "payloads": encoded})
-            return [Task.from_row(r) for r in rows]
+            return Task.from_rows(c.execute(_INSERT_TASKS, {"task_type": task_type.value, "payloads": encoded}))
 
     def get_next_pending_task(self, task_type: str | TaskType) -> Task | None:
         """The oldest due PENDING or RETRY task of a type, without claiming it."""
@@ -324,8 +328,7 @@ class ProcessTracker:
         task_type = parse_task_type(task_type)
         _check_positive("limit", limit)
         with self.db.begin() as c:
-            rows = c.execute(_NEXT_DUE, {"task_type": task_type.value, "limit": limit})
-            return [Task.from_row(r) for r in rows]
+            return Task.from_rows(c.execute(_NEXT_DUE, {"task_type": task_type.value, "limit": limit}))
 
     # ---- claiming and outcomes ------------------------------------------------------------
 
@@ -353,7 +356,7 @@ class ProcessTracker:
                 _CLAIM,
                 {"task_type": task_type.value, "limit": limit, "owner": owner, "lease_seconds": lease_seconds},
             )
-            tasks = [Task.from_row(r) for r in rows]
+            tasks = Task.from_rows(rows)
         return sorted(tasks, key=lambda t: (t.run_after, t.task_id))
 
     def finish(

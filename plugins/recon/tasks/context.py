@@ -104,21 +104,19 @@ def load_items(conn: Connection, task_ids: Sequence[str], lock: bool, metadata: 
     ``metadata=False`` leaves each entry's metadata empty: enough to route and validate,
     and the JSON of thousands of entries is not decoded for nothing.
     """
-    tasks = [
-        Task.from_row(r)
-        for r in conn.execute(
+    tasks = Task.from_rows(
+        conn.execute(
             sa.text(f"SELECT {_TASK_COLUMNS} FROM process_tracker WHERE task_id = ANY(:ids)"),
             {"ids": list(task_ids)},
         )
-    ]
+    )
     position = {task_id: i for i, task_id in enumerate(task_ids)}
     tasks.sort(key=lambda t: position[t.task_id])  # keep the claim order: oldest first
 
-    staging_ids = sorted({sid for t in tasks if (sid := _staging_id(t.payload)) is not None})
-    staging = _load_staging(conn, staging_ids, lock, metadata)
+    staging_ids = [_staging_id(t.payload) for t in tasks]
+    staging = _load_staging(conn, sorted({sid for sid in staging_ids if sid is not None}), lock, metadata)
     items = []
-    for task in tasks:
-        sid = _staging_id(task.payload)
+    for task, sid in zip(tasks, staging_ids):
         if sid is None:
             items.append(WorkItem(task, None, f"payload has no string staging_entry_id: {_short(task.payload)}"))
         elif sid not in staging:
