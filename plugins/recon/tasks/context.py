@@ -157,6 +157,11 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool, details: b
     order_keys = sorted(
         {(e.account_id, e.order_id) for e in entries if e.processing_mode == "CONFIRMATION" and e.order_id}
     )
+    # Which orders are still queued as TRANSACTION lines is read *before* the expected entries:
+    # a booking another worker commits in between is then seen by the second read (each
+    # statement sees what was committed before it started). Read after, such a booking was in
+    # neither, and its confirmation went to manual review instead of waiting for it.
+    queued = _queued_orders(conn, order_keys)
     expected = _load_expected_legs(conn, order_keys, lock, details)
     posted_legs = (
         _load_posted_legs(conn, sorted({leg.transaction_id for legs in expected.values() for leg in legs}))
@@ -164,7 +169,6 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool, details: b
     )
     unmatched_keys = [k for k in order_keys if k not in expected]
     fulfilled = _fulfilled_orders(conn, unmatched_keys)
-    queued = _queued_orders(conn, unmatched_keys)
     now = conn.execute(sa.text("SELECT now()")).scalar_one()
     return ChunkContext(
         items=items,
