@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from recon import pipeline
 from recon.db import Database
-from tests.reliability.helpers import assert_books_consistent, make_books, make_retries_due
+from tests.reliability import figures
+from tests.reliability.helpers import Worker, assert_books_consistent, make_books, make_retries_due, rows
 
 
 def _outcomes(db: Database, ids: list[str]) -> list[tuple[Any, ...]]:
@@ -62,3 +64,38 @@ def test_confirmation_before_its_transaction_waits_for_it(db, second_db):
     lines = [("C", "o1", "CREDIT", "10.00"), ("T", "o1", "DEBIT", "10.00"), ("C", "o1", "CREDIT", "10.00")]
     outcomes = _both_ways(db, second_db, lines)
     assert sorted(outcomes[::2]) == [("NEEDS_MANUAL_REVIEW", "AlreadyFulfilledError"), ("PROCESSED", None)]
+
+
+@pytest.mark.slow
+def test_confirmation_racing_its_own_booking_in_another_worker_waits(books, db):
+    """Worker 1 books order o1 and has not committed; worker 2 runs the confirmation of o1 and reads
+    the open expected entries (none yet). Worker 1 commits; only then does worker 2 check whether
+    o1 is still queued. Found by the property with two workers: the confirmation went to manual
+    review (NoMatchFoundError) although one at a time it is fulfilled. It must wait, then fulfil."""
+    (booking,) = books.stage([books.transaction("o1", "10.00")])
+    (confirmation,) = books.stage([books.confirmation("o1", "10.00")])
+    url = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    booker = Worker(url, fault="after_ledger_write:pause", batch_size=1, chunk_size=1)
+    booker.wait_paused()  # o1 written, not committed
+    confirmer = Worker(url, fault="after_expected_legs:pause", batch_size=1, chunk_size=1)
+    confirmer.wait_paused()  # read the open expected entries of o1: none visible yet
+    booker.resume()
+    assert booker.wait() == 0, booker.stderr
+    assert rows(db, "SELECT status FROM staging_entries WHERE staging_entry_id = :s",
+                s=booking.staging_entry_id)[0].status == "PROCESSED"
+    confirmer.resume()
+    assert confirmer.wait() == 0, confirmer.stderr
+    figures.record(faults_injected=1)
+
+    (entry,) = rows(db, "SELECT status, metadata FROM staging_entries WHERE staging_entry_id = :s",
+                    s=confirmation.staging_entry_id)
+    assert entry.status == "PENDING", entry.metadata  # it waits for the booking it raced with
+    make_retries_due(db)
+    pipeline.process_queue(db=db)
+    (entry,) = rows(db, "SELECT status, metadata FROM staging_entries WHERE staging_entry_id = :s",
+                    s=confirmation.staging_entry_id)
+    assert entry.status == "PROCESSED" and entry.metadata["match_type"] == "Phase2_Fulfilled"
+    report = assert_books_consistent(db)
+    assert report.processed == 2
+    figures.record(tasks_processed_under_faults=2)

@@ -7,6 +7,7 @@ stop exactly at a point, the n-th time that point is reached (default the first)
 
     after_claim         pipeline.claim returned tasks: PROCESSING under our lease, nothing else done
     after_lock          inside run_chunk's DB transaction: the chunk's rows are locked, nothing written
+    after_expected_legs inside run_chunk's load: the open expected entries were read (and locked)
     after_ledger_write  inside run_chunk's DB transaction: tracker rows and ledger rows written,
                         staging statuses not yet, nothing committed
     after_chunk_commit  run_chunk committed (ledger + staging + tracker); later chunks not run yet
@@ -30,7 +31,8 @@ import signal
 import sys
 from typing import Any
 
-POINTS = ("after_claim", "after_lock", "after_ledger_write", "after_chunk_commit", "before_write_back")
+POINTS = ("after_claim", "after_lock", "after_expected_legs", "after_ledger_write", "after_chunk_commit",
+          "before_write_back")
 
 
 class FaultPlan:
@@ -68,10 +70,11 @@ class FaultPlan:
 def install(plan: FaultPlan) -> None:
     from recon import pipeline
     from recon.ledger import LedgerBatch
-    from recon.tasks import manager
+    from recon.tasks import context, manager
 
     claim, run_chunk, write_back = pipeline.claim, pipeline.run_chunk, pipeline.write_back
     load_chunk, flush = manager.load_chunk, LedgerBatch.flush
+    load_expected_legs = context._load_expected_legs
 
     def claim_hooked(*args: Any, **kwargs: Any) -> list[str]:
         ids = claim(*args, **kwargs)
@@ -79,11 +82,17 @@ def install(plan: FaultPlan) -> None:
             plan.reached("after_claim")
         return ids
 
-    def load_chunk_hooked(conn: Any, task_ids: Any, lock: bool) -> Any:
-        ctx = load_chunk(conn, task_ids, lock)
+    def load_chunk_hooked(conn: Any, task_ids: Any, lock: bool, **kwargs: Any) -> Any:
+        ctx = load_chunk(conn, task_ids, lock, **kwargs)
         if lock:
             plan.reached("after_lock", conn)
         return ctx
+
+    def load_expected_legs_hooked(conn: Any, order_keys: Any, lock: bool, *args: Any, **kwargs: Any) -> Any:
+        legs = load_expected_legs(conn, order_keys, lock, *args, **kwargs)
+        if lock:
+            plan.reached("after_expected_legs", conn)
+        return legs
 
     def flush_hooked(self: Any, conn: Any) -> None:
         flush(self, conn)
@@ -102,6 +111,7 @@ def install(plan: FaultPlan) -> None:
     pipeline.run_chunk = run_chunk_hooked
     pipeline.write_back = write_back_hooked
     manager.load_chunk = load_chunk_hooked
+    context._load_expected_legs = load_expected_legs_hooked
     LedgerBatch.flush = flush_hooked
 
 
