@@ -1,8 +1,8 @@
 """Load everything a chunk of tasks needs with a few set-based queries.
 
 With ``lock=True`` (the run step) the staging entries and the candidate expected
-transactions are locked ``FOR UPDATE`` in a fixed order, and new logical transaction ids
-are serialised with advisory locks, so concurrent chunks cannot book or fulfil twice.
+transactions are locked ``FOR UPDATE`` in a fixed order, and bookings of orders are
+serialised per account with advisory locks, so concurrent chunks cannot book or fulfil twice.
 """
 
 from __future__ import annotations
@@ -151,7 +151,9 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool, details: b
         {logical_transaction_id(e) for e in entries if e.processing_mode == "TRANSACTION"}
     )
     if lock and logical_ids:
-        _lock_logical_ids(conn, logical_ids)
+        _lock_booking_accounts(
+            conn, sorted({e.account_id for e in entries if e.processing_mode == "TRANSACTION" and e.order_id})
+        )
     booked = _existing_logical_ids(conn, logical_ids)
 
     order_keys = sorted(
@@ -241,15 +243,24 @@ def _load_accounts(conn: Connection, account_ids: list[str]) -> dict[str, Accoun
     return {r[0]: Account(*r) for r in rows}  # selected in field order
 
 
-def _lock_logical_ids(conn: Connection, logical_ids: list[str]) -> None:
-    """Serialise bookings of the same logical transaction across concurrent chunks."""
+def _lock_booking_accounts(conn: Connection, account_ids: list[str]) -> None:
+    """Serialise bookings of orders on the same account across concurrent chunks.
+
+    A logical transaction id is `<account>_<order>`, so two chunks that could book the same
+    order always share its account lock; the second sees the first's booking once it gets
+    the lock. One lock per account, not per order: a chunk of 20,000 orders would need
+    20,000 locks and overflow PostgreSQL's shared lock table ("out of shared memory").
+    Lines without an order id book under their own staging id, guarded by the staging row lock.
+    """
+    if not account_ids:
+        return
     conn.execute(
         sa.text(
             "SELECT pg_advisory_xact_lock(k) FROM ("
-            " SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest(CAST(:ids AS text[])) AS x"
-            " ORDER BY k) AS keys"
+            " SELECT DISTINCT hashtextextended('recon-booking:' || a, 0) AS k"
+            " FROM unnest(CAST(:ids AS text[])) AS a ORDER BY k) AS keys"
         ),
-        {"ids": logical_ids},
+        {"ids": account_ids},
     )
 
 
