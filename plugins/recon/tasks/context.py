@@ -356,8 +356,13 @@ def _queued_orders(conn: Connection, order_keys: list[tuple[str, str]]) -> set[t
             SELECT DISTINCT k.account_id, k.order_id
             FROM unnest(CAST(:accounts AS text[]), CAST(:orders AS text[])) AS k(account_id, order_id)
             JOIN recon_rules r ON r.account_two_id = k.account_id
-            JOIN staging_entries s ON s.account_id = r.account_one_id AND s.order_id = k.order_id
-            WHERE s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
+            -- LATERAL ... LIMIT 1: one probe of staging_entries_queued_transaction_idx on (account,
+            -- order) per rule; as a plain join the planner probed by order alone, across accounts
+            CROSS JOIN LATERAL (
+                SELECT 1 FROM staging_entries s
+                WHERE s.account_id = r.account_one_id AND s.order_id = k.order_id
+                  AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
+                LIMIT 1) AS queued
             """
         ),
         {"accounts": [k[0] for k in order_keys], "orders": [k[1] for k in order_keys]},
