@@ -27,10 +27,7 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw else default
+from recon.settings import int_env
 
 
 @dag(
@@ -44,14 +41,14 @@ def _env_int(name: str, default: int) -> int:
     default_args={"owner": "recon", "retries": 1, "retry_delay": timedelta(minutes=5)},
     params={
         "tracker_retention_days": Param(
-            _env_int("RECON_TRACKER_RETENTION_DAYS", 30),
+            int_env("RECON_TRACKER_RETENTION_DAYS", 30),
             type="integer",
             minimum=0,
             title="Tracker retention (days)",
             description="COMPLETED Process Tracker rows finished longer ago than this are deleted.",
         ),
         "airflow_retention_days": Param(
-            _env_int("RECON_AIRFLOW_RETENTION_DAYS", 7),
+            int_env("RECON_AIRFLOW_RETENTION_DAYS", 7),
             type="integer",
             minimum=1,
             title="Airflow metadata retention (days)",

@@ -65,14 +65,11 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from recon.settings import int_env
+
 log = logging.getLogger("recon.dags.process_tracker")
 
 TASK_TYPES = ["PROCESS_STAGING_ENTRY"]
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw else default
 
 
 def _schedule() -> str | None:
@@ -138,19 +135,19 @@ def _validation_totals(ti) -> dict:
     schedule=_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=_env_int("RECON_MAX_ACTIVE_RUNS", 1),
+    max_active_runs=int_env("RECON_MAX_ACTIVE_RUNS", 1),
     doc_md=__doc__,
     tags=["recon", "process-tracker"],
     default_args={
         "owner": "recon",
-        "retries": _env_int("RECON_TASK_RETRIES", 2),
-        "retry_delay": timedelta(seconds=_env_int("RECON_TASK_RETRY_DELAY_SECONDS", 30)),
+        "retries": int_env("RECON_TASK_RETRIES", 2),
+        "retry_delay": timedelta(seconds=int_env("RECON_TASK_RETRY_DELAY_SECONDS", 30)),
         "retry_policy": INFRASTRUCTURE_ERRORS,
         "execution_timeout": timedelta(minutes=30),
     },
     params={
         "batch_size": Param(
-            _env_int("RECON_BATCH_SIZE", 5000),
+            int_env("RECON_BATCH_SIZE", 5000),
             type="integer",
             minimum=1,
             maximum=1_000_000,
@@ -158,7 +155,7 @@ def _validation_totals(ti) -> dict:
             description="Most tasks this run claims from the Process Tracker.",
         ),
         "chunk_size": Param(
-            _env_int("RECON_CHUNK_SIZE", 500),
+            int_env("RECON_CHUNK_SIZE", 500),
             type="integer",
             minimum=1,
             maximum=100_000,

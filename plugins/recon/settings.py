@@ -9,9 +9,10 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _int_env(name: str, default: int, minimum: int = 0) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
+def int_env(name: str, default: int, minimum: int = 0) -> int:
+    """An integer setting from the environment; a bad value is an error that names the variable."""
+    raw = os.environ.get(name, "").strip()
+    if raw == "":
         return default
     try:
         value = int(raw)
@@ -33,20 +34,20 @@ class RetryPolicy:
     @classmethod
     def from_env(cls) -> "RetryPolicy":
         return cls(
-            max_attempts=_int_env("RECON_MAX_ATTEMPTS", 5, minimum=1),
-            base_seconds=_int_env("RECON_RETRY_BASE_SECONDS", 10),
-            max_seconds=_int_env("RECON_RETRY_MAX_SECONDS", 3600),
+            max_attempts=int_env("RECON_MAX_ATTEMPTS", 5, minimum=1),
+            base_seconds=int_env("RECON_RETRY_BASE_SECONDS", 10),
+            max_seconds=int_env("RECON_RETRY_MAX_SECONDS", 3600),
         )
 
 
 def lease_seconds() -> int:
     """How long a claim stays valid before the reaper may rescue it."""
-    return _int_env("RECON_LEASE_SECONDS", 600, minimum=1)
+    return int_env("RECON_LEASE_SECONDS", 600, minimum=1)
 
 
 def matching_window_seconds() -> int:
     """How long an unmatched confirmation waits (in RETRY) for the order it confirms."""
-    return _int_env("RECON_MATCHING_WINDOW_SECONDS", 0)
+    return int_env("RECON_MATCHING_WINDOW_SECONDS", 0)
 
 
 def embedded_data_dir() -> Path:
