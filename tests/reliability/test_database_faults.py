@@ -2,7 +2,9 @@
 
 Each test queues 20 TRANSACTION lines, runs a worker process with chunks of 5, and injects one
 fault into exactly one chunk: its connection terminated (pg_terminate_backend), a statement
-timeout, a deadlock engineered with a second transaction, the server restarted. Expected every
+timeout, a deadlock engineered with a second transaction, a serialization failure (write skew with
+a second transaction when the database runs SERIALIZABLE), the server restarted (a dedicated
+embedded server started by the test, never the shared one). Expected every
 time: that chunk's 5 tasks go to RETRY with backoff, nothing of it is visible in the ledger or the
 staging table, the other chunks are processed, and the next run finishes the 5.
 """
@@ -208,3 +210,24 @@ def test_server_restarted_during_a_run(dedicated_server):
         _assert_one_chunk_retried_then_finish(db, "OperationalError")
     finally:
         db.dispose()
+
+
+def test_serialization_failure_under_serializable_isolation(books, db):
+    """If the database runs SERIALIZABLE by default (a DBA's choice), a write-skew with another
+    transaction aborts the worker's chunk with a serialization failure: retried like the rest."""
+    _queue(books)
+    worker = Worker(_url(db), fault="after_ledger_write@2:pause", batch_size=100, chunk_size=CHUNK,
+                    PGOPTIONS="-c default_transaction_isolation=serializable")
+    worker.wait_paused()  # chunk 2: read the accounts, wrote tracker and ledger rows, uncommitted
+    with psycopg.connect(_url(db)) as other:
+        other.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        other.execute("SELECT count(*) FROM transactions")  # reads what the worker is writing
+        other.execute("UPDATE accounts SET account_name = account_name || '' WHERE account_id = %s",
+                      [books.bank])  # writes what the worker read
+        other.commit()  # commits first: the worker is the one that cannot be serialized
+    worker.resume()
+    assert worker.wait() == 0, worker.stderr
+    assert worker.summary()["retried"] == CHUNK
+    assert "could not serialize access" in scalar(
+        db, "SELECT last_error FROM process_tracker WHERE status = 'RETRY' LIMIT 1")
+    _assert_one_chunk_retried_then_finish(db, "OperationalError")
