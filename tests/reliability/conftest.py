@@ -82,7 +82,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         "source": "tests/reliability (pytest)",
         "tests": {k: len(v) for k, v in _outcomes.items()},
         "failed_tests": _outcomes["failed"],
-        "complete": not _outcomes["failed"] and not _outcomes["skipped"],
+        "all_passed": not _outcomes["failed"] and not _outcomes["skipped"],
         **snapshot,
     }
     ARTIFACT.write_text(json.dumps(document, indent=2, default=str) + "\n")

@@ -24,6 +24,7 @@ from tests.reliability.helpers import (
     scalar,
     task_statuses,
     wait_backends_gone,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -127,3 +128,34 @@ def test_kill_9_after_commit_then_a_forced_rerun_books_nothing_twice(books, db):
     report = assert_books_consistent(db)
     assert report.processed == report.entries and report.booked_twice == 0
     figures.record(tasks_processed_under_faults=len(queued))
+
+
+@pytest.mark.parametrize("point", ["after_claim", "after_lock"])
+def test_a_late_worker_after_a_rescue_overwrites_nothing(point, books, db):
+    """The rescue race queues are criticised for: worker A stalls (paused here, as a long GC pause
+    or a network partition would), its lease expires, the reaper rescues the tasks and worker B
+    processes them. When A wakes up it must write nothing: its lease is gone."""
+    created = books.stage([books.transaction(f"late-{i}", "3.30") for i in range(6)])
+    url = books_url(books)
+    stalled = Worker(url, fault=f"{point}:pause", batch_size=100, chunk_size=100)
+    stalled.wait_paused()
+    assert expire_leases(db) == len(created)
+    assert pipeline.reap(db) == {"retried": len(created), "failed": 0}
+    make_retries_due(db)
+    rescuer = Worker(url, batch_size=100, chunk_size=100)
+    if point == "after_lock":  # A still holds the staging rows: B must wait for them, not skip them
+        wait_until(lambda: scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = :a"
+                                      " AND wait_event_type = 'Lock'", a=rescuer.app_name) == 1,
+                   "the rescuing worker to wait for the stalled worker's locks")
+    else:
+        assert rescuer.wait() == 0, rescuer.stderr
+    stalled.resume()
+    assert stalled.wait() == 0 and rescuer.wait() == 0, stalled.stderr + rescuer.stderr
+    figures.record(faults_injected=1, tasks_processed_under_faults=len(created))
+
+    assert stalled.summary()["booked"] == 0 and stalled.summary()["not_owned"] == len(created)
+    assert rescuer.summary()["booked"] == len(created)
+    report = assert_books_consistent(db)
+    assert report.processed == report.entries == len(created)
+    assert {(r.status, r.attempts) for r in rows(db, "SELECT status, attempts FROM process_tracker")} == {
+        ("COMPLETED", 2)}
