@@ -19,12 +19,18 @@ import pytest
 from recon.db import Database
 from tests import databases
 from tests.reliability import figures
-from tests.reliability.helpers import REPO_ROOT, Books, make_books
+from tests.reliability.helpers import ENGINE_SETTINGS, REPO_ROOT, Books, make_books
 
 ARTIFACT = REPO_ROOT / "test-artifacts" / "guarantees.json"
 _HERE = Path(__file__).parent
 _outcomes: dict[str, list[str]] = {"passed": [], "failed": [], "skipped": []}
 _merged: dict[str, Any] | None = None  # the controller's merge of xdist workers' figures
+
+
+@pytest.fixture(autouse=True)
+def engine_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in ENGINE_SETTINGS.items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture

@@ -27,6 +27,16 @@ WORKER_SCRIPT = Path(__file__).with_name("worker.py")
 EFFECTIVE = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
 PROCESS_TIMEOUT = 300  # seconds; a worker that takes longer is a hang, not a slow machine
 
+# The engine's knobs as the assertions on backoff delays and attempts expect them; conftest sets
+# them for every reliability test, and worker processes inherit them, whatever the shell exported.
+ENGINE_SETTINGS = {
+    "RECON_MAX_ATTEMPTS": "5",
+    "RECON_RETRY_BASE_SECONDS": "10",
+    "RECON_RETRY_MAX_SECONDS": "3600",
+    "RECON_LEASE_SECONDS": "600",
+    "RECON_MATCHING_WINDOW_SECONDS": "0",
+}
+
 
 # ---- books ---------------------------------------------------------------------------------------
 

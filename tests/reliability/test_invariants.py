@@ -38,7 +38,7 @@ from recon.db import Database
 from recon.ingest import create_staging_entries
 from tests import databases
 from tests.reliability import figures
-from tests.reliability.helpers import EFFECTIVE, assert_books_consistent, task_statuses
+from tests.reliability.helpers import ENGINE_SETTINGS, EFFECTIVE, assert_books_consistent, task_statuses
 
 pytestmark = pytest.mark.slow
 
@@ -137,8 +137,9 @@ def _make_waits_due(db: Database) -> int:
             "UPDATE process_tracker SET run_after = created_at WHERE status = 'RETRY'")).rowcount
 
 
-def drain_in_worker(url: str, batch_size: int, chunk_size: int, run_id: str) -> int:
+def drain_in_worker(url: str, batch_size: int, chunk_size: int, run_id: str, env: dict[str, str]) -> int:
     """Runs in a spawned worker process: drain what is due with the pipeline's own loop."""
+    os.environ.update(env)  # the engine settings of the test, not of the shell that started the pool
     db = Database(url, run_id)
     try:
         return pipeline.process_queue(db=db, batch_size=batch_size, chunk_size=chunk_size, run_id=run_id)["claimed"]
@@ -152,7 +153,7 @@ def _drain(db: Database, url: str, pool: Any, workers: int, batch_size: int, chu
             claimed = pipeline.process_queue(db=db, batch_size=batch_size, chunk_size=chunk_size)["claimed"]
         else:
             claimed = sum(pool.starmap(drain_in_worker, [
-                (url, batch_size, chunk_size, f"w{w}r{round_}") for w in range(workers)]))
+                (url, batch_size, chunk_size, f"w{w}r{round_}", ENGINE_SETTINGS) for w in range(workers)]))
         if not _make_waits_due(db) and not claimed:
             return
     raise AssertionError(f"not drained after 40 rounds: {task_statuses(db)}")
