@@ -22,7 +22,6 @@ from typing import Any, Iterator
 
 import psycopg
 import pytest
-import sqlalchemy as sa
 
 from recon.db import Database
 from recon.migrations import migrate

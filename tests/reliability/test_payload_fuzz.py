@@ -13,7 +13,6 @@ import json
 import psycopg
 import pytest
 import sqlalchemy as sa
-import sqlalchemy.exc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

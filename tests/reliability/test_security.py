@@ -10,7 +10,6 @@ import subprocess
 import sys
 import urllib.parse
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
