@@ -159,3 +159,28 @@ def test_a_late_worker_after_a_rescue_overwrites_nothing(point, books, db):
     assert report.processed == report.entries == len(created)
     assert {(r.status, r.attempts) for r in rows(db, "SELECT status, attempts FROM process_tracker")} == {
         ("COMPLETED", 2)}
+
+
+def test_a_task_that_kills_its_worker_every_time_ends_in_manual_review(books, db, monkeypatch):
+    """A line that crashes the worker on every attempt (kill -9 mid-chunk each time) must not loop
+    forever: after max_attempts the reaper fails it and its entry goes to manual review."""
+    monkeypatch.setenv("RECON_MAX_ATTEMPTS", "3")
+    created = books.stage([books.transaction(f"crash-{i}", "8.80") for i in range(4)])
+    for attempt in range(1, 4):
+        worker = Worker(books_url(books), fault="after_ledger_write:kill", batch_size=100, chunk_size=100)
+        assert worker.wait() == -9
+        figures.record(faults_injected=1)
+        wait_backends_gone(db, worker.app_name)
+        assert expire_leases(db) == len(created)
+        reaped = pipeline.reap(db)
+        if attempt < 3:
+            assert reaped == {"retried": len(created), "failed": 0}
+            make_retries_due(db)
+        else:
+            assert reaped == {"retried": 0, "failed": len(created)}
+    report = assert_books_consistent(db)
+    assert report.manual_review == report.entries == len(created)
+    assert report.by_error_type == {"RetriesExhaustedError": len(created)}
+    assert scalar(db, "SELECT count(*) FROM transactions") == 0
+    assert {(r.status, r.attempts) for r in rows(db, "SELECT status, attempts FROM process_tracker")} == {("FAILED", 3)}
+    figures.record(tasks_processed_under_faults=len(created))
