@@ -71,3 +71,15 @@ def test_bad_input_is_a_clear_error(db_url, args, message):
 def test_database_is_announced_without_password(db_url):
     result = recon(db_url, "tracker", "stats")
     assert "recon: database postgresql+psycopg://" in result.stderr
+
+
+def test_unreachable_database_is_a_clear_error_without_password():
+    result = recon("postgresql://someone:pw-do-not-show@127.0.0.1:1/nowhere", "tracker", "stats", check=False)
+    assert result.returncode == 2
+    assert "cannot use the database" in result.stderr and "Connection refused" in result.stderr
+    assert "pw-do-not-show" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+
+
+def test_unmigrated_database_says_what_to_do(empty_db_url):
+    result = recon(empty_db_url, "report", check=False)
+    assert result.returncode == 2 and "run `./recon db migrate` first" in result.stderr

@@ -14,6 +14,8 @@ import os
 import sys
 from typing import Any
 
+import sqlalchemy.exc
+
 from recon import migrations
 from recon.db import DatabaseConfigError, default_database, reset_default_database, stop_embedded_server
 from recon.errors import InvalidInputError, NotFoundError
@@ -306,3 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     except (DatabaseConfigError, InvalidInputError, NotFoundError, ValueError, LookupError) as exc:
         print(f"recon: error: {exc}", file=sys.stderr)
         return 2
+    except sqlalchemy.exc.OperationalError as exc:  # unreachable server, missing database, ...
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        print(f"recon: error: cannot use the database ({reason})", file=sys.stderr)
+        return 2
+    except sqlalchemy.exc.ProgrammingError as exc:
+        if "does not exist" in str(exc.orig):
+            print(f"recon: error: {str(exc.orig).splitlines()[0]} -- run `./recon db migrate` first",
+                  file=sys.stderr)
+            return 2
+        raise
