@@ -10,11 +10,13 @@ together.
 
 from __future__ import annotations
 
+import functools
+import gc
 import json
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import sqlalchemy as sa
 import sqlalchemy.exc
@@ -36,6 +38,28 @@ DEFAULT_IMPLEMENTATIONS: tuple[type[ReconTask], ...] = (
     TransactionCreationTask,
     ExpectedEntryMatchingTask,
 )
+
+
+def without_gc_pauses(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a chunk step with Python's cyclic garbage collector paused.
+
+    A chunk builds hundreds of thousands of short-lived, acyclic objects (rows, entries,
+    metadata dicts); each generation-2 collection rescans all of them, and with chunks of
+    20,000 tasks that was a third of the engine's CPU. Reference counting still frees
+    everything; the collector resumes when the step returns.
+    """
+
+    @functools.wraps(method)
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        if not gc.isenabled():
+            return method(*args, **kwargs)
+        gc.disable()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return paused
 
 
 class LeaseLostError(RuntimeError):
@@ -145,6 +169,7 @@ class TaskManager:
 
     # ---- read-only steps ----------------------------------------------------------------------
 
+    @without_gc_pauses
     def decide_chunk(self, task_ids: Sequence[str]) -> dict[str, Any]:
         with self.db.begin() as conn:
             items = load_items(conn, task_ids, lock=False, metadata=False)  # routing needs no more
@@ -159,6 +184,7 @@ class TaskManager:
                 routes[implementation.name if implementation else "no_handler"] += 1
         return {"task_ids": list(task_ids), "routes": dict(routes)}
 
+    @without_gc_pauses
     def validate_chunk(self, task_ids: Sequence[str]) -> dict[str, Any]:
         with self.db.begin() as conn:
             ctx = load_chunk(conn, task_ids, lock=False, details=False)
@@ -182,6 +208,7 @@ class TaskManager:
 
     # ---- the run step -------------------------------------------------------------------------
 
+    @without_gc_pauses
     def run_chunk(self, task_ids: Sequence[str], owner: str) -> ChunkResult:
         """Process a claimed chunk; every task ends COMPLETED, FAILED or RETRY (or is not ours)."""
         task_ids = list(task_ids)
