@@ -61,37 +61,53 @@ def applied_versions(db: Database) -> dict[str, str]:
 
 
 def migrate(db: Database, sql_dir: Path = SQL_DIR) -> list[str]:
-    """Apply pending migrations; return the names applied (empty when up to date)."""
+    """Apply pending migrations; return the names applied (empty when up to date).
+
+    One session-level advisory lock covers the whole run, so concurrent migrators queue up
+    and the first applies every pending file while the others find nothing left to do.
+    Each file commits in its own transaction together with its version row.
+    """
+    migrations = load_migrations(sql_dir)
     applied: list[str] = []
-    for migration in load_migrations(sql_dir):
-        with db.begin() as conn:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            conn.execute(
-                sa.text(
-                    "CREATE TABLE IF NOT EXISTS recon_schema_migrations ("
-                    " version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-            )
-            row = conn.execute(
-                sa.text("SELECT checksum FROM recon_schema_migrations WHERE version = :v"),
-                {"v": migration.version},
-            ).first()
-            if row is not None:
-                if row.checksum != migration.checksum:
-                    log.warning("migration %s changed after it was applied", migration.name)
-                continue
-            conn.exec_driver_sql(migration.sql)
-            conn.execute(
-                sa.text(
-                    "INSERT INTO recon_schema_migrations (version, name, checksum)"
-                    " VALUES (:v, :n, :c)"
-                ),
-                {"v": migration.version, "n": migration.name, "c": migration.checksum},
-            )
-            applied.append(migration.name)
-            log.info("applied migration %s", migration.name)
+    with db.engine.connect() as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        conn.commit()
+        try:
+            for migration in migrations:
+                if _apply(conn, migration):
+                    applied.append(migration.name)
+                    log.info("applied migration %s", migration.name)
+        finally:
+            conn.rollback()  # a failed file leaves its transaction aborted
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.commit()
     return applied
+
+
+def _apply(conn: sa.Connection, migration: Migration) -> bool:
+    """Apply one file in its own transaction unless already recorded; True when applied."""
+    with conn.begin():
+        conn.execute(
+            sa.text(
+                "CREATE TABLE IF NOT EXISTS recon_schema_migrations ("
+                " version text PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+        )
+        row = conn.execute(
+            sa.text("SELECT checksum FROM recon_schema_migrations WHERE version = :v"),
+            {"v": migration.version},
+        ).first()
+        if row is not None:
+            if row.checksum != migration.checksum:
+                log.warning("migration %s changed after it was applied", migration.name)
+            return False
+        conn.exec_driver_sql(migration.sql)
+        conn.execute(
+            sa.text("INSERT INTO recon_schema_migrations (version, name, checksum) VALUES (:v, :n, :c)"),
+            {"v": migration.version, "n": migration.name, "c": migration.checksum},
+        )
+        return True
 
 
 def _table_exists(conn: sa.Connection) -> bool:
