@@ -76,7 +76,7 @@ def _jwt_secret(home: Path) -> str:
     if not path.exists():
         home.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(32))
+        path.write_text(secrets.token_urlsafe(64))
     return path.read_text().strip()
 
 
