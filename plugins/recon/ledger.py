@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import operator
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any, Iterable
 
@@ -38,7 +39,7 @@ def new_id(prefix: str) -> str:
         return f"{prefix}_{_RANDOM_HEX.pop()}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewTransaction:
     transaction_id: str
     logical_transaction_id: str
@@ -51,7 +52,7 @@ class NewTransaction:
     source_staging_entry_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewEntry:
     entry_id: str
     account_id: str
@@ -65,7 +66,7 @@ class NewEntry:
     fulfilled_expected_entry_id: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class LedgerBatch:
     """Ledger writes of one chunk, flushed together inside the caller's transaction."""
 
@@ -98,7 +99,12 @@ def json_rows(rows: Iterable[Any]) -> str:
     statement itself for a chunk of thousands of rows. Decimal and datetime travel as their
     exact text forms and are parsed by the column types (numeric, timestamptz).
     """
-    return json.dumps([vars(r) for r in rows], default=_json_scalar, separators=(",", ":"))
+    rows = list(rows)
+    if not rows:
+        return "[]"
+    names = tuple(f.name for f in fields(rows[0]))
+    values = operator.attrgetter(*names)
+    return json.dumps([dict(zip(names, values(r))) for r in rows], default=_json_scalar, separators=(",", ":"))
 
 
 def _json_scalar(value: Any) -> str:

@@ -63,7 +63,7 @@ def parse_task_status(value: str | TaskStatus) -> TaskStatus:
         raise ValueError(f"unknown task status {value!r}; known statuses: {known}") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Task:
     """One process_tracker row; field names are the column names."""
 
@@ -94,7 +94,7 @@ class Task:
         return [cls.from_row(row) for row in result]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to one claimed task: COMPLETED, FAILED or RETRY, with an error for the latter two.
 

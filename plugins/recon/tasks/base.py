@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from recon.tasks.context import ChunkContext, WorkItem
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManualReview:
     """A business outcome that needs a person: final for the task (FAILED)."""
 
@@ -33,7 +33,7 @@ class ManualReview:
     mismatch_transaction_id: str | None = None  # transaction to mark MISMATCH
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Wait:
     """Not decidable yet (e.g. a confirmation that arrived before its order): try again later."""
 
@@ -41,7 +41,7 @@ class Wait:
     seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Plan:
     """A validated change, applied by the implementation's ``run``."""
 
@@ -52,7 +52,7 @@ class Plan:
 Verdict = Plan | ManualReview | Wait
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Applied:
     """What ``run`` did: the staging entry's success metadata."""
 

@@ -25,7 +25,7 @@ _TASK_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StagingEntry:
     staging_entry_id: str
     account_id: str
@@ -40,7 +40,7 @@ class StagingEntry:
     created_at: dt.datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkItem:
     """A claimed tracker task and its staging entry (None when the payload is unusable)."""
 
@@ -53,7 +53,7 @@ class WorkItem:
         return self.task.task_id
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ExpectedLeg:
     """An EXPECTED entry waiting to be fulfilled, with its transaction's header."""
 
@@ -71,7 +71,7 @@ class ExpectedLeg:
     transaction_metadata: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PostedLeg:
     entry_id: str
     account_id: str

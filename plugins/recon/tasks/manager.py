@@ -96,7 +96,7 @@ class ChunkResult:
         return asdict(self)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Evaluation:
     item: WorkItem
     handler: str | None = None
