@@ -96,6 +96,9 @@ class ChunkContext:
     queued_orders: set[tuple[str, str]]  # (contra account, order) with a TRANSACTION line still PENDING
     now: dt.datetime
     consumed_expected: set[str] = field(default_factory=set)  # reserved by earlier items
+    # (account, order) asked for by a CONFIRMATION line of this chunk: a booking of the chunk
+    # needs to be visible to later items only when one of them confirms it
+    confirmed_orders: set[tuple[str, str]] = field(default_factory=set)
 
 
 def load_items(conn: Connection, task_ids: Sequence[str], lock: bool, metadata: bool = True) -> list[WorkItem]:
@@ -183,6 +186,7 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool, details: b
         fulfilled_orders=fulfilled,
         queued_orders=queued,
         now=now,
+        confirmed_orders=set(order_keys),
     )
 
 

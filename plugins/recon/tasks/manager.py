@@ -236,6 +236,7 @@ class TaskManager:
         result.not_owned = len(task_ids) - len(owned)
         ctx.items = owned
         evaluations = self._evaluate(ctx, apply=True)
+        del ctx, owned  # only through the evaluations from here on
 
         outcomes = [_tracker_outcome(e) for e in evaluations]
         written = self.tracker.finish(outcomes, owner, conn)
@@ -256,6 +257,7 @@ class TaskManager:
             review = _review(evaluation)
             if review is not None and review.mismatch_transaction_id:
                 batch.mismatch_transaction_ids.append(review.mismatch_transaction_id)
+        del evaluations, outcomes  # nor the evaluated items: the writes below need only batch and updates
         batch.flush(conn)
         write_staging_updates(conn, staging_updates)
         return result

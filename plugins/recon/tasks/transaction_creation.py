@@ -57,7 +57,7 @@ class TransactionCreationTask(ReconTask):
             "logical_id": logical_id, "transaction_id": new_id("txn"),
             "posted_entry_id": new_id("ent"), "expected_entry_id": new_id("ent"),
         })
-        if entry.order_id:
+        if entry.order_id and (contra.account_id, entry.order_id) in ctx.confirmed_orders:
             _make_visible_to_later_items(entry, plan, ctx)
         return plan
 
