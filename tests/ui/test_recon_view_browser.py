@@ -8,6 +8,7 @@ DAG run and opens the run's "Recon summary" tab. Screenshots go to test-artifact
 
 from __future__ import annotations
 
+import os
 import re
 import urllib.parse
 from pathlib import Path
@@ -66,7 +67,11 @@ def wait_for_run(server: AirflowServer, run_id: str) -> dict:
 def test_recon_view_in_a_real_browser(standalone: AirflowServer, books: SeededBooks) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: apt-get install chromium chromium-driver (.ci/run does)"
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing: apt-get install chromium chromium-driver (.ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # CI installs it, so there a missing browser is a broken CI
+        pytest.skip(message)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     server = standalone
 
