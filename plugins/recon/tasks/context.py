@@ -8,6 +8,7 @@ serialised per account with advisory locks, so concurrent chunks cannot book or 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Sequence
@@ -99,6 +100,23 @@ class ChunkContext:
     # (account, order) asked for by a CONFIRMATION line of this chunk: a booking of the chunk
     # needs to be visible to later items only when one of them confirms it
     confirmed_orders: set[tuple[str, str]] = field(default_factory=set)
+    # this chunk's own PENDING TRANSACTION lines, as (contra account, order) keys per staging
+    # entry: queued until evaluated, exactly as they would be one task at a time
+    chunk_bookings: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    _unevaluated: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        for keys in self.chunk_bookings.values():
+            self._unevaluated.update(keys)
+
+    def is_queued(self, key: tuple[str, str]) -> bool:
+        """Is a TRANSACTION line for this (contra account, order) still waiting to be processed?"""
+        return key in self.queued_orders or self._unevaluated[key] > 0
+
+    def evaluated(self, item: WorkItem) -> None:
+        """The item was processed: its TRANSACTION line no longer counts as queued for later items."""
+        if item.staging is not None:
+            self._unevaluated.subtract(self.chunk_bookings.pop(item.staging.staging_entry_id, ()))
 
 
 def load_items(conn: Connection, task_ids: Sequence[str], lock: bool, metadata: bool = True) -> list[WorkItem]:
@@ -166,7 +184,9 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool, details: b
     # a booking another worker commits in between is then seen by the second read (each
     # statement sees what was committed before it started). Read after, such a booking was in
     # neither, and its confirmation went to manual review instead of waiting for it.
-    queued = _queued_orders(conn, order_keys)
+    # This chunk's own lines are left out: they count as queued only until they are evaluated.
+    chunk_bookings = _chunk_bookings(entries, rules, set(order_keys))
+    queued = _queued_orders(conn, order_keys, sorted(chunk_bookings))
     expected = _load_expected_legs(conn, order_keys, lock, details)
     posted_legs = (
         _load_posted_legs(conn, sorted({leg.transaction_id for legs in expected.values() for leg in legs}))
@@ -187,6 +207,7 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool, details: b
         queued_orders=queued,
         now=now,
         confirmed_orders=set(order_keys),
+        chunk_bookings=chunk_bookings,
     )
 
 
@@ -346,7 +367,25 @@ def _fulfilled_orders(conn: Connection, order_keys: list[tuple[str, str]]) -> se
     return {(r.account_id, r.order_id) for r in rows}
 
 
-def _queued_orders(conn: Connection, order_keys: list[tuple[str, str]]) -> set[tuple[str, str]]:
+def _chunk_bookings(
+    entries: list[StagingEntry], rules: list[ReconRule], confirmed: set[tuple[str, str]]
+) -> dict[str, list[tuple[str, str]]]:
+    """PENDING TRANSACTION lines of the chunk that a confirmation of the chunk asks about."""
+    contras: dict[str, list[str]] = {}
+    for rule in rules:
+        contras.setdefault(rule.account_one_id, []).append(rule.account_two_id)
+    bookings = {}
+    for e in entries:
+        if e.processing_mode == "TRANSACTION" and e.status == "PENDING" and e.order_id:
+            keys = [(two, e.order_id) for two in contras.get(e.account_id, ()) if (two, e.order_id) in confirmed]
+            if keys:
+                bookings[e.staging_entry_id] = keys
+    return bookings
+
+
+def _queued_orders(
+    conn: Connection, order_keys: list[tuple[str, str]], exclude: list[str]
+) -> set[tuple[str, str]]:
     """Confirmations whose order is itself still waiting in the queue as a TRANSACTION line.
 
     Such a confirmation waits instead of failing, so the outcome does not depend on which
@@ -366,9 +405,10 @@ def _queued_orders(conn: Connection, order_keys: list[tuple[str, str]]) -> set[t
                 SELECT 1 FROM staging_entries s
                 WHERE s.account_id = r.account_one_id AND s.order_id = k.order_id
                   AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
+                  AND s.staging_entry_id <> ALL(CAST(:exclude AS text[]))
                 LIMIT 1) AS queued
             """
         ),
-        {"accounts": [k[0] for k in order_keys], "orders": [k[1] for k in order_keys]},
+        {"accounts": [k[0] for k in order_keys], "orders": [k[1] for k in order_keys], "exclude": exclude},
     )
     return {(r.account_id, r.order_id) for r in rows}

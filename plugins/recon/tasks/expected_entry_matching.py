@@ -81,7 +81,7 @@ class ExpectedEntryMatchingTask(ReconTask):
                 f"the expected entry for order {entry.order_id!r} on account {entry.account_id}"
                 " was already fulfilled by another confirmation",
             )
-        if key in ctx.queued_orders:
+        if ctx.is_queued(key):
             return Wait(
                 f"order {entry.order_id!r} is still queued as a TRANSACTION line; waiting for it to be booked",
                 seconds=5.0,

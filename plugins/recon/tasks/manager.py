@@ -161,6 +161,7 @@ class TaskManager:
                     own_batch = LedgerBatch()
                     evaluation.applied = implementation.run(item, evaluation.verdict, ctx, own_batch)
                     evaluation.batch = own_batch
+                ctx.evaluated(item)  # its line is processed now: no longer queued for later items
             except Exception as exc:  # a poison task must not take its chunk down with it
                 log.exception("%s failed on task %s", implementation.name, item.task_id)
                 evaluation.verdict = None
