@@ -1,0 +1,287 @@
+"""``python -m bench``: generate the workload, run every mode on a fresh copy, print and save figures."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import ROOT, report, workload
+from bench.databases import Server, default_server_url, vacuum_analyze, with_query
+from recon.db import Database
+
+DEFAULT_JSON = ROOT / "bench-results" / "latest.json"
+MODES = ("raw", "dag", "inprocess", "serial")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from recon import pipeline
+
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--entries", type=int, default=100_000, help="staging entries in the workload (default 100,000)")
+    p.add_argument("--batch-size", type=int, default=pipeline.DEFAULT_BATCH_SIZE,
+                   help="tasks claimed per DAG run / per raw SQL batch (default: pipeline.DEFAULT_BATCH_SIZE)")
+    p.add_argument("--chunk-size", type=int, default=pipeline.DEFAULT_CHUNK_SIZE,
+                   help="tasks per mapped chunk (default: pipeline.DEFAULT_CHUNK_SIZE)")
+    p.add_argument("--workers", type=int, default=1, help="concurrent dag.test() drivers (default 1)")
+    p.add_argument("--serial-entries", type=int, default=10_000,
+                   help="entries for the serial baseline, on its own workload from the same generator"
+                        " (default 10,000 or --entries if smaller; it runs about 60 entries/s)")
+    p.add_argument("--noop-tasks", type=int, default=100_000, help="no-op tasks for the claim+complete figure")
+    p.add_argument("--noop-rounds", type=int, default=2, help="claim+complete rounds; the best of each is kept")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the figures (default {DEFAULT_JSON})")
+    p.add_argument("--skip-dag", action="store_true", help="no Airflow (a)")
+    p.add_argument("--skip-serial", action="store_true")
+    p.add_argument("--skip-raw", action="store_true")
+    p.add_argument("--skip-inprocess", action="store_true")
+    p.add_argument("--skip-noop", action="store_true")
+    p.add_argument("--scale-check", action="store_true",
+                   help="also measure cost per entry with 1,000,000 rows already in the tables vs 10,000 (slow)")
+    p.add_argument("--scale-history", type=int, nargs=2, default=[10_000, 1_000_000], metavar=("SMALL", "LARGE"))
+    p.add_argument("--scale-entries", type=int, default=20_000, help="entries processed on top of each history")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--server-url", help="PostgreSQL server for the benchmark databases (default: the resolved"
+                                        " recon database's server; the user's own database is never touched)")
+    p.add_argument("--prefix", default="recon_bench", help="name prefix of the benchmark databases")
+    p.add_argument("--airflow-home", type=Path, default=ROOT / ".recon" / "bench-airflow",
+                   help="AIRFLOW_HOME of the DAG drivers (default .recon/bench-airflow)")
+    p.add_argument("--airflow-db", default="recon_bench_airflow",
+                   help="Airflow metadata database on the benchmark server, kept between runs (migrated once)")
+    p.add_argument("--keep", action="store_true", help="keep the benchmark databases for inspection")
+    args = p.parse_args(argv)
+    args.serial_entries = min(args.serial_entries, args.entries)
+    return args
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "plugins"), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def run_module(module: str, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+    command = [sys.executable, "-m", module, *args]
+    with open(log or os.devnull, "a") as out:
+        done = subprocess.run(command, env=env or subprocess_env(), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    if done.returncode != 0:
+        hint = f"; its output is in {log}" if log else ""
+        raise RuntimeError(f"{' '.join(command[2:4])} failed with exit code {done.returncode}{hint}")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem_kib = 0
+    try:
+        mem_kib = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal")))
+    except (OSError, StopIteration):
+        pass
+    return {"cpus": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem_kib / 1024 / 1024, 1),
+            "python": platform.python_version(), "platform": platform.platform(), "load_average": os.getloadavg()}
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.server = Server(args.server_url or default_server_url())
+        self.work = Path(tempfile.mkdtemp(prefix="recon-bench-"))
+        self.created: list[str] = []
+
+    def name(self, role: str) -> str:
+        return f"{self.args.prefix}_{role}"
+
+    def log(self, message: str) -> None:
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    def template(self, role: str, entries: int, edge_cases: bool = False) -> tuple[str, workload.Workload]:
+        name = self.name(role)
+        url = self.server.create_migrated(name)
+        self.created.append(name)
+        db = Database(url, "bench")
+        started = time.perf_counter()
+        try:
+            load = workload.generate(db, entries, seed=self.args.seed, edge_cases=edge_cases)
+        finally:
+            db.dispose()
+        vacuum_analyze(url)
+        self.log(f"generated {load.entries:,} entries in {name} ({time.perf_counter() - started:.1f}s)")
+        return name, load
+
+    def copy(self, template: str, role: str) -> str:
+        name = self.name(role)
+        url = self.server.copy(template, name)
+        self.created.append(name)
+        return url
+
+    def checked(self, url: str, load: workload.Workload, result: dict[str, Any]) -> dict[str, Any]:
+        db = Database(url, "bench")
+        try:
+            result["outcomes"] = workload.outcomes(db)
+        finally:
+            db.dispose()
+        result["problems"] = workload.check(result["outcomes"], load)
+        result["entries_per_s"] = result["processed"] / result["seconds"] if result["seconds"] else 0.0
+        if result["problems"]:
+            self.log(f"PROBLEMS: {result['problems']}")
+        return result
+
+    def run_mode(self, mode: str, template: str, load: workload.Workload) -> dict[str, Any]:
+        url = self.copy(template, mode)
+        out = self.work / f"{mode}.json"
+        self.log(f"{mode}: draining {load.entries:,} entries")
+        run_module("bench.modes", mode, str(out), "--url", url, "--batch-size", str(self.args.batch_size),
+                   "--chunk-size", str(self.args.chunk_size), log=self.work / f"{mode}.log")
+        result = self.checked(url, load, json.loads(out.read_text()))
+        self.log(f"{mode}: {result['entries_per_s']:,.0f} entries/s")
+        return result
+
+    def run_dag(self, template: str, load: workload.Workload) -> dict[str, Any]:
+        url = self.copy(template, "dag")
+        home = self.args.airflow_home
+        from recon.local_airflow import airflow_sqlalchemy_url
+
+        metadata = self.args.airflow_db
+        if not self.server.exists(metadata):
+            self.server.create_empty(metadata)
+        # a clean Airflow configuration: none of the caller's AIRFLOW_* settings (its metadata
+        # database, its recon_db connection) may leak into the benchmark
+        env = {k: v for k, v in subprocess_env().items() if not k.startswith("AIRFLOW")}
+        env.update(
+            RECON_DATABASE_URL=url,
+            RECON_AIRFLOW_METADATA_URL=self.server.url(metadata),
+            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow_sqlalchemy_url(self.server.url(metadata)),
+        )
+        self.log("dag: preparing the Airflow metadata database (first run: about a minute)")
+        run_module("bench.dag_driver", str(self.work / "prepare.json"), "--airflow-home", str(home),
+                   "--prepare-only", env=env, log=self.work / "dag-prepare.log")
+        sync = self.work / "sync"
+        sync.mkdir()
+        drivers = []
+        for n in range(1, self.args.workers + 1):
+            name = f"bench-dag-{n}"
+            driver_env = dict(env, RECON_DATABASE_URL=with_query(url, application_name=name))
+            command = [sys.executable, "-m", "bench.dag_driver", str(self.work / f"{name}.json"),
+                       "--airflow-home", str(home), "--batch-size", str(self.args.batch_size),
+                       "--chunk-size", str(self.args.chunk_size), "--sync-dir", str(sync), "--name", name]
+            log = open(self.work / f"{name}.log", "w")
+            drivers.append((name, subprocess.Popen(command, env=driver_env, stdout=log, stderr=subprocess.STDOUT,
+                                                   cwd=ROOT), log))
+        self.log(f"dag: {len(drivers)} driver(s) warming up (imports, one dry run)")
+        while not all((sync / f"{name}.ready").exists() for name, _, _ in drivers):
+            for name, process, _ in drivers:
+                if process.poll() is not None:
+                    raise RuntimeError(f"DAG driver {name} exited early; see {self.work / (name + '.log')}")
+            time.sleep(0.1)
+        self.log(f"dag: draining {load.entries:,} entries with dag.test()")
+        go = time.time()
+        (sync / "go").touch()
+        for name, process, log in drivers:
+            process.wait()
+            log.close()
+        results = []
+        for name, process, _ in drivers:
+            path = self.work / f"{name}.json"
+            if not path.exists():
+                raise RuntimeError(f"DAG driver {name} failed; see {self.work / (name + '.log')}")
+            results.append(json.loads(path.read_text()))
+        combined = report.combine_drivers(results, go)
+        result = self.checked(url, load, combined)
+        self.log(f"dag: {result['entries_per_s']:,.0f} entries/s")
+        return result
+
+    def run_noop(self) -> dict[str, Any]:
+        from bench import noop_queue
+
+        best: dict[str, Any] = {}
+        for round_ in range(self.args.noop_rounds):
+            name = self.name("noop")
+            url = self.server.create_migrated(name)
+            self.created.append(name)
+            db = Database(url, "bench")
+            try:
+                noop_queue.populate(db, self.args.noop_tasks)
+            finally:
+                db.dispose()
+            vacuum_analyze(url)
+            out = self.work / f"noop-{round_}.json"
+            run_module("bench.modes", "noop", str(out), "--url", url, log=self.work / "noop.log")
+            result = json.loads(out.read_text())
+            self.log(f"noop round {round_ + 1}: API {result['api']['tasks_per_s']:,.0f} tasks/s,"
+                     f" raw {result['raw']['tasks_per_s']:,.0f} tasks/s")
+            for side in ("api", "raw"):
+                if side not in best or result[side]["tasks_per_s"] > best[side]["tasks_per_s"]:
+                    best[side] = result[side]
+            best["peak_rss_mib"] = max(best.get("peak_rss_mib", 0), result["peak_rss_mib"])
+            self.server.drop(name)
+        best["ratio"] = best["api"]["tasks_per_s"] / best["raw"]["tasks_per_s"]
+        return best
+
+    def cleanup(self) -> None:
+        if self.args.keep:
+            self.log(f"kept databases: {', '.join(sorted(set(self.created)))}")
+            return
+        for name in set(self.created):
+            self.server.drop(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    started = time.time()
+    results: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "modes": {},
+    }
+    try:
+        template, load = bench.template("tpl", args.entries)
+        results["workload"] = {"entries": load.entries, "transactions": load.transactions,
+                               "confirmations": load.confirmations, "mix": load.mix, "expected": load.expected}
+        for mode in MODES:
+            if getattr(args, f"skip_{mode}"):
+                continue
+            if mode == "dag":
+                results["modes"]["dag"] = bench.run_dag(template, load)
+            elif mode == "serial":
+                serial_template, serial_load = (
+                    (template, load) if args.serial_entries == args.entries
+                    else bench.template("tpl_serial", args.serial_entries)
+                )
+                results["modes"]["serial"] = bench.run_mode("serial", serial_template, serial_load)
+            else:
+                results["modes"][mode] = bench.run_mode(mode, template, load)
+        if not args.skip_noop:
+            results["noop"] = bench.run_noop()
+        if args.scale_check:
+            from bench import scale
+
+            results["scale"] = scale.run(bench)
+    finally:
+        bench.cleanup()
+    results["machine"]["load_average_end"] = os.getloadavg()
+    results["seconds"] = time.time() - started
+    results["bench_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["summary"] = report.summarize(results)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, default=str))
+    print(report.table(results))
+    print(f"\nJSON: {args.json}")
+    problems = {m: r["problems"] for m, r in results["modes"].items() if r.get("problems")}
+    if problems:
+        print(f"\nPROBLEMS (the books did not end as the workload says): {problems}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,112 @@
+"""Benchmark databases: a server, a migrated template per run, and throw-away copies of it.
+
+Every database the benchmark touches is named ``<prefix>_<role>`` on the server of the
+resolved recon database (or ``--server-url``), so it never reads or writes the user's data.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from recon.db import Database, resolve_database, to_sqlalchemy_url
+from recon.migrations import migrate
+
+
+def default_server_url() -> str:
+    """The server of the project's resolved database, as a libpq URL to its `postgres` database."""
+    return admin_url(resolve_database().url.render_as_string(hide_password=False))
+
+
+def admin_url(url: str) -> str:
+    return with_database(url, "postgres")
+
+
+def with_database(url: str, database: str) -> str:
+    return to_sqlalchemy_url(url).set(drivername="postgresql", database=database).render_as_string(
+        hide_password=False
+    )
+
+
+def database_name(url: str) -> str:
+    return make_url(url).database or ""
+
+
+class Server:
+    """CREATE / copy / DROP databases on one PostgreSQL server."""
+
+    def __init__(self, url: str):
+        self.admin = admin_url(url)
+
+    def url(self, name: str) -> str:
+        return with_database(self.admin, name)
+
+    def _admin(self) -> psycopg.Connection:
+        return psycopg.connect(self.admin, autocommit=True)
+
+    def drop(self, name: str) -> None:
+        with self._admin() as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    def create_migrated(self, name: str) -> str:
+        """A fresh database with the project's schema (sql/ migrations); returns its URL."""
+        self.drop(name)
+        with self._admin() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        db = Database(self.url(name), "bench")
+        try:
+            migrate(db)
+        finally:
+            db.dispose()
+        return self.url(name)
+
+    def copy(self, template: str, name: str) -> str:
+        """A fresh copy of `template` (which must have no open connections); returns its URL."""
+        self.drop(name)
+        statement = sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template))
+        for attempt in range(20):
+            try:
+                with self._admin() as conn:
+                    conn.execute(statement)
+                return self.url(name)
+            except psycopg.errors.ObjectInUse:
+                # an autovacuum worker or a closing session still holds the template: wait it out
+                time.sleep(0.25 * (attempt + 1))
+        raise RuntimeError(f"template database {template} stayed busy; cannot copy it to {name}")
+
+    def create_empty(self, name: str) -> str:
+        with self._admin() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url(name)
+
+    def exists(self, name: str) -> bool:
+        with self._admin() as conn:
+            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+@contextmanager
+def connect(url: str, autocommit: bool = True) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(url, autocommit=autocommit) as conn:
+        yield conn
+
+
+def vacuum_analyze(url: str) -> None:
+    """Settle a freshly generated database: visibility map, hint bits and statistics."""
+    with connect(url) as conn:
+        conn.execute("VACUUM (ANALYZE, FREEZE)")
+
+
+def with_query(url: str, **params: str) -> str:
+    """`url` with extra query parameters (e.g. application_name for one driver's connections)."""
+    parsed = make_url(url)
+    return parsed.update_query_dict(params).render_as_string(hide_password=False)
+
+
+def without_query(url: str, *names: str) -> str:
+    parsed = make_url(url)
+    return parsed.difference_update_query(names).render_as_string(hide_password=False)

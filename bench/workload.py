@@ -1,0 +1,282 @@
+"""The benchmark's workload: books, statement lines, their expected outcomes, and checks.
+
+Several merchants, each with a PSP clearing account (CREDIT_NORMAL, a rule's account_two)
+and two bank accounts (DEBIT_NORMAL, account_one of a rule to the clearing account).
+Half of the lines are TRANSACTION lines on the bank accounts (one order each); the other
+half are CONFIRMATION lines on the clearing accounts for those orders, with about 5% amount
+mismatches, 2% unmatched orders and 1% duplicates (a second confirmation of a fulfilled
+order), shuffled.
+
+Lines go in through the project's producer (``recon.ingest.insert_staging_entries``): each
+with its PROCESS_STAGING_ENTRY task. Confirmations *arrive later*: their tasks are created
+not yet due and :func:`release_confirmations` makes them due once the TRANSACTION lines are
+drained, the way a settlement file follows the orders it settles. Every mode (DAG, serial,
+raw SQL) does the same, so a confirmation never races its own order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Iterator
+
+import sqlalchemy as sa
+
+from recon import domain, ledger
+from recon.db import Database
+from recon.ingest import NewStagingEntry, insert_staging_entries
+
+CURRENCIES = ("USD", "EUR", "GBP", "CHF")
+NOT_YET_DUE = "infinity"  # run_after of confirmations until they "arrive"
+INSERT_BATCH = 5_000
+BASE_DATE = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class Pair:
+    merchant_id: str
+    bank: str  # account_one, DEBIT_NORMAL
+    clearing: str  # account_two, CREDIT_NORMAL
+    currency: str
+
+
+@dataclass
+class Books:
+    pairs: list[Pair]
+    orphans: list[str]  # bank accounts without a rule (edge cases)
+
+
+@dataclass
+class Workload:
+    entries: int
+    transactions: int
+    confirmations: int
+    expected: dict[str, int] | None  # outcome -> count, None when edge cases make it data-dependent
+    mix: dict[str, int] = field(default_factory=dict)
+
+
+def outcome_key(status: str, error_type: str | None, match_type: str | None) -> str:
+    return f"{status}:{error_type or match_type or '-'}"
+
+
+def create_books(db: Database, merchants: int = 4) -> Books:
+    pairs, orphans = [], []
+    for m in range(merchants):
+        currency = CURRENCIES[m % len(CURRENCIES)]
+        merchant = domain.create_merchant(f"Bench merchant {m + 1}", merchant_id=f"mer_bench_{m + 1}", db=db)
+        clearing = domain.create_account(merchant, f"PSP clearing {currency}", "CREDIT_NORMAL", currency,
+                                         account_id=f"acc_bench_{m + 1}_psp", db=db)
+        for b in (1, 2):
+            bank = domain.create_account(merchant, f"Bank {b} {currency}", "DEBIT_NORMAL", currency, "1000.00",
+                                         account_id=f"acc_bench_{m + 1}_bank{b}", db=db)
+            domain.create_recon_rule(bank, clearing, rule_id=f"rule_bench_{m + 1}_{b}", db=db)
+            pairs.append(Pair(merchant, bank, clearing, currency))
+        orphans.append(domain.create_account(merchant, f"Bank without rule {currency}", "DEBIT_NORMAL", currency,
+                                             account_id=f"acc_bench_{m + 1}_orphan", db=db))
+    return Books(pairs, orphans)
+
+
+def _line(account: str, side: str, amount: Decimal, currency: str, mode: str, i: int,
+          order_id: str | None, source: str) -> NewStagingEntry:
+    metadata: dict[str, Any] = {"source_file": source, "line": i}
+    if order_id is not None:
+        metadata["order_id"] = order_id
+    return NewStagingEntry(account, side, amount, currency, mode, BASE_DATE + dt.timedelta(seconds=i), metadata)
+
+
+def plan_lines(books: Books, entries: int, seed: int = 7, edge_cases: bool = False
+               ) -> tuple[list[NewStagingEntry], list[NewStagingEntry], Workload]:
+    """TRANSACTION lines and CONFIRMATION lines (shuffled) for `entries` lines in total."""
+    rng = random.Random(seed)
+    n_tx = entries // 2
+    n_conf = entries - n_tx
+    n_unmatched = round(n_conf * 0.02)
+    n_dup = round(n_conf * 0.01)
+    n_confirmed = min(n_tx, n_conf - n_unmatched - n_dup)
+    n_unmatched = n_conf - n_dup - n_confirmed  # small sizes: keep the total exact
+    n_mismatch = round(n_conf * 0.05)
+
+    orders = []  # (pair, order_id, amount)
+    transactions = []
+    for i in range(n_tx):
+        pair = books.pairs[rng.randrange(len(books.pairs))]
+        order_id = f"ORD-{i:08d}"
+        amount = Decimal(rng.randrange(100, 500_000)) / 100
+        orders.append((pair, order_id, amount))
+        transactions.append(_line(pair.bank, "DEBIT", amount, pair.currency, "TRANSACTION", i, order_id,
+                                  "bench-transactions.csv"))
+
+    confirmed = rng.sample(range(n_tx), n_confirmed)
+    mismatched = set(confirmed[:n_mismatch])
+    matched = confirmed[n_mismatch:]
+    confirmations = []
+    for k, i in enumerate(confirmed):
+        pair, order_id, amount = orders[i]
+        if i in mismatched:
+            amount = amount + Decimal("1.00")
+        confirmations.append(_line(pair.clearing, "CREDIT", amount, pair.currency, "CONFIRMATION", k, order_id,
+                                   "bench-confirmations.csv"))
+    for k in range(n_dup):  # the same line twice: the second finds its order already fulfilled
+        pair, order_id, amount = orders[matched[k % len(matched)]]
+        confirmations.append(_line(pair.clearing, "CREDIT", amount, pair.currency, "CONFIRMATION",
+                                   n_confirmed + k, order_id, "bench-confirmations.csv"))
+    for k in range(n_unmatched):
+        pair = books.pairs[rng.randrange(len(books.pairs))]
+        confirmations.append(_line(pair.clearing, "CREDIT", Decimal("10.00"), pair.currency, "CONFIRMATION",
+                                   n_confirmed + n_dup + k, f"UNKNOWN-{k:08d}", "bench-confirmations.csv"))
+
+    expected: dict[str, int] | None = {
+        outcome_key("PROCESSED", None, "NewTransactionGenerated"): n_tx,
+        outcome_key("PROCESSED", None, "Phase2_Fulfilled"): len(matched),
+        outcome_key("NEEDS_MANUAL_REVIEW", "MismatchError", None): len(mismatched),
+        outcome_key("NEEDS_MANUAL_REVIEW", "NoMatchFoundError", None): n_unmatched,
+        outcome_key("NEEDS_MANUAL_REVIEW", "AlreadyFulfilledError", None): n_dup,
+    }
+    if edge_cases:
+        transactions, confirmations = _add_edge_cases(books, rng, orders, sorted(mismatched), transactions,
+                                                      confirmations)
+        expected = None
+    rng.shuffle(confirmations)
+    workload = Workload(
+        entries=len(transactions) + len(confirmations),
+        transactions=len(transactions),
+        confirmations=len(confirmations),
+        expected={k: v for k, v in expected.items() if v} if expected else None,
+        mix={"orders": n_tx, "confirmed": n_confirmed, "mismatched": len(mismatched), "duplicates": n_dup,
+             "unmatched": n_unmatched, "edge_cases": int(edge_cases)},
+    )
+    return transactions, confirmations, workload
+
+
+def _add_edge_cases(books: Books, rng: random.Random, orders: list, mismatched: list[int],
+                    transactions: list[NewStagingEntry], confirmations: list[NewStagingEntry]
+                    ) -> tuple[list[NewStagingEntry], list[NewStagingEntry]]:
+    """Every other outcome of the engine, a few times each (for the equivalence test)."""
+    tx, cf = list(transactions), list(confirmations)
+    n = len(tx)
+    for k in range(max(2, n // 50)):
+        pair, order_id, amount = orders[rng.randrange(len(orders))]
+        tx.append(_line(pair.bank, "DEBIT", amount, pair.currency, "TRANSACTION", n + k, order_id, "edge"))  # duplicate
+    for k, orphan in enumerate(books.orphans):  # no rule for this account
+        tx.append(_line(orphan, "DEBIT", Decimal("5.00"), "USD", "TRANSACTION", n + 100 + k, f"ORPHAN-{k}", "edge"))
+    pair = books.pairs[0]
+    tx.append(_line(pair.bank, "DEBIT", Decimal("6.00"), "JPY", "TRANSACTION", n + 200, "CURRENCY-1", "edge"))
+    tx.append(_line(pair.bank, "CREDIT", Decimal("7.00"), pair.currency, "TRANSACTION", n + 201, None, "edge"))
+    # ambiguous: the same order booked on both bank accounts of a merchant, then confirmed once
+    same_merchant = [p for p in books.pairs if p.clearing == pair.clearing]
+    for k in range(3):
+        order_id = f"AMBIGUOUS-{k}"
+        for p in same_merchant:
+            tx.append(_line(p.bank, "DEBIT", Decimal("8.00"), p.currency, "TRANSACTION", n + 300 + k, order_id, "edge"))
+        cf.append(_line(pair.clearing, "CREDIT", Decimal("8.00"), pair.currency, "CONFIRMATION", 900 + k, order_id,
+                        "edge"))
+    for k, i in enumerate(mismatched[:5]):  # a second confirmation of a mismatched order
+        p, order_id, amount = orders[i]
+        cf.append(_line(p.clearing, "CREDIT", amount, p.currency, "CONFIRMATION", 1000 + k, order_id, "edge"))
+    p, order_id, amount = orders[0]
+    cf.append(_line(p.clearing, "DEBIT", amount, p.currency, "CONFIRMATION", 1100, f"SIDE-{order_id}", "edge"))
+    cf.append(_line(p.clearing, "CREDIT", Decimal("9.00"), p.currency, "CONFIRMATION", 1101, None, "edge"))
+    cf.append(_line(p.bank, "CREDIT", amount, p.currency, "CONFIRMATION", 1102, order_id, "edge"))  # no rule as two
+    for k in range(3):  # side and currency differences on booked orders
+        p, order_id, amount = orders[rng.randrange(len(orders))]
+        cf.append(_line(p.clearing, "DEBIT", amount, p.currency, "CONFIRMATION", 1200 + k, order_id, "edge"))
+        p, order_id, amount = orders[rng.randrange(len(orders))]
+        cf.append(_line(p.clearing, "CREDIT", amount, "JPY", "CONFIRMATION", 1300 + k, order_id, "edge"))
+    return tx, cf
+
+
+def _batches(lines: list[NewStagingEntry]) -> Iterator[list[NewStagingEntry]]:
+    for start in range(0, len(lines), INSERT_BATCH):
+        yield lines[start : start + INSERT_BATCH]
+
+
+def generate(db: Database, entries: int, seed: int = 7, merchants: int = 4, edge_cases: bool = False) -> Workload:
+    """Books + lines in `db`: TRANSACTION lines due now, CONFIRMATION lines not yet due."""
+    books = create_books(db, merchants)
+    transactions, confirmations, workload = plan_lines(books, entries, seed, edge_cases)
+    with db.begin() as conn:
+        for batch in _batches(transactions):
+            insert_staging_entries(conn, batch)
+    with db.begin() as conn:
+        for batch in _batches(confirmations):
+            insert_staging_entries(conn, batch)
+        conn.execute(sa.text(
+            "UPDATE process_tracker t SET run_after = CAST(:later AS timestamptz) FROM staging_entries s"
+            " WHERE s.staging_entry_id = t.payload ->> 'staging_entry_id' AND s.processing_mode = 'CONFIRMATION'"
+        ), {"later": NOT_YET_DUE})
+    return workload
+
+
+RELEASE_SQL = (
+    "UPDATE process_tracker SET run_after = now()"
+    " WHERE status IN ('PENDING', 'RETRY') AND run_after = 'infinity'::timestamptz"
+)
+DUE_SQL = (
+    "SELECT count(*) FROM process_tracker"
+    " WHERE status IN ('PENDING', 'RETRY') AND run_after <= now()"
+)
+
+
+RELEASE_LOCK = "SELECT pg_advisory_xact_lock(422608528232)"  # "bench" in ASCII
+
+
+def release_confirmations(conn: Any) -> int:
+    """The settlement file arrives: its lines become due (psycopg autocommit or SQLAlchemy connection).
+
+    Serialised by an advisory lock: when several DAG drivers finish phase one together, one
+    releases and the others find nothing left (two concurrent 50,000-row UPDATEs deadlock).
+    """
+    if isinstance(conn, sa.Connection):
+        conn.execute(sa.text(RELEASE_LOCK))
+        return conn.execute(sa.text(RELEASE_SQL)).rowcount
+    with conn.transaction():
+        conn.execute(RELEASE_LOCK)
+        return conn.execute(RELEASE_SQL).rowcount
+
+
+def outcomes(db: Database) -> dict[str, Any]:
+    """What the books look like after a drain: outcome counts, tracker statuses, invariants."""
+    with db.begin() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT status, metadata ->> 'error_type' AS error_type, metadata ->> 'match_type' AS match_type,"
+            " count(*) AS n FROM staging_entries GROUP BY 1, 2, 3"
+        )).all()
+        tasks = conn.execute(sa.text("SELECT status, count(*) FROM process_tracker GROUP BY 1")).all()
+        ledger_rows = conn.execute(sa.text(
+            "SELECT (SELECT count(*) FROM transactions) AS transactions, (SELECT count(*) FROM entries) AS entries"
+        )).one()
+        totals = conn.execute(sa.text(
+            "SELECT currency, sum(CASE WHEN entry_type = 'DEBIT' THEN amount ELSE -amount END) AS net"
+            " FROM entries WHERE status <> 'ARCHIVED' GROUP BY currency"
+        )).all()
+    counts: Counter[str] = Counter()
+    for r in rows:
+        counts[outcome_key(r.status, r.error_type, r.match_type)] += r.n
+    invariants = ledger.check_invariants(db)
+    return {
+        "staging": dict(sorted(counts.items())),
+        "tasks": {r[0]: r[1] for r in tasks},
+        "transactions": ledger_rows.transactions,
+        "entries": ledger_rows.entries,
+        "invariants": vars(invariants),
+        "books_balance": invariants.ok and all(r.net == 0 for r in totals),
+    }
+
+
+def check(result: dict[str, Any], workload: Workload) -> list[str]:
+    """Problems with a drained database (empty when every line ended as the workload says)."""
+    problems = []
+    if not result["books_balance"]:
+        problems.append(f"books do not balance: {result['invariants']}")
+    open_tasks = {s: n for s, n in result["tasks"].items() if s not in ("COMPLETED", "FAILED")}
+    if open_tasks:
+        problems.append(f"tasks not finished: {open_tasks}")
+    pending = result["staging"].get("PENDING:-", 0)
+    if pending:
+        problems.append(f"{pending} staging entries still PENDING")
+    if workload.expected is not None and result["staging"] != workload.expected:
+        problems.append(f"outcomes {result['staging']} differ from the expected {workload.expected}")
+    return problems
