@@ -148,7 +148,9 @@ _ARCHIVE = sa.text(
         RETURNING transaction_id
     )
     UPDATE entries SET status = 'ARCHIVED', discarded_at = now(), updated_at = now()
-    WHERE transaction_id IN (SELECT transaction_id FROM archived)
+    -- = ANY(ARRAY(...)) keeps this on entries_transaction_idx; `IN (SELECT ...)` became a hash
+    -- semi-join over a sequential scan of the whole entries table
+    WHERE transaction_id = ANY(ARRAY(SELECT transaction_id FROM archived))
     """
 )
 
