@@ -50,9 +50,16 @@ def two_phases(url: str, drain: Callable[[], int]) -> dict[str, Any]:
     }
 
 
-def run_inprocess(url: str, batch_size: int, chunk_size: int) -> dict[str, Any]:
+def run_inprocess(url: str, batch_size: int, chunk_size: int, explain: Path | None = None) -> dict[str, Any]:
     from recon import pipeline
     from recon.db import Database
+
+    recorder = None
+    if explain:
+        from bench.scale import StatementRecorder
+
+        recorder = StatementRecorder()
+        recorder.install()
 
     db = Database(url, "bench")
     with db.begin():
@@ -63,9 +70,12 @@ def run_inprocess(url: str, batch_size: int, chunk_size: int) -> dict[str, Any]:
         return summary["completed"] + summary["failed"]
 
     try:
-        return two_phases(url, drain)
+        result = two_phases(url, drain)
     finally:
         db.dispose()
+    if recorder and explain:
+        explain.write_text(json.dumps(recorder.explain(url), indent=2))
+    return result
 
 
 def run_serial(url: str) -> dict[str, Any]:
@@ -102,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True)
     parser.add_argument("--batch-size", type=int, default=20_000)
     parser.add_argument("--chunk-size", type=int, default=2_000)
+    parser.add_argument("--explain", type=Path, help="inprocess: EXPLAIN the statements it ran into this file")
     args = parser.parse_args(argv)
     if args.mode == "inprocess":
-        result = run_inprocess(args.url, args.batch_size, args.chunk_size)
+        result = run_inprocess(args.url, args.batch_size, args.chunk_size, args.explain)
     elif args.mode == "serial":
         result = run_serial(args.url)
     elif args.mode == "raw":

@@ -193,20 +193,22 @@ def _batches(lines: list[NewStagingEntry]) -> Iterator[list[NewStagingEntry]]:
         yield lines[start : start + INSERT_BATCH]
 
 
-def generate(db: Database, entries: int, seed: int = 7, merchants: int = 4, edge_cases: bool = False) -> Workload:
-    """Books + lines in `db`: TRANSACTION lines due now, CONFIRMATION lines not yet due."""
-    books = create_books(db, merchants)
+def generate(db: Database, entries: int, seed: int = 7, merchants: int = 4, edge_cases: bool = False,
+             books: Books | None = None) -> Workload:
+    """Books (unless given) + lines in `db`: TRANSACTION lines due now, CONFIRMATION lines not yet due."""
+    books = books or create_books(db, merchants)
     transactions, confirmations, workload = plan_lines(books, entries, seed, edge_cases)
     with db.begin() as conn:
         for batch in _batches(transactions):
             insert_staging_entries(conn, batch)
     with db.begin() as conn:
+        later = []
         for batch in _batches(confirmations):
-            insert_staging_entries(conn, batch)
-        conn.execute(sa.text(
-            "UPDATE process_tracker t SET run_after = CAST(:later AS timestamptz) FROM staging_entries s"
-            " WHERE s.staging_entry_id = t.payload ->> 'staging_entry_id' AND s.processing_mode = 'CONFIRMATION'"
-        ), {"later": NOT_YET_DUE})
+            later += [created.task_id for created in insert_staging_entries(conn, batch)]
+        conn.execute(
+            sa.text("UPDATE process_tracker SET run_after = CAST(:later AS timestamptz) WHERE task_id = ANY(:ids)"),
+            {"later": NOT_YET_DUE, "ids": later},
+        )
     return workload
 
 
