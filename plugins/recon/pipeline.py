@@ -59,9 +59,9 @@ def reap(db: Database | None = None) -> dict[str, int]:
 
 def claim(batch_size: int, task_type: str = TaskType.PROCESS_STAGING_ENTRY, owner: str = "",
           db: Database | None = None, lease_seconds: int | None = None) -> list[str]:
-    tasks = ProcessTracker(db or default_database()).claim_batch(task_type, batch_size, lease_seconds, owner)
-    log.info("claimed %d task(s) as %s", len(tasks), owner)
-    return [t.task_id for t in tasks]
+    task_ids = ProcessTracker(db or default_database()).claim_ids(task_type, batch_size, lease_seconds, owner)
+    log.info("claimed %d task(s) as %s", len(task_ids), owner)
+    return task_ids
 
 
 def peek(batch_size: int, task_type: str = TaskType.PROCESS_STAGING_ENTRY,

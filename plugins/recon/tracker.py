@@ -131,8 +131,7 @@ _NEXT_DUE = sa.text(
 
 # SKIP LOCKED inside the CTE keeps the LIMIT exact under concurrency; `= ANY(ARRAY(...))`
 # keeps the UPDATE on the primary key index where `FROM cte` can flip to a hash join.
-_CLAIM = sa.text(
-    f"""
+_CLAIM_TEMPLATE = """
     WITH due AS (
         SELECT task_id FROM process_tracker
         WHERE task_type = :task_type AND status IN ('PENDING', 'RETRY') AND run_after <= now()
@@ -150,8 +149,13 @@ _CLAIM = sa.text(
         lease_expires_at = now() + make_interval(secs => :lease_seconds),
         updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
     WHERE task_id = ANY(ARRAY(SELECT task_id FROM due))
-    RETURNING {_COLUMNS}
-    """
+    RETURNING {returning}
+"""
+_CLAIM = sa.text(_CLAIM_TEMPLATE.format(returning=_COLUMNS))
+# the batch pipeline's claim: ids only, in claim order (no row of 13 columns per task to build)
+_CLAIM_IDS = sa.text(
+    f"WITH claimed AS ({_CLAIM_TEMPLATE.format(returning='task_id, run_after')})"
+    " SELECT task_id FROM claimed ORDER BY run_after, task_id"
 )
 
 # Backoff for attempt n: min(max, base * 2^(n-1)) scaled by a jitter factor in [0.5, 1).
@@ -345,19 +349,35 @@ class ProcessTracker:
         Concurrent claimers never receive the same task. `owner` must be unique per claim
         (e.g. the Airflow run id plus a random suffix): it is the fence for outcome writes.
         """
+        params = self._claim_params(task_type, limit, lease_seconds, owner)  # before touching the database
+        with self._transaction(conn) as c:
+            tasks = Task.from_rows(c.execute(_CLAIM, params))
+        return sorted(tasks, key=lambda t: (t.run_after, t.task_id))
+
+    def claim_ids(
+        self,
+        task_type: str | TaskType,
+        limit: int,
+        lease_seconds: int | None = None,
+        owner: str = "",
+        conn: Connection | None = None,
+    ) -> list[str]:
+        """``claim_batch`` returning only the task ids, oldest first (for callers that load the
+        tasks themselves later, as the pipeline's chunks do)."""
+        params = self._claim_params(task_type, limit, lease_seconds, owner)
+        with self._transaction(conn) as c:
+            return list(c.execute(_CLAIM_IDS, params).scalars())
+
+    def _claim_params(
+        self, task_type: str | TaskType, limit: int, lease_seconds: int | None, owner: str
+    ) -> dict[str, Any]:
         task_type = parse_task_type(task_type)
         _check_positive("limit", limit)
         lease_seconds = settings.lease_seconds() if lease_seconds is None else lease_seconds
         _check_positive("lease_seconds", lease_seconds)
         if not owner:
             raise ValueError("claim_batch needs a non-empty owner (unique per claim)")
-        with self._transaction(conn) as c:
-            rows = c.execute(
-                _CLAIM,
-                {"task_type": task_type.value, "limit": limit, "owner": owner, "lease_seconds": lease_seconds},
-            )
-            tasks = Task.from_rows(rows)
-        return sorted(tasks, key=lambda t: (t.run_after, t.task_id))
+        return {"task_type": task_type.value, "limit": limit, "owner": owner, "lease_seconds": lease_seconds}
 
     def finish(
         self, outcomes: Iterable[Outcome], owner: str, conn: Connection | None = None
