@@ -164,31 +164,27 @@ _BACKOFF = (
     " * (0.5 + random() / 2))"
 )
 
+# A RETRY outcome of a task that used up its attempts is written as FAILED (a wait does not count).
+_EXHAUSTED = "(o.status = 'RETRY' AND o.wait_seconds IS NULL AND t.attempts >= :max_attempts)"
+
+# Computed from the row being updated (no second look-up of each task by id): t.attempts is the
+# value before this UPDATE, re-read if a concurrent writer changed the row first.
 _FINISH = sa.text(
     f"""
-    WITH outcome AS (
-        SELECT * FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:errors AS text[]),
-                             CAST(:waits AS float8[]))
-            AS o(task_id, status, error, wait_seconds)
-    ), decided AS (
-        SELECT o.task_id, o.error, o.wait_seconds,
-               CASE WHEN o.status = 'RETRY' AND o.wait_seconds IS NULL AND t.attempts >= :max_attempts
-                    THEN 'FAILED' ELSE o.status END AS status
-        FROM outcome o JOIN process_tracker t USING (task_id)
-    )
     UPDATE process_tracker t SET
-        status = d.status,
-        attempts = CASE WHEN d.wait_seconds IS NOT NULL THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
-        last_error = CASE WHEN d.status = 'COMPLETED' THEN NULL ELSE d.error END,
-        completed_at = CASE WHEN d.status = 'RETRY' THEN NULL ELSE now() END,
-        run_after = CASE WHEN d.wait_seconds IS NOT NULL THEN now() + make_interval(secs => d.wait_seconds)
-                         WHEN d.status = 'RETRY' THEN now() + {_BACKOFF}
+        status = CASE WHEN {_EXHAUSTED} THEN 'FAILED' ELSE o.status END,
+        attempts = CASE WHEN o.wait_seconds IS NOT NULL THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
+        last_error = CASE WHEN o.status = 'COMPLETED' THEN NULL ELSE o.error END,
+        completed_at = CASE WHEN o.status = 'RETRY' AND NOT {_EXHAUSTED} THEN NULL ELSE now() END,
+        run_after = CASE WHEN o.wait_seconds IS NOT NULL THEN now() + make_interval(secs => o.wait_seconds)
+                         WHEN o.status = 'RETRY' AND NOT {_EXHAUSTED} THEN now() + {_BACKOFF}
                          ELSE t.run_after END,
         lease_owner = NULL,
         lease_expires_at = NULL,
         updated_at = now()
-    FROM decided d
-    WHERE t.task_id = d.task_id AND t.status = 'PROCESSING' AND t.lease_owner = :owner
+    FROM unnest(CAST(:ids AS text[]), CAST(:statuses AS text[]), CAST(:errors AS text[]),
+                CAST(:waits AS float8[])) AS o(task_id, status, error, wait_seconds)
+    WHERE t.task_id = o.task_id AND t.status = 'PROCESSING' AND t.lease_owner = :owner
     RETURNING t.task_id, t.status
     """
 )
