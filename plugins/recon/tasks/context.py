@@ -1,8 +1,9 @@
 """Load everything a chunk of tasks needs with a few set-based queries.
 
 With ``lock=True`` (the run step) the staging entries and the candidate expected
-transactions are locked ``FOR UPDATE`` in a fixed order, and bookings of orders are
-serialised per account with advisory locks, so concurrent chunks cannot book or fulfil twice.
+transactions are locked ``FOR UPDATE`` in a fixed order, and an order that another queued
+TRANSACTION line also books is serialised with an advisory lock, so concurrent chunks cannot
+book or fulfil twice.
 """
 
 from __future__ import annotations
@@ -172,9 +173,7 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool, details: b
         {logical_transaction_id(e) for e in entries if e.processing_mode == "TRANSACTION"}
     )
     if lock and logical_ids:
-        _lock_booking_accounts(
-            conn, sorted({e.account_id for e in entries if e.processing_mode == "TRANSACTION" and e.order_id})
-        )
+        _lock_contested_orders(conn, entries)
     booked = _existing_logical_ids(conn, logical_ids)
 
     order_keys = sorted(
@@ -268,26 +267,48 @@ def _load_accounts(conn: Connection, account_ids: list[str]) -> dict[str, Accoun
     return {r[0]: Account(*r) for r in rows}  # selected in field order
 
 
-def _lock_booking_accounts(conn: Connection, account_ids: list[str]) -> None:
-    """Serialise bookings of orders on the same account across concurrent chunks.
+def _lock_contested_orders(conn: Connection, entries: list[StagingEntry]) -> None:
+    """Serialise bookings of an order that another queued TRANSACTION line books too.
 
-    A logical transaction id is `<account>_<order>`, so two chunks that could book the same
-    order always share its account lock; the second sees the first's booking once it gets
-    the lock. One lock per account, not per order: a chunk of 20,000 orders would need
-    20,000 locks and overflow PostgreSQL's shared lock table ("out of shared memory").
-    Lines without an order id book under their own staging id, guarded by the staging row lock.
+    Only such an order can be booked twice by concurrent chunks: the lines of this chunk are
+    counted against all PENDING lines for the same (account, order), and where there are more
+    (another chunk's, or one not yet claimed) the order's logical id is locked, in a fixed order;
+    the chunk that gets the lock second then sees the first one's booking. Orders queued once,
+    the usual case, take no lock, so concurrent chunks do not wait for each other (one lock per
+    order of a 20,000-line chunk would overflow PostgreSQL's lock table; one per account made
+    concurrent chunks take turns). A line ingested after this check and booked concurrently
+    still cannot be booked twice: the unique (logical_transaction_id, version) makes the later
+    chunk fail and retry its tasks one by one.
     """
-    if not account_ids:
-        return
-    conn.execute(
-        sa.text(
-            "SELECT pg_advisory_xact_lock(k) FROM ("
-            " SELECT DISTINCT hashtextextended('recon-booking:' || a, 0) AS k"
-            " FROM unnest(CAST(:ids AS text[])) AS a ORDER BY k) AS keys"
-        ),
-        {"ids": account_ids},
+    in_chunk = Counter(
+        (e.account_id, e.order_id) for e in entries
+        if e.processing_mode == "TRANSACTION" and e.status == "PENDING" and e.order_id
     )
-
+    if not in_chunk:
+        return
+    keys = sorted(in_chunk)
+    contested = conn.execute(
+        sa.text(
+            """
+            SELECT k.account_id || '_' || k.order_id
+            FROM unnest(CAST(:accounts AS text[]), CAST(:orders AS text[]), CAST(:counts AS integer[]))
+                AS k(account_id, order_id, in_chunk)
+            WHERE (SELECT count(*) FROM staging_entries s
+                   WHERE s.account_id = k.account_id AND s.order_id = k.order_id
+                     AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING') > k.in_chunk
+            """
+        ),
+        {"accounts": [k[0] for k in keys], "orders": [k[1] for k in keys], "counts": [in_chunk[k] for k in keys]},
+    ).scalars().all()
+    if contested:
+        conn.execute(
+            sa.text(
+                "SELECT pg_advisory_xact_lock(k) FROM ("
+                " SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest(CAST(:ids AS text[])) AS x"
+                " ORDER BY k) AS keys"
+            ),
+            {"ids": contested},
+        )
 
 def _existing_logical_ids(conn: Connection, logical_ids: list[str]) -> set[str]:
     if not logical_ids:
