@@ -32,7 +32,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="tasks claimed per DAG run / per raw SQL batch (default: pipeline.DEFAULT_BATCH_SIZE)")
     p.add_argument("--chunk-size", type=int, default=pipeline.DEFAULT_CHUNK_SIZE,
                    help="tasks per mapped chunk (default: pipeline.DEFAULT_CHUNK_SIZE)")
-    p.add_argument("--workers", type=int, default=1, help="concurrent dag.test() drivers (default 1)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="dag.test() drivers side by side, like concurrent DAG runs or executor slots"
+                        " (default 2, one per CPU of the reference machine)")
     p.add_argument("--serial-entries", type=int, default=10_000,
                    help="entries for the serial baseline, on its own workload from the same generator"
                         " (default 10,000 or --entries if smaller; it runs about 60 entries/s)")

@@ -95,6 +95,20 @@ def _count(url: str, sql: str) -> int:
         return conn.execute(sql).fetchone()[0]
 
 
+def _profiled(fn: Callable[..., Any], path: Path | None, **kwargs: Any) -> Any:
+    """BENCH_PROFILE=DIR: a cProfile of each timed dag.test() call in DIR (py-spy works too)."""
+    if path is None:
+        return fn(**kwargs)
+    import cProfile
+
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(fn, **kwargs)
+    finally:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profile.dump_stats(str(path))
+
+
 def _wait_for(path: Path) -> None:
     while not path.exists():
         time.sleep(POLL_SECONDS)
@@ -162,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(POLL_SECONDS)  # another driver is still on it, or a retry is due soon
                 continue
             run_started = time.perf_counter()
-            dag_run = dag.test(run_conf=conf)
+            profile_dir = os.environ.get("BENCH_PROFILE")
+            profile = Path(profile_dir) / f"{args.name}-run-{len(runs)}.prof" if profile_dir else None
+            dag_run = _profiled(dag.test, profile, run_conf=conf)
             seconds = time.perf_counter() - run_started
             summary = local_airflow.read_summary(dag_run.run_id) or {}
             runs.append({"phase": phase, "run_id": dag_run.run_id, "state": str(dag_run.state),
