@@ -83,9 +83,9 @@ class LedgerBatch:
         if self.entries:
             conn.execute(_INSERT_ENTRIES, {"rows": json_rows(self.entries)})
         if self.archive_transaction_ids:
-            conn.execute(_ARCHIVE, {"ids": self.archive_transaction_ids})
+            conn.exec_driver_sql(_ARCHIVE, {"ids": self.archive_transaction_ids})
         if self.mismatch_transaction_ids:
-            conn.execute(_MISMATCH, {"ids": self.mismatch_transaction_ids})
+            conn.exec_driver_sql(_MISMATCH, {"ids": self.mismatch_transaction_ids})
         written = [t.transaction_id for t in self.transactions]
         if written:
             assert_balanced(conn, written)
@@ -140,11 +140,13 @@ _INSERT_ENTRIES = sa.text(
     """
 )
 
-_ARCHIVE = sa.text(
+# The id-list statements run with exec_driver_sql: %(ids)b sends the list as a binary array,
+# which psycopg builds without escaping each element in Python as the text format does.
+_ARCHIVE = (
     """
     WITH archived AS (
         UPDATE transactions SET status = 'ARCHIVED', discarded_at = now(), updated_at = now()
-        WHERE transaction_id = ANY(CAST(:ids AS text[]))
+        WHERE transaction_id = ANY(CAST(%(ids)b AS text[]))
         RETURNING transaction_id
     )
     UPDATE entries SET status = 'ARCHIVED', discarded_at = now(), updated_at = now()
@@ -154,18 +156,18 @@ _ARCHIVE = sa.text(
     """
 )
 
-_MISMATCH = sa.text(
+_MISMATCH = (
     "UPDATE transactions SET status = 'MISMATCH', updated_at = now()"
-    " WHERE transaction_id = ANY(CAST(:ids AS text[]))"
+    " WHERE transaction_id = ANY(CAST(%(ids)b AS text[]))"
 )
 
 # debits equal credits per transaction and currency
-_UNBALANCED = sa.text(
+_UNBALANCED = (
     """
     SELECT transaction_id, currency,
            sum(CASE WHEN entry_type = 'DEBIT' THEN amount ELSE -amount END) AS difference
     FROM entries
-    WHERE transaction_id = ANY(CAST(:ids AS text[]))
+    WHERE transaction_id = ANY(CAST(%(ids)b AS text[]))
     GROUP BY transaction_id, currency
     HAVING sum(CASE WHEN entry_type = 'DEBIT' THEN amount ELSE -amount END) <> 0
     """
@@ -173,7 +175,7 @@ _UNBALANCED = sa.text(
 
 
 def assert_balanced(conn: Connection, transaction_ids: Iterable[str]) -> None:
-    rows = conn.execute(_UNBALANCED, {"ids": list(transaction_ids)}).all()
+    rows = conn.exec_driver_sql(_UNBALANCED, {"ids": list(transaction_ids)}).all()
     if rows:
         shown = ", ".join(f"{r.transaction_id} {r.currency} off by {r.difference}" for r in rows[:5])
         raise LedgerInvariantError(f"{len(rows)} unbalanced transaction(s): {shown}")

@@ -105,11 +105,9 @@ def write_back(task_ids: Sequence[str], owner: str, db: Database | None = None) 
     task_ids = list(task_ids)
     with db.begin() as conn:
         leftover = list(
-            conn.execute(
-                sa.text(
-                    "SELECT task_id FROM process_tracker WHERE task_id = ANY(:ids)"
-                    " AND status = 'PROCESSING' AND lease_owner = :owner"
-                ),
+            conn.exec_driver_sql(  # %(ids)b: the ids as a binary array (no per-element escaping)
+                "SELECT task_id FROM process_tracker WHERE task_id = ANY(%(ids)b)"
+                " AND status = 'PROCESSING' AND lease_owner = %(owner)s",
                 {"ids": task_ids, "owner": owner},
             ).scalars()
         )

@@ -1,5 +1,9 @@
 """Load everything a chunk of tasks needs with a few set-based queries.
 
+Statements whose parameters are arrays of a chunk's size run through ``exec_driver_sql`` with
+psycopg's ``%(name)b`` placeholders: the list travels as a binary array, which psycopg builds
+without the per-element escaping (a regex each) of the text format, about 1 us less per element.
+
 With ``lock=True`` (the run step) the staging entries and the candidate expected
 transactions are locked ``FOR UPDATE`` in a fixed order, and an order that another queued
 TRANSACTION line also books is serialised with an advisory lock, so concurrent chunks cannot
@@ -20,7 +24,7 @@ from sqlalchemy.engine import Connection
 from recon.domain import Account, ReconRule
 from recon.tracker import Task
 
-_NO_METADATA = "CAST('{}' AS jsonb)"  # decide and validate do not read metadata
+_NO_METADATA = "NULL"  # decide and validate do not read metadata: an empty dict, not JSON to decode
 _TASK_COLUMNS = (
     "task_id, task_type, payload, status, attempts, last_error, created_at, updated_at,"
     " processing_started_at, completed_at, run_after, lease_owner, lease_expires_at"
@@ -127,8 +131,8 @@ def load_items(conn: Connection, task_ids: Sequence[str], lock: bool, metadata: 
     and the JSON of thousands of entries is not decoded for nothing.
     """
     tasks = Task.from_rows(
-        conn.execute(
-            sa.text(f"SELECT {_TASK_COLUMNS} FROM process_tracker WHERE task_id = ANY(:ids)"),
+        conn.exec_driver_sql(
+            (f"SELECT {_TASK_COLUMNS} FROM process_tracker WHERE task_id = ANY(%(ids)b)"),
             {"ids": list(task_ids)},
         )
     )
@@ -228,16 +232,18 @@ def _short(value: Any) -> str:
 def _load_staging(conn: Connection, ids: list[str], lock: bool, metadata: bool) -> dict[str, StagingEntry]:
     if not ids:
         return {}
-    rows = conn.execute(
-        sa.text(
+    rows = conn.exec_driver_sql(
+        (
             # in StagingEntry's field order: rows are unpacked positionally
             "SELECT staging_entry_id, account_id, entry_type, amount, currency, status, processing_mode,"
             f" effective_date, {'metadata' if metadata else _NO_METADATA}, order_id, created_at"
-            " FROM staging_entries WHERE staging_entry_id = ANY(:ids) ORDER BY staging_entry_id"
+            " FROM staging_entries WHERE staging_entry_id = ANY(%(ids)b) ORDER BY staging_entry_id"
             + (" FOR UPDATE" if lock else "")
         ),
         {"ids": ids},
     )
+    if not metadata:
+        return {r[0]: StagingEntry(*r[:8], {}, *r[9:]) for r in rows}
     return {r[0]: StagingEntry(*r) for r in rows}
 
 
@@ -287,11 +293,11 @@ def _lock_contested_orders(conn: Connection, entries: list[StagingEntry]) -> Non
     if not in_chunk:
         return
     keys = sorted(in_chunk)
-    contested = conn.execute(
-        sa.text(
+    contested = conn.exec_driver_sql(
+        (
             """
             SELECT k.account_id || '_' || k.order_id
-            FROM unnest(CAST(:accounts AS text[]), CAST(:orders AS text[]), CAST(:counts AS integer[]))
+            FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(orders)b AS text[]), CAST(%(counts)b AS integer[]))
                 AS k(account_id, order_id, in_chunk)
             WHERE (SELECT count(*) FROM staging_entries s
                    WHERE s.account_id = k.account_id AND s.order_id = k.order_id
@@ -301,10 +307,10 @@ def _lock_contested_orders(conn: Connection, entries: list[StagingEntry]) -> Non
         {"accounts": [k[0] for k in keys], "orders": [k[1] for k in keys], "counts": [in_chunk[k] for k in keys]},
     ).scalars().all()
     if contested:
-        conn.execute(
-            sa.text(
+        conn.exec_driver_sql(
+            (
                 "SELECT pg_advisory_xact_lock(k) FROM ("
-                " SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest(CAST(:ids AS text[])) AS x"
+                " SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest(CAST(%(ids)b AS text[])) AS x"
                 " ORDER BY k) AS keys"
             ),
             {"ids": contested},
@@ -313,10 +319,10 @@ def _lock_contested_orders(conn: Connection, entries: list[StagingEntry]) -> Non
 def _existing_logical_ids(conn: Connection, logical_ids: list[str]) -> set[str]:
     if not logical_ids:
         return set()
-    rows = conn.execute(
-        sa.text(
+    rows = conn.exec_driver_sql(
+        (
             "SELECT DISTINCT logical_transaction_id FROM transactions"
-            " WHERE logical_transaction_id = ANY(CAST(:ids AS text[]))"
+            " WHERE logical_transaction_id = ANY(CAST(%(ids)b AS text[]))"
         ),
         {"ids": logical_ids},
     )
@@ -328,14 +334,14 @@ def _load_expected_legs(
 ) -> dict[tuple[str, str], list[ExpectedLeg]]:
     if not order_keys:
         return {}
-    rows = conn.execute(
-        sa.text(
+    rows = conn.exec_driver_sql(
+        (
             # in ExpectedLeg's field order: rows are unpacked positionally
             f"""
             SELECT e.entry_id, e.account_id, e.order_id, e.entry_type, e.amount, e.currency,
                    t.transaction_id, t.logical_transaction_id, t.version, t.merchant_id,
                    t.amount AS transaction_amount, {'t.metadata' if metadata else _NO_METADATA}
-            FROM unnest(CAST(:accounts AS text[]), CAST(:orders AS text[])) AS k(account_id, order_id)
+            FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(orders)b AS text[])) AS k(account_id, order_id)
             JOIN entries e ON e.account_id = k.account_id AND e.order_id = k.order_id
             JOIN transactions t ON t.transaction_id = e.transaction_id
             WHERE e.status = 'EXPECTED' AND t.status NOT IN ('ARCHIVED', 'MISMATCH')
@@ -347,7 +353,7 @@ def _load_expected_legs(
     )
     legs: dict[tuple[str, str], list[ExpectedLeg]] = {}
     for r in rows:
-        leg = ExpectedLeg(*r)
+        leg = ExpectedLeg(*r) if metadata else ExpectedLeg(*r[:-1], {})
         legs.setdefault((leg.account_id, leg.order_id), []).append(leg)
     return legs
 
@@ -355,10 +361,10 @@ def _load_expected_legs(
 def _load_posted_legs(conn: Connection, transaction_ids: list[str]) -> dict[str, list[PostedLeg]]:
     if not transaction_ids:
         return {}
-    rows = conn.execute(
-        sa.text(  # in PostedLeg's field order: rows are unpacked positionally
+    rows = conn.exec_driver_sql(
+        (  # in PostedLeg's field order: rows are unpacked positionally
             "SELECT entry_id, account_id, transaction_id, entry_type, amount, currency, effective_date,"
-            " metadata FROM entries WHERE transaction_id = ANY(:ids) AND status = 'POSTED'"
+            " metadata FROM entries WHERE transaction_id = ANY(%(ids)b) AND status = 'POSTED'"
             " ORDER BY transaction_id, entry_id"
         ),
         {"ids": transaction_ids},
@@ -374,11 +380,11 @@ def _fulfilled_orders(conn: Connection, order_keys: list[tuple[str, str]]) -> se
     """Orders on an account whose expected leg was already fulfilled (a repeated confirmation)."""
     if not order_keys:
         return set()
-    rows = conn.execute(
-        sa.text(
+    rows = conn.exec_driver_sql(
+        (
             """
             SELECT DISTINCT e.account_id, e.order_id
-            FROM unnest(CAST(:accounts AS text[]), CAST(:orders AS text[])) AS k(account_id, order_id)
+            FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(orders)b AS text[])) AS k(account_id, order_id)
             JOIN entries e ON e.account_id = k.account_id AND e.order_id = k.order_id
             WHERE e.fulfilled_expected_entry_id IS NOT NULL
             """
@@ -414,11 +420,11 @@ def _queued_orders(
     """
     if not order_keys:
         return set()
-    rows = conn.execute(
-        sa.text(
+    rows = conn.exec_driver_sql(
+        (
             """
             SELECT DISTINCT k.account_id, k.order_id
-            FROM unnest(CAST(:accounts AS text[]), CAST(:orders AS text[])) AS k(account_id, order_id)
+            FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(orders)b AS text[])) AS k(account_id, order_id)
             JOIN recon_rules r ON r.account_two_id = k.account_id
             -- LATERAL ... LIMIT 1: one probe of staging_entries_queued_transaction_idx on (account,
             -- order) per rule; as a plain join the planner probed by order alone, across accounts
@@ -426,7 +432,7 @@ def _queued_orders(
                 SELECT 1 FROM staging_entries s
                 WHERE s.account_id = r.account_one_id AND s.order_id = k.order_id
                   AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
-                  AND s.staging_entry_id <> ALL(CAST(:exclude AS text[]))
+                  AND s.staging_entry_id <> ALL(CAST(%(exclude)b AS text[]))
                 LIMIT 1) AS queued
             """
         ),
