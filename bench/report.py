@@ -113,6 +113,8 @@ def table(results: dict[str, Any]) -> str:
             continue
         n = r["processed"]
         ok = "" if not r.get("problems") else "  PROBLEMS"
+        if len(r.get("rounds", [])) > 1:
+            ok += f"  (best of rounds: {', '.join(f'{x:,}' for x in r['rounds'])})"
         lines.append(
             f"{labels[mode]:<44} {n:>9,} {r['seconds']:>8.1f} {r['entries_per_s']:>10,.0f}"
             f" {_us(r.get('client_cpu_s'), n):>12} {_us(r.get('server_cpu_s'), n):>12}"
