@@ -163,23 +163,25 @@ _BACKOFF = (
     "make_interval(secs => least(:max_seconds, :base_seconds * power(2, greatest(t.attempts - 1, 0)))"
     " * (0.5 + random() / 2))"
 )
-_BACKOFF_PSYCOPG = _BACKOFF.replace(":max_seconds", "%(max_seconds)s").replace(":base_seconds", "%(base_seconds)s")
+_BACKOFF_PSYCOPG = (  # the same, with psycopg placeholders (for _FINISH)
+    "make_interval(secs => least(%(max_seconds)s, %(base_seconds)s * power(2, greatest(t.attempts - 1, 0)))"
+    " * (0.5 + random() / 2))"
+)
 
 # A RETRY outcome of a task that used up its attempts is written as FAILED (a wait does not count).
-_EXHAUSTED = "(o.status = 'RETRY' AND o.wait_seconds IS NULL AND t.attempts >= :max_attempts)"
-_EXHAUSTED_PSYCOPG = _EXHAUSTED.replace(":max_attempts", "%(max_attempts)s")
+_EXHAUSTED = "(o.status = 'RETRY' AND o.wait_seconds IS NULL AND t.attempts >= %(max_attempts)s)"
 
 # Computed from the row being updated (no second look-up of each task by id): t.attempts is the
 # value before this UPDATE, re-read if a concurrent writer changed the row first.
 _FINISH = (  # run with exec_driver_sql: psycopg placeholders, %(name)b = a binary array
     f"""
     UPDATE process_tracker t SET
-        status = CASE WHEN {_EXHAUSTED_PSYCOPG} THEN 'FAILED' ELSE o.status END,
+        status = CASE WHEN {_EXHAUSTED} THEN 'FAILED' ELSE o.status END,
         attempts = CASE WHEN o.wait_seconds IS NOT NULL THEN greatest(t.attempts - 1, 0) ELSE t.attempts END,
         last_error = CASE WHEN o.status = 'COMPLETED' THEN NULL ELSE o.error END,
-        completed_at = CASE WHEN o.status = 'RETRY' AND NOT {_EXHAUSTED_PSYCOPG} THEN NULL ELSE now() END,
+        completed_at = CASE WHEN o.status = 'RETRY' AND NOT {_EXHAUSTED} THEN NULL ELSE now() END,
         run_after = CASE WHEN o.wait_seconds IS NOT NULL THEN now() + make_interval(secs => o.wait_seconds)
-                         WHEN o.status = 'RETRY' AND NOT {_EXHAUSTED_PSYCOPG} THEN now() + {_BACKOFF_PSYCOPG}
+                         WHEN o.status = 'RETRY' AND NOT {_EXHAUSTED} THEN now() + {_BACKOFF_PSYCOPG}
                          ELSE t.run_after END,
         lease_owner = NULL,
         lease_expires_at = NULL,
