@@ -22,6 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from recon.domain import Account, ReconRule
+from recon.errors import ErrorType
+from recon.tasks.base import ManualReview
 from recon.tracker import Task
 
 _NO_METADATA = "NULL"  # decide and validate do not read metadata: an empty dict, not JSON to decode
@@ -52,7 +54,7 @@ class WorkItem:
 
     task: Task
     staging: StagingEntry | None
-    payload_problem: str | None = None
+    problem: ManualReview | None = None  # why the payload cannot be processed
 
     @property
     def task_id(self) -> str:
@@ -144,9 +146,11 @@ def load_items(conn: Connection, task_ids: Sequence[str], lock: bool, metadata: 
     items = []
     for task, sid in zip(tasks, staging_ids):
         if sid is None:
-            items.append(WorkItem(task, None, f"payload has no string staging_entry_id: {_short(task.payload)}"))
+            message = f"payload has no string staging_entry_id: {_short(task.payload)}"
+            items.append(WorkItem(task, None, ManualReview(ErrorType.INVALID_PAYLOAD, message)))
         elif sid not in staging:
-            items.append(WorkItem(task, None, f"staging entry {sid!r} does not exist"))
+            message = f"staging entry {sid!r} does not exist"
+            items.append(WorkItem(task, None, ManualReview(ErrorType.STAGING_ENTRY_NOT_FOUND, message)))
         else:
             items.append(WorkItem(task, staging[sid]))
     return items
@@ -217,6 +221,11 @@ def load_chunk(conn: Connection, task_ids: Sequence[str], lock: bool, details: b
 def logical_transaction_id(entry: StagingEntry) -> str:
     """`<account_id>_<order_id>`, or the staging entry id when the line has no order id."""
     return f"{entry.account_id}_{entry.order_id}" if entry.order_id else entry.staging_entry_id
+
+
+def _key_arrays(order_keys: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """(account, order) keys as the two parallel arrays the unnest() queries take."""
+    return {"accounts": [k[0] for k in order_keys], "orders": [k[1] for k in order_keys]}
 
 
 def _staging_id(payload: Any) -> str | None:
@@ -304,7 +313,7 @@ def _lock_contested_orders(conn: Connection, entries: list[StagingEntry]) -> Non
                      AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING') > k.in_chunk
             """
         ),
-        {"accounts": [k[0] for k in keys], "orders": [k[1] for k in keys], "counts": [in_chunk[k] for k in keys]},
+        {**_key_arrays(keys), "counts": [in_chunk[k] for k in keys]},
     ).scalars().all()
     if contested:
         conn.exec_driver_sql(
@@ -349,7 +358,7 @@ def _load_expected_legs(
             """
             + (" FOR UPDATE OF t" if lock else "")
         ),
-        {"accounts": [k[0] for k in order_keys], "orders": [k[1] for k in order_keys]},
+        _key_arrays(order_keys),
     )
     legs: dict[tuple[str, str], list[ExpectedLeg]] = {}
     for r in rows:
@@ -389,7 +398,7 @@ def _fulfilled_orders(conn: Connection, order_keys: list[tuple[str, str]]) -> se
             WHERE e.fulfilled_expected_entry_id IS NOT NULL
             """
         ),
-        {"accounts": [k[0] for k in order_keys], "orders": [k[1] for k in order_keys]},
+        _key_arrays(order_keys),
     )
     return {(r.account_id, r.order_id) for r in rows}
 
@@ -436,6 +445,6 @@ def _queued_orders(
                 LIMIT 1) AS queued
             """
         ),
-        {"accounts": [k[0] for k in order_keys], "orders": [k[1] for k in order_keys], "exclude": exclude},
+        {**_key_arrays(order_keys), "exclude": exclude},
     )
     return {(r.account_id, r.order_id) for r in rows}

@@ -99,7 +99,6 @@ class ChunkResult:
 @dataclass(slots=True)
 class _Evaluation:
     item: WorkItem
-    handler: str | None = None
     verdict: Plan | ManualReview | Wait | None = None
     applied: Applied | None = None
     batch: LedgerBatch | None = None
@@ -131,30 +130,35 @@ class TaskManager:
                 log.exception("%s.decide raised for task %s; skipped", implementation.name, item.task_id)
         return None
 
+    def route(self, item: WorkItem) -> ReconTask | ManualReview | None:
+        """Who handles the item: an implementation, a ManualReview saying why nobody can,
+        or None when its entry is already PROCESSED (a second run is a no-op)."""
+        if item.problem is not None:
+            return item.problem
+        assert item.staging is not None
+        if item.staging.status == "PROCESSED":
+            return None
+        implementation = self.pick(item)
+        if implementation is None:
+            return ManualReview(
+                ErrorType.NO_TASK_HANDLER,
+                f"no task implementation accepts staging entry {item.staging.staging_entry_id}"
+                f" (processing_mode {item.staging.processing_mode})",
+            )
+        return implementation
+
     def _evaluate(self, ctx: ChunkContext, apply: bool) -> list[_Evaluation]:
         evaluations = []
         for item in ctx.items:
             evaluation = _Evaluation(item)
             evaluations.append(evaluation)
-            if item.staging is None:
-                error_type = (
-                    ErrorType.STAGING_ENTRY_NOT_FOUND if "does not exist" in (item.payload_problem or "")
-                    else ErrorType.INVALID_PAYLOAD
-                )
-                evaluation.problem = ManualReview(error_type, item.payload_problem or "unusable payload")
-                continue
-            if item.staging.status == "PROCESSED":
-                evaluation.noop = True  # idempotent: a second run changes nothing
-                continue
-            implementation = self.pick(item)
+            implementation = self.route(item)
             if implementation is None:
-                evaluation.problem = ManualReview(
-                    ErrorType.NO_TASK_HANDLER,
-                    f"no task implementation accepts staging entry {item.staging.staging_entry_id}"
-                    f" (processing_mode {item.staging.processing_mode})",
-                )
+                evaluation.noop = True
                 continue
-            evaluation.handler = implementation.name
+            if isinstance(implementation, ManualReview):
+                evaluation.problem = implementation
+                continue
             try:
                 evaluation.verdict = implementation.validate(item, ctx)
                 if apply and isinstance(evaluation.verdict, Plan):
@@ -176,13 +180,13 @@ class TaskManager:
             items = load_items(conn, task_ids, lock=False, metadata=False)  # routing needs no more
         routes: Counter[str] = Counter()
         for item in items:
-            if item.staging is None:
-                routes["unusable_payload"] += 1
-            elif item.staging.status == "PROCESSED":
+            route = self.route(item)
+            if route is None:
                 routes["already_processed"] += 1
+            elif isinstance(route, ManualReview):
+                routes["unusable_payload" if item.staging is None else "no_handler"] += 1
             else:
-                implementation = self.pick(item)
-                routes[implementation.name if implementation else "no_handler"] += 1
+                routes[route.name] += 1
         return {"task_ids": list(task_ids), "routes": dict(routes)}
 
     @without_gc_pauses
