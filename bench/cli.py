@@ -158,16 +158,14 @@ class Bench:
         home = self.args.airflow_home
         from recon.local_airflow import airflow_sqlalchemy_url
 
-        metadata = self.args.airflow_db
-        if not self.server.exists(metadata):
-            self.server.create_empty(metadata)
+        metadata = self.server.ensure(self.args.airflow_db)
         # a clean Airflow configuration: none of the caller's AIRFLOW_* settings (its metadata
         # database, its recon_db connection) may leak into the benchmark
         env = {k: v for k, v in subprocess_env().items() if not k.startswith("AIRFLOW")}
         env.update(
             RECON_DATABASE_URL=url,
-            RECON_AIRFLOW_METADATA_URL=self.server.url(metadata),
-            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow_sqlalchemy_url(self.server.url(metadata)),
+            RECON_AIRFLOW_METADATA_URL=metadata,
+            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow_sqlalchemy_url(metadata),
         )
         self.log("dag: preparing the Airflow metadata database (first run: about a minute)")
         run_module("bench.dag_driver", str(self.work / "prepare.json"), "--airflow-home", str(home),

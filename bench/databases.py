@@ -7,14 +7,12 @@ resolved recon database (or ``--server-url``), so it never reads or writes the u
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from recon.db import Database, resolve_database, to_sqlalchemy_url
+from recon.db import Database, ensure_database_exists, resolve_database, to_sqlalchemy_url
 from recon.migrations import migrate
 
 
@@ -56,8 +54,7 @@ class Server:
     def create_migrated(self, name: str) -> str:
         """A fresh database with the project's schema (sql/ migrations); returns its URL."""
         self.drop(name)
-        with self._admin() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        ensure_database_exists(self.admin, name)
         db = Database(self.url(name), "bench")
         try:
             migrate(db)
@@ -79,25 +76,15 @@ class Server:
                 time.sleep(0.25 * (attempt + 1))
         raise RuntimeError(f"template database {template} stayed busy; cannot copy it to {name}")
 
-    def create_empty(self, name: str) -> str:
-        with self._admin() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    def ensure(self, name: str) -> str:
+        """`name`, created empty unless it exists (kept between runs); returns its URL."""
+        ensure_database_exists(self.admin, name)
         return self.url(name)
-
-    def exists(self, name: str) -> bool:
-        with self._admin() as conn:
-            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
-
-
-@contextmanager
-def connect(url: str, autocommit: bool = True) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(url, autocommit=autocommit) as conn:
-        yield conn
 
 
 def vacuum_analyze(url: str) -> None:
     """Settle a freshly generated database: visibility map, hint bits and statistics."""
-    with connect(url) as conn:
+    with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM (ANALYZE, FREEZE)")
 
 
