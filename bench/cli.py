@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ROOT, report, workload
-from bench.databases import Server, default_server_url, vacuum_analyze, with_query
+from bench.databases import Server, default_server_url, vacuum_analyze
 from recon.db import Database
 
 DEFAULT_JSON = ROOT / "bench-results" / "latest.json"
@@ -104,6 +104,7 @@ class Bench:
         self.server = Server(args.server_url or default_server_url())
         self.work = Path(tempfile.mkdtemp(prefix="recon-bench-"))
         self.created: list[str] = []
+        self.airflow_env: dict[str, str] | None = None  # set by prepare_airflow(), once per run
 
     def name(self, role: str) -> str:
         return f"{self.args.prefix}_{role}"
@@ -153,34 +154,39 @@ class Bench:
         self.log(f"{mode}: {result['entries_per_s']:,.0f} entries/s")
         return result
 
+    def prepare_airflow(self, url: str) -> dict[str, str]:
+        """The DAG drivers' environment; the Airflow metadata database is migrated on the first call only."""
+        if self.airflow_env is None:
+            from recon.local_airflow import airflow_sqlalchemy_url
+
+            metadata = self.server.ensure(self.args.airflow_db)
+            # a clean Airflow configuration: none of the caller's AIRFLOW_* settings (its metadata
+            # database, its recon_db connection) may leak into the benchmark
+            env = {k: v for k, v in subprocess_env().items() if not k.startswith("AIRFLOW")}
+            env.update(
+                RECON_DATABASE_URL=url,
+                RECON_AIRFLOW_METADATA_URL=metadata,
+                AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow_sqlalchemy_url(metadata),
+            )
+            self.log("dag: preparing the Airflow metadata database (first run: about a minute)")
+            run_module("bench.dag_driver", str(self.work / "prepare.json"), "--airflow-home",
+                       str(self.args.airflow_home), "--prepare-only", env=env, log=self.work / "dag-prepare.log")
+            self.airflow_env = env
+        return dict(self.airflow_env, RECON_DATABASE_URL=url)
+
     def run_dag(self, template: str, load: workload.Workload, tag: str = "") -> dict[str, Any]:
         url = self.copy(template, "dag")
-        home = self.args.airflow_home
-        from recon.local_airflow import airflow_sqlalchemy_url
-
-        metadata = self.server.ensure(self.args.airflow_db)
-        # a clean Airflow configuration: none of the caller's AIRFLOW_* settings (its metadata
-        # database, its recon_db connection) may leak into the benchmark
-        env = {k: v for k, v in subprocess_env().items() if not k.startswith("AIRFLOW")}
-        env.update(
-            RECON_DATABASE_URL=url,
-            RECON_AIRFLOW_METADATA_URL=metadata,
-            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=airflow_sqlalchemy_url(metadata),
-        )
-        self.log("dag: preparing the Airflow metadata database (first run: about a minute)")
-        run_module("bench.dag_driver", str(self.work / "prepare.json"), "--airflow-home", str(home),
-                   "--prepare-only", env=env, log=self.work / "dag-prepare.log")
+        env = self.prepare_airflow(url)
         sync = self.work / f"sync{tag}"
         sync.mkdir()
         drivers = []
         for n in range(1, self.args.workers + 1):
             name = f"bench-dag-{n}"
-            driver_env = dict(env, RECON_DATABASE_URL=with_query(url, application_name=name))
             command = [sys.executable, "-m", "bench.dag_driver", str(self.work / f"{name}{tag}.json"),
-                       "--airflow-home", str(home), "--batch-size", str(self.args.batch_size),
+                       "--airflow-home", str(self.args.airflow_home), "--batch-size", str(self.args.batch_size),
                        "--chunk-size", str(self.args.chunk_size), "--sync-dir", str(sync), "--name", name]
             log = open(self.work / f"{name}{tag}.log", "w")
-            drivers.append((name, subprocess.Popen(command, env=driver_env, stdout=log, stderr=subprocess.STDOUT,
+            drivers.append((name, subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                    cwd=ROOT), log))
         self.log(f"dag: {len(drivers)} driver(s) warming up (imports, one dry run)")
         while not all((sync / f"{name}.ready").exists() for name, _, _ in drivers):

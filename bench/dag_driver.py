@@ -4,9 +4,9 @@
                                [--sync-dir DIR --name NAME] [--prepare-only]
 
 RECON_DATABASE_URL points at the benchmark's copy of the workload, so the DAG's tasks (run
-in-process by ``dag.test``) use it. Airflow is configured with the project's
-``recon.local_airflow`` helpers before it is imported: a benchmark AIRFLOW_HOME and metadata
-database (RECON_AIRFLOW_METADATA_URL), never the user's.
+in-process by ``dag.test``) use it, with ``application_name`` set to ``--name``. Airflow is
+configured with the project's ``recon.local_airflow`` helpers before it is imported: a
+benchmark AIRFLOW_HOME and metadata database (RECON_AIRFLOW_METADATA_URL), never the user's.
 
 Several drivers may run at once (``--workers``): each warms up (one dry run: imports and the
 in-process execution API), reports ready in ``--sync-dir``, waits for the go file, then runs
@@ -138,13 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from bench.cpu import CpuMeter
-    from bench.databases import database_name, without_query
+    from bench.databases import database_name, with_query
     from bench.workload import DUE_SQL, release_confirmations
 
-    url = os.environ["RECON_DATABASE_URL"]
-    plain_url = without_query(url, "application_name")
+    plain_url = os.environ["RECON_DATABASE_URL"]
+    # the DAG's tasks run in this process: their connections carry the driver's name, so the
+    # CPU meter counts this driver's backends only
+    os.environ["RECON_DATABASE_URL"] = with_query(plain_url, application_name=args.name)
     timers = Timers()
-    instrument(timers, database_name(url))
+    instrument(timers, database_name(plain_url))
     dag = local_airflow.load_dag()
     warm_started = time.perf_counter()
     dag.test(run_conf={"dry_run": True, "batch_size": 1, "chunk_size": 1})  # imports, in-process API

@@ -92,8 +92,3 @@ def with_query(url: str, **params: str) -> str:
     """`url` with extra query parameters (e.g. application_name for one driver's connections)."""
     parsed = make_url(url)
     return parsed.update_query_dict(params).render_as_string(hide_password=False)
-
-
-def without_query(url: str, *names: str) -> str:
-    parsed = make_url(url)
-    return parsed.difference_update_query(names).render_as_string(hide_password=False)
