@@ -159,11 +159,8 @@ _CLAIM_IDS = sa.text(
 )
 
 # Backoff for attempt n: min(max, base * 2^(n-1)) scaled by a jitter factor in [0.5, 1).
+# psycopg placeholders: the statements using it run with exec_driver_sql.
 _BACKOFF = (
-    "make_interval(secs => least(:max_seconds, :base_seconds * power(2, greatest(t.attempts - 1, 0)))"
-    " * (0.5 + random() / 2))"
-)
-_BACKOFF_PSYCOPG = (  # the same, with psycopg placeholders (for _FINISH)
     "make_interval(secs => least(%(max_seconds)s, %(base_seconds)s * power(2, greatest(t.attempts - 1, 0)))"
     " * (0.5 + random() / 2))"
 )
@@ -181,7 +178,7 @@ _FINISH = (  # run with exec_driver_sql: psycopg placeholders, %(name)b = a bina
         last_error = CASE WHEN o.status = 'COMPLETED' THEN NULL ELSE o.error END,
         completed_at = CASE WHEN o.status = 'RETRY' AND NOT {_EXHAUSTED} THEN NULL ELSE now() END,
         run_after = CASE WHEN o.wait_seconds IS NOT NULL THEN now() + make_interval(secs => o.wait_seconds)
-                         WHEN o.status = 'RETRY' AND NOT {_EXHAUSTED} THEN now() + {_BACKOFF_PSYCOPG}
+                         WHEN o.status = 'RETRY' AND NOT {_EXHAUSTED} THEN now() + {_BACKOFF}
                          ELSE t.run_after END,
         lease_owner = NULL,
         lease_expires_at = NULL,
@@ -193,7 +190,7 @@ _FINISH = (  # run with exec_driver_sql: psycopg placeholders, %(name)b = a bina
     """
 )
 
-_REAP = sa.text(
+_REAP = (  # run with exec_driver_sql: psycopg placeholders, like _BACKOFF
     f"""
     WITH expired AS (
         SELECT task_id FROM process_tracker
@@ -201,11 +198,11 @@ _REAP = sa.text(
         FOR UPDATE SKIP LOCKED
     )
     UPDATE process_tracker t SET
-        status = CASE WHEN t.attempts >= :max_attempts THEN 'FAILED' ELSE 'RETRY' END,
+        status = CASE WHEN t.attempts >= %(max_attempts)s THEN 'FAILED' ELSE 'RETRY' END,
         last_error = 'rescued by the reaper: lease of ' || coalesce(t.lease_owner, '?')
                      || ' expired at ' || to_char(t.lease_expires_at, 'YYYY-MM-DD"T"HH24:MI:SSOF')
                      || ' (attempt ' || t.attempts || ')',
-        completed_at = CASE WHEN t.attempts >= :max_attempts THEN now() ELSE NULL END,
+        completed_at = CASE WHEN t.attempts >= %(max_attempts)s THEN now() ELSE NULL END,
         run_after = now() + {_BACKOFF},
         lease_owner = NULL,
         lease_expires_at = NULL,
@@ -423,7 +420,7 @@ class ProcessTracker:
     def reap_expired_leases(self, conn: Connection | None = None) -> ReapResult:
         """Rescue PROCESSING tasks whose lease expired: RETRY, or FAILED when attempts are used up."""
         with self._transaction(conn) as c:
-            rows = c.execute(_REAP, self._policy_params()).all()
+            rows = c.exec_driver_sql(_REAP, self._policy_params()).all()
         return ReapResult(
             retried=[r.task_id for r in rows if r.status == TaskStatus.RETRY],
             failed=[r.task_id for r in rows if r.status == TaskStatus.FAILED],
