@@ -88,13 +88,6 @@ IN_FLIGHT = (
 )
 
 
-def _count(url: str, sql: str) -> int:
-    import psycopg
-
-    with psycopg.connect(url) as conn:
-        return conn.execute(sql).fetchone()[0]
-
-
 def _profiled(fn: Callable[..., Any], path: Path | None, **kwargs: Any) -> Any:
     """BENCH_PROFILE=DIR: a cProfile of each timed dag.test() call in DIR (py-spy works too)."""
     if path is None:
@@ -137,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         return 0
 
+    import psycopg
+
     from bench.cpu import CpuMeter
     from bench.databases import database_name, with_query
     from bench.workload import DUE_SQL, release_confirmations
@@ -165,28 +160,29 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     released = 0
     failed = False
-    for phase in ("transactions", "confirmations"):
-        if phase == "confirmations":
-            import psycopg
+    profile_dir = os.environ.get("BENCH_PROFILE")
 
-            with psycopg.connect(plain_url, autocommit=True) as conn:
+    # one autocommit connection for the polls and the release (each statement sees a fresh now()),
+    # without the driver's application_name, so the CPU meter leaves it out
+    with psycopg.connect(plain_url, autocommit=True) as conn:
+        for phase in ("transactions", "confirmations"):
+            if phase == "confirmations":
                 released = release_confirmations(conn)  # the first driver here releases them
-        while not failed and len(runs) < args.max_runs:
-            if not _count(plain_url, DUE_SQL):
-                if not _count(plain_url, IN_FLIGHT):
-                    break
-                time.sleep(POLL_SECONDS)  # another driver is still on it, or a retry is due soon
-                continue
-            run_started = time.perf_counter()
-            profile_dir = os.environ.get("BENCH_PROFILE")
-            profile = Path(profile_dir) / f"{args.name}-run-{len(runs)}.prof" if profile_dir else None
-            dag_run = _profiled(dag.test, profile, run_conf=conf)
-            seconds = time.perf_counter() - run_started
-            summary = local_airflow.read_summary(dag_run.run_id) or {}
-            runs.append({"phase": phase, "run_id": dag_run.run_id, "state": str(dag_run.state),
-                         "seconds": seconds, "claimed": summary.get("claimed", 0),
-                         "completed": summary.get("completed", 0), "failed": summary.get("failed", 0)})
-            failed = str(dag_run.state) != "success"
+            while not failed and len(runs) < args.max_runs:
+                if not conn.execute(DUE_SQL).fetchone()[0]:
+                    if not conn.execute(IN_FLIGHT).fetchone()[0]:
+                        break
+                    time.sleep(POLL_SECONDS)  # another driver is still on it, or a retry is due soon
+                    continue
+                run_started = time.perf_counter()
+                profile = Path(profile_dir) / f"{args.name}-run-{len(runs)}.prof" if profile_dir else None
+                dag_run = _profiled(dag.test, profile, run_conf=conf)
+                seconds = time.perf_counter() - run_started
+                summary = local_airflow.read_summary(dag_run.run_id) or {}
+                runs.append({"phase": phase, "run_id": dag_run.run_id, "state": str(dag_run.state),
+                             "seconds": seconds, "claimed": summary.get("claimed", 0),
+                             "completed": summary.get("completed", 0), "failed": summary.get("failed", 0)})
+                failed = str(dag_run.state) != "success"
     finished_at = time.time()
     meter.stop()
 
