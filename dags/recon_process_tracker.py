@@ -70,6 +70,11 @@ from recon.settings import int_env
 log = logging.getLogger("recon.dags.process_tracker")
 
 TASK_TYPES = ["PROCESS_STAGING_ENTRY"]
+# recon.pipeline.DEFAULT_BATCH_SIZE / DEFAULT_CHUNK_SIZE: importing the engine here would make
+# every parse import SQLAlchemy and the task modules, so the values are repeated and
+# tests/dags/test_dag_structure.py checks that they stay equal.
+DEFAULT_BATCH_SIZE = 25_000
+DEFAULT_CHUNK_SIZE = 12_500
 
 
 def _schedule() -> str | None:
@@ -147,7 +152,7 @@ def _validation_totals(ti) -> dict:
     },
     params={
         "batch_size": Param(
-            int_env("RECON_BATCH_SIZE", 5000),
+            int_env("RECON_BATCH_SIZE", DEFAULT_BATCH_SIZE),
             type="integer",
             minimum=1,
             maximum=1_000_000,
@@ -155,7 +160,7 @@ def _validation_totals(ti) -> dict:
             description="Most tasks this run claims from the Process Tracker.",
         ),
         "chunk_size": Param(
-            int_env("RECON_CHUNK_SIZE", 500),
+            int_env("RECON_CHUNK_SIZE", DEFAULT_CHUNK_SIZE),
             type="integer",
             minimum=1,
             maximum=100_000,

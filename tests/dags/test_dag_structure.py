@@ -143,3 +143,13 @@ def test_params_accept_documented_values(tracker_dag):
     assert defaults["batch_size"] >= defaults["chunk_size"] >= 1
     for name in ("batch_size", "chunk_size", "task_type", "reprocess", "dry_run"):
         assert params.get_param(name).description, name
+
+
+def test_size_defaults_are_the_pipelines(tracker_dag):
+    """The DAG repeats pipeline.DEFAULT_BATCH_SIZE/DEFAULT_CHUNK_SIZE (parsing must not import the engine)."""
+    from recon import pipeline
+    from recon.settings import int_env
+
+    defaults = tracker_dag.params.validate()
+    assert defaults["batch_size"] == int_env("RECON_BATCH_SIZE", pipeline.DEFAULT_BATCH_SIZE)
+    assert defaults["chunk_size"] == int_env("RECON_CHUNK_SIZE", pipeline.DEFAULT_CHUNK_SIZE)
