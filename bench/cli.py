@@ -112,14 +112,19 @@ class Bench:
     def log(self, message: str) -> None:
         print(f"bench: {message}", file=sys.stderr, flush=True)
 
-    def template(self, role: str, entries: int, edge_cases: bool = False) -> tuple[str, workload.Workload]:
+    def migrated(self, role: str) -> str:
+        """A fresh migrated database for `role`, dropped by cleanup(); returns its URL."""
         name = self.name(role)
-        url = self.server.create_migrated(name)
         self.created.append(name)
+        return self.server.create_migrated(name)
+
+    def template(self, role: str, entries: int) -> tuple[str, workload.Workload]:
+        name = self.name(role)
+        url = self.migrated(role)
         db = Database(url, "bench")
         started = time.perf_counter()
         try:
-            load = workload.generate(db, entries, seed=self.args.seed, edge_cases=edge_cases)
+            load = workload.generate(db, entries, seed=self.args.seed)
         finally:
             db.dispose()
         vacuum_analyze(url)
@@ -128,9 +133,8 @@ class Bench:
 
     def copy(self, template: str, role: str) -> str:
         name = self.name(role)
-        url = self.server.copy(template, name)
         self.created.append(name)
-        return url
+        return self.server.copy(template, name)
 
     def checked(self, url: str, load: workload.Workload, result: dict[str, Any]) -> dict[str, Any]:
         db = Database(url, "bench")
@@ -216,9 +220,7 @@ class Bench:
 
         best: dict[str, Any] = {}
         for round_ in range(self.args.noop_rounds):
-            name = self.name("noop")
-            url = self.server.create_migrated(name)
-            self.created.append(name)
+            url = self.migrated("noop")
             db = Database(url, "bench")
             try:
                 noop_queue.populate(db, self.args.noop_tasks)
@@ -234,7 +236,7 @@ class Bench:
                 if side not in best or result[side]["tasks_per_s"] > best[side]["tasks_per_s"]:
                     best[side] = result[side]
             best["peak_rss_mib"] = max(best.get("peak_rss_mib", 0), result["peak_rss_mib"])
-            self.server.drop(name)
+            self.server.drop(self.name("noop"))
         best["ratio"] = best["api"]["tasks_per_s"] / best["raw"]["tasks_per_s"]
         return best
 

@@ -107,9 +107,7 @@ def run(bench: Any) -> dict[str, Any]:
     histories = []
     plans: list[dict[str, Any]] = []
     for rows in args.scale_history:
-        name = bench.name(f"scale_{rows}")
-        url = bench.server.create_migrated(name)
-        bench.created.append(name)
+        url = bench.migrated(f"scale_{rows}")
         db = Database(url, "bench")
         try:
             books = workload.create_books(db)
@@ -137,7 +135,7 @@ def run(bench: Any) -> dict[str, Any]:
         bench.log(f"scale: {rows:,} rows -> {cpu / n * 1e6:,.0f} us CPU, {result['seconds'] / n * 1e6:,.0f} us wall per entry")
         if rows == max(args.scale_history):
             plans = json.loads(explain.read_text())
-        bench.server.drop(name)
+        bench.server.drop(bench.name(f"scale_{rows}"))
     small, large = histories[0], histories[-1]
     seq_scans = sorted({s for p in plans for s in p["seq_scans"]})
     return {
