@@ -20,7 +20,7 @@ from bench.databases import Server, default_server_url, vacuum_analyze
 from recon.db import Database
 
 DEFAULT_JSON = ROOT / "bench-results" / "latest.json"
-MODES = ("raw", "dag", "inprocess", "serial")  # serial runs once, after the rounds (it is slow)
+ROUND_MODES = ("raw", "dag", "inprocess")  # serial runs once, after the rounds (it is slow)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -265,11 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         rounds: dict[str, list[dict[str, Any]]] = {}
         for n in range(args.rounds):  # interleaved, so a burst of other load hits every mode alike
             tag = f"-{n + 1}" if args.rounds > 1 else ""
-            for mode in MODES:
-                if mode == "serial" or getattr(args, f"skip_{mode}"):
+            if args.rounds > 1:
+                bench.log(f"round {n + 1} of {args.rounds}")
+            for mode in ROUND_MODES:
+                if getattr(args, f"skip_{mode}"):
                     continue
-                if args.rounds > 1:
-                    bench.log(f"round {n + 1} of {args.rounds}")
                 run = bench.run_dag(template, load, tag) if mode == "dag" else bench.run_mode(mode, template, load, tag)
                 rounds.setdefault(mode, []).append(run)
         for mode, runs in rounds.items():
