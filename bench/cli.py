@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import ROOT, report, workload
+from bench.cpu import peak_rss_mib
 from bench.databases import Server, default_server_url, vacuum_analyze
 from recon.db import Database
 
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.cleanup()
     results["machine"]["load_average_end"] = os.getloadavg()
     results["seconds"] = time.time() - started
-    results["bench_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    results["bench_peak_rss_mib"] = peak_rss_mib()
     results["summary"] = report.summarize(results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2, default=str))

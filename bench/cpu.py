@@ -1,6 +1,6 @@
 """CPU time spent on a measured piece of work: this process, plus the PostgreSQL backends
 serving the benchmark database (read from /proc, so only when the server runs on this
-machine, as the embedded one does).
+machine, as the embedded one does). And a process's peak memory.
 
 Wall-clock figures on a shared 2-core machine swing with other people's load; CPU seconds per
 entry barely do, so the report shows both.
@@ -20,6 +20,11 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory of this process (or, with RUSAGE_CHILDREN, of its largest waited-for child)."""
+    return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
 
 
 def _proc_cpu(pid: int) -> float | None:

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import psycopg
 
-    from bench.cpu import CpuMeter
+    from bench.cpu import CpuMeter, peak_rss_mib
     from bench.databases import database_name, with_query
     from bench.workload import DUE_SQL, release_confirmations
 
@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         "warmup_seconds": warmup_seconds,
         "steps": {name: {"seconds": timers.seconds[name], "calls": timers.calls[name]} for name in timers.seconds},
         **meter.as_dict(),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "children_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
+        "children_peak_rss_mib": peak_rss_mib(resource.RUSAGE_CHILDREN),
     }
     args.result.write_text(json.dumps(result, indent=2))
     return 0 if result["ok"] else 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -21,12 +20,8 @@ from typing import Any, Callable
 import psycopg
 
 from bench import noop_queue, raw_sql, serial
-from bench.cpu import CpuMeter
+from bench.cpu import CpuMeter, peak_rss_mib
 from bench.workload import release_confirmations
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def two_phases(url: str, drain: Callable[[], int]) -> dict[str, Any]:

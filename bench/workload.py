@@ -214,7 +214,7 @@ def generate(db: Database, entries: int, seed: int = 7, merchants: int = 4, edge
 
 RELEASE_SQL = (
     "UPDATE process_tracker SET run_after = now()"
-    " WHERE status IN ('PENDING', 'RETRY') AND run_after = 'infinity'::timestamptz"
+    f" WHERE status IN ('PENDING', 'RETRY') AND run_after = '{NOT_YET_DUE}'::timestamptz"
 )
 DUE_SQL = (
     "SELECT count(*) FROM process_tracker"
