@@ -62,7 +62,17 @@ class RunNoteListener:
 
 def write_run_note(dag_run: Any) -> None:
     try:
-        if dag_run.dag_id != DAG_ID or dag_run.note:
+        if dag_run.dag_id != DAG_ID:
+            return
+        from sqlalchemy.orm import object_session
+
+        if object_session(dag_run) is None:
+            # dag.test() hands listeners a DagRun no session tracks any more (its in-process task
+            # runner closes the thread's scoped session): its note can neither be read (lazy load)
+            # nor saved. The scheduler's run is attached, and that is where the note is written.
+            log.debug("recon plugin: run %s is detached from its session; no summary note", dag_run.run_id)
+            return
+        if dag_run.note:
             return
         from recon import monitoring
 
