@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from recon import ledger
 from recon.db import Database, default_database
-from recon.tracker import TaskStatus
+from recon.tracker import ProcessTracker, TaskStatus
 
 DAG_ID = "recon_process_tracker"
 DEFAULT_LIMIT = 50
@@ -31,18 +31,14 @@ REPROCESS_MAX_TASK_IDS = 500  # a pre-filled trigger conf stays small enough to 
 # Queue
 # ---------------------------------------------------------------------------------------------
 
-_QUEUE_COUNTS = sa.text(
-    "SELECT task_type, status, count(*) AS n FROM process_tracker GROUP BY task_type, status"
-)
-
+# Counts per status and type, the oldest due task's age and the leases held are
+# ProcessTracker.stats(); these statements add what only the view shows.
 _QUEUE_TIMING = sa.text(
     """
     SELECT now() AS as_of,
            count(*) FILTER (WHERE status IN ('PENDING', 'RETRY') AND run_after <= now()) AS due_now,
            count(*) FILTER (WHERE status IN ('PENDING', 'RETRY') AND run_after > now()) AS due_later,
-           min(run_after) FILTER (WHERE status IN ('PENDING', 'RETRY') AND run_after <= now()) AS oldest_due_at,
-           extract(epoch FROM now() - min(run_after)
-                   FILTER (WHERE status IN ('PENDING', 'RETRY') AND run_after <= now())) AS oldest_due_age_seconds
+           min(run_after) FILTER (WHERE status IN ('PENDING', 'RETRY') AND run_after <= now()) AS oldest_due_at
     FROM process_tracker
     WHERE status IN ('PENDING', 'RETRY')
     """
@@ -77,32 +73,29 @@ _LEASES = sa.text(
 def queue(db: Database | None = None, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
     """Counts per status and task type, oldest due task, tasks waiting to retry, leases held."""
     limit = _limit(limit)
-    with (db or default_database()).begin() as conn:
-        counts = conn.execute(_QUEUE_COUNTS).all()
+    db = db or default_database()
+    stats = ProcessTracker(db).stats()
+    with db.begin() as conn:
         timing = conn.execute(_QUEUE_TIMING).one()
         retry = conn.execute(_RETRY_TASKS, {"limit": limit}).all()
         leases = conn.execute(_LEASES).all()
-    statuses = [s.value for s in TaskStatus]
-    by_status = dict.fromkeys(statuses, 0)
-    by_type: dict[str, dict[str, int]] = {}
-    for row in counts:
-        by_status[row.status] = by_status.get(row.status, 0) + row.n
-        by_type.setdefault(row.task_type, dict.fromkeys(statuses, 0))[row.status] = row.n
+    by_status = stats["by_status"]
     return {
         "as_of": timing.as_of,
         "by_status": by_status,
-        "by_type": by_type,
-        "total": sum(by_status.values()),
+        # every status in every row of the per-type table, 0 where a type has none
+        "by_type": {t: {**dict.fromkeys(by_status, 0), **c} for t, c in stats["by_type"].items()},
+        "total": stats["total"],
         "due_now": timing.due_now,
         "due_later": timing.due_later,
         "oldest_due_at": timing.oldest_due_at,
-        "oldest_due_age_seconds": _float(timing.oldest_due_age_seconds),
+        "oldest_due_age_seconds": _float(stats["oldest_due_age_seconds"]),
         "retry": {
             "count": by_status[TaskStatus.RETRY],
             "tasks": [{**r._mapping, "due_in_seconds": _float(r.due_in_seconds)} for r in retry],
         },
         "leases": {
-            "held": by_status[TaskStatus.PROCESSING],
+            "held": stats["leases_held"],
             "expired": sum(r.expired for r in leases),
             "owners": [dict(r._mapping) for r in leases],
         },
