@@ -62,7 +62,6 @@ PROGRESS_EVERY = 50_000  # rows between progress callbacks
 MAX_REPORTED_ROWS = 1_000  # rejected rows, duplicates and ids listed in the report (counts are exact)
 
 REQUIRED_COLUMNS = ("order_id", "amount", "currency", "transaction_date", "type")
-TRANSACTION_TYPES = ("payment", "refund", "debit", "credit")
 # Metadata keys written by this module or by the engine; a column with such a name would be
 # overwritten or would confuse the engine, so the header is refused.
 RESERVED_COLUMNS = frozenset(
@@ -216,6 +215,7 @@ def ingest_csv(
         lines = _Lines(text)
         reader = csv.reader(lines)
         header = _read_header(reader, lines)
+        entry_types = _entry_types(account.account_type)
         batch = _Batch(conn, account, mode, report)
         next_progress = progress_every
         row_number = 0
@@ -224,7 +224,7 @@ def ingest_csv(
             if not any(v.strip() for v in values):
                 continue  # a blank line: skipped, but it keeps its row number
             report.rows_read += 1
-            parsed = _parse_row(values, header, account, mode, source_file)
+            parsed = _parse_row(values, header, account, entry_types, mode, source_file)
             if isinstance(parsed, NewStagingEntry):
                 batch.add(row_number, parsed)
             else:
@@ -408,7 +408,12 @@ def _read_header(reader, lines: _Lines) -> _Header:
 
 
 def _parse_row(
-    values: list[str], header: _Header, account: Account, mode: str, source_file: str | None
+    values: list[str],
+    header: _Header,
+    account: Account,
+    entry_types: dict[str, str],
+    mode: str,
+    source_file: str | None,
 ) -> NewStagingEntry | list[str]:
     """The row's staging entry, or every problem found in it."""
     errors: list[str] = []
@@ -447,7 +452,8 @@ def _parse_row(
         errors.append(f"currency {_show(currency)} is not the account's currency {account.currency}")
     effective_date = _check(errors, _parse_date, fields.get("transaction_date"))
     kind = fields.get("type")
-    if kind is not None and kind.lower() not in TRANSACTION_TYPES:
+    entry_type = entry_types.get(kind.lower()) if kind is not None else None
+    if kind is not None and entry_type is None:
         errors.append(f"type {_show(kind)} must be Payment, Refund, Debit or Credit")
     if errors:
         return errors
@@ -458,7 +464,7 @@ def _parse_row(
     try:
         return NewStagingEntry(
             account_id=account.account_id,
-            entry_type=_entry_type(kind.lower(), account.account_type),  # type: ignore[union-attr]
+            entry_type=entry_type,  # type: ignore[arg-type]
             amount=amount,  # type: ignore[arg-type]
             currency=currency,  # type: ignore[arg-type]
             processing_mode=mode,
@@ -499,12 +505,16 @@ def _parse_date(text: str) -> dt.datetime:
         raise InvalidInputError(f"transaction_date {_show(text)} is out of range") from None
 
 
-def _entry_type(kind: str, account_type: str) -> str:
-    """Payment is the account's normal side, Refund the opposite; Debit/Credit as given."""
-    if kind in ("debit", "credit"):
-        return kind.upper()
+def _entry_types(account_type: str) -> dict[str, str]:
+    """The `type` cell (lower case) -> entry type, once per file: Payment is the account's
+    normal side, Refund the opposite, Debit/Credit as given."""
     normal = EntryType.DEBIT if account_type == AccountType.DEBIT_NORMAL else EntryType.CREDIT
-    return (normal if kind == "payment" else normal.opposite).value
+    return {
+        "payment": normal.value,
+        "refund": normal.opposite.value,
+        "debit": EntryType.DEBIT.value,
+        "credit": EntryType.CREDIT.value,
+    }
 
 
 def _show(value: object) -> str:
