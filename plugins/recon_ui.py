@@ -155,7 +155,6 @@ def _connection_store_uri() -> str | None:
 
 
 def _build_app() -> Any:
-    import datetime as dt
     import json
     from pathlib import Path
 
@@ -163,7 +162,7 @@ def _build_app() -> Any:
     import sqlalchemy.exc as sa_exc
     from fastapi import APIRouter, Depends, FastAPI, Query, Request
     from fastapi.exceptions import HTTPException
-    from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
     from airflow.api_fastapi.app import get_auth_manager
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
@@ -261,8 +260,7 @@ def _build_app() -> Any:
 
     @router.get("/", response_class=HTMLResponse)
     def view(request: Request, f: dict = Depends(filters)) -> HTMLResponse:
-        db = recon_database()
-        data = monitoring.overview(db, **dict(f))
+        data = monitoring.overview(recon_database(), **f)
         review = data["exceptions"]["manual_review"]
         context = {
             **_links(request),
@@ -272,7 +270,6 @@ def _build_app() -> Any:
             "chart": throughput_chart(data["throughput"]["runs"]),
             "reprocess_conf": monitoring.reprocess_conf(review["reprocess_task_ids"]),
             "window_conf": monitoring.reprocess_window_conf(7),
-            "now": dt.datetime.now(dt.timezone.utc),
         }
         return HTMLResponse(templates.get_template("recon_view.html").render(context))
 
@@ -282,12 +279,10 @@ def _build_app() -> Any:
         context = {**_links(request), "dag_id": dag_id, "run_id": run_id, "run": row}
         if row is not None:
             context["summary_html"] = _markdown_html(monitoring.summary_markdown(row["summary"], run_id))
-        return HTMLResponse(templates.get_template("recon_run.html").render(context), status_code=200)
+        return HTMLResponse(templates.get_template("recon_run.html").render(context))
 
     @app.get("/static/recon.svg", include_in_schema=False)
     def icon() -> Any:  # the navigation icon: no data, so no authentication
-        from fastapi.responses import Response
-
         return Response(ICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     app.include_router(router)
