@@ -26,8 +26,6 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from sqlalchemy.engine import make_url
-
 from recon import settings
 
 DAG_ID = "recon_process_tracker"
@@ -47,10 +45,12 @@ def airflow_sqlalchemy_url(libpq_url: str) -> str:
     The unix-socket directory of the embedded server stays in the query string
     (``?host=/path``), which psycopg2 and asyncpg (Airflow's async engine) both accept.
     """
-    url = make_url(libpq_url)
-    backend = url.drivername.split("+", 1)[0]
-    if backend not in ("postgres", "postgresql"):
-        raise AirflowSetupError(f"the Airflow metadata database must be PostgreSQL, got {backend!r}")
+    from recon.db import DatabaseConfigError, to_sqlalchemy_url
+
+    try:
+        url = to_sqlalchemy_url(libpq_url)
+    except DatabaseConfigError as exc:
+        raise AirflowSetupError(f"Airflow metadata database: {exc}") from None
     return url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
 
 
