@@ -117,16 +117,18 @@ def airflow_environment(
     ours["RECON_AIRFLOW_METADATA_URL"] = metadata
     if "AIRFLOW_CONN_RECON_DB" not in env and "RECON_DATABASE_URL" not in env:
         ours["AIRFLOW_CONN_RECON_DB"] = recon_url or default_recon_url()
-    if port is not None:
-        ours["AIRFLOW__API__PORT"] = str(port)
-        ours["AIRFLOW__API__BASE_URL"] = f"http://localhost:{port}"
-        ours["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://localhost:{port}/execution/"
-    for key, value in ours.items():
-        if key in ("AIRFLOW_HOME", "AIRFLOW__API_AUTH__JWT_SECRET") or key not in env:
-            env[key] = value
+    forced = {"AIRFLOW_HOME", "AIRFLOW__API_AUTH__JWT_SECRET"}
     if port is not None:  # an explicit port wins over the environment
-        for key in ("AIRFLOW__API__PORT", "AIRFLOW__API__BASE_URL", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"):
-            env[key] = ours[key]
+        api = {
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+        }
+        ours.update(api)
+        forced.update(api)
+    for key, value in ours.items():
+        if key in forced or key not in env:
+            env[key] = value
     env["PYTHONPATH"] = os.pathsep.join(pythonpath)
     # `airflow standalone` starts its components as `airflow ...` from PATH: use this interpreter's
     bin_dir = str(Path(sys.executable).parent)
