@@ -1,6 +1,6 @@
 """Each benchmark mode runs in its own process, so its peak RSS is its own:
 
-    python -m bench.modes MODE RESULT.json --url URL [--batch-size N] [--chunk-size N] [--tasks N]
+    python -m bench.modes MODE RESULT.json --url URL [--batch-size N] [--chunk-size N] [--explain PLANS.json]
 
 MODE is ``inprocess`` (the DAG's steps through ``recon.pipeline.process_queue``, no Airflow),
 ``serial`` (bench.serial), ``raw`` (bench.raw_sql) or ``noop`` (bench.noop_queue). The drain
