@@ -8,17 +8,15 @@ statement per kind, so a chunk of thousands of entries costs a handful of round 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import operator
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Iterable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recon.db import Database, default_database
+from recon.db import Database, default_database, json_rows
 
 
 class LedgerInvariantError(RuntimeError):
@@ -89,30 +87,6 @@ class LedgerBatch:
         written = [t.transaction_id for t in self.transactions]
         if written:
             assert_balanced(conn, written)
-
-
-def json_rows(rows: Iterable[Any]) -> str:
-    """Dataclass rows as one JSON array of objects, for json_to_recordset().
-
-    One json.dumps (C) per statement instead of one array parameter per column: psycopg
-    escapes every element of a text or jsonb array in Python, which cost more than the
-    statement itself for a chunk of thousands of rows. Decimal and datetime travel as their
-    exact text forms and are parsed by the column types (numeric, timestamptz).
-    """
-    rows = list(rows)
-    if not rows:
-        return "[]"
-    names = tuple(f.name for f in fields(rows[0]))
-    values = operator.attrgetter(*names)
-    return json.dumps([dict(zip(names, values(r))) for r in rows], default=_json_scalar, separators=(",", ":"))
-
-
-def _json_scalar(value: Any) -> str:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 _INSERT_TRANSACTIONS = sa.text(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import json
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -22,7 +21,7 @@ import sqlalchemy as sa
 import sqlalchemy.exc
 from sqlalchemy.engine import Connection
 
-from recon.db import Database, default_database
+from recon.db import Database, default_database, json_rows
 from recon.errors import ErrorType
 from recon.ledger import LedgerBatch
 from recon.tasks.base import Applied, ManualReview, Plan, ReconTask, Wait
@@ -94,6 +93,15 @@ class ChunkResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class StagingUpdate:
+    """A staging entry's new status and the keys to merge into its metadata."""
+
+    staging_entry_id: str
+    status: str
+    patch: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -250,7 +258,7 @@ class TaskManager:
             raise LeaseLostError(f"{len(lost)} task(s) no longer leased to {owner}: {lost[:5]}")
 
         batch = LedgerBatch()
-        staging_updates: list[tuple[str, str, dict[str, Any]]] = []
+        staging_updates: list[StagingUpdate] = []
         for evaluation in evaluations:
             status = written[evaluation.item.task_id]
             _count(result, evaluation, status)
@@ -300,23 +308,23 @@ def _tracker_outcome(evaluation: _Evaluation) -> Outcome:
     return Outcome(task_id, TaskStatus.COMPLETED)  # applied, or already processed
 
 
-def _staging_update(evaluation: _Evaluation, task_status: str) -> tuple[str, str, dict[str, Any]] | None:
-    """(staging_entry_id, new status, metadata patch), or None to leave the entry as it is."""
+def _staging_update(evaluation: _Evaluation, task_status: str) -> StagingUpdate | None:
+    """The entry's new status and metadata keys, or None to leave the entry as it is."""
     entry = evaluation.item.staging
     if entry is None or evaluation.noop:
         return None
     review = _review(evaluation)
     if review is not None:
-        return entry.staging_entry_id, "NEEDS_MANUAL_REVIEW", {
+        return StagingUpdate(entry.staging_entry_id, "NEEDS_MANUAL_REVIEW", {
             **review.metadata, "error": review.message, "error_type": review.error_type.value
-        }
+        })
     if evaluation.applied is not None:
-        return entry.staging_entry_id, "PROCESSED", evaluation.applied.staging_metadata
+        return StagingUpdate(entry.staging_entry_id, "PROCESSED", evaluation.applied.staging_metadata)
     if task_status == TaskStatus.FAILED:  # a retry that used up its attempts
-        return entry.staging_entry_id, "NEEDS_MANUAL_REVIEW", {
+        return StagingUpdate(entry.staging_entry_id, "NEEDS_MANUAL_REVIEW", {
             "error": evaluation.error or "retries exhausted",
             "error_type": ErrorType.RETRIES_EXHAUSTED.value,
-        }
+        })
     return None  # waiting or retrying: the entry stays PENDING
 
 
@@ -374,12 +382,10 @@ _UPDATE_STAGING = sa.text(
 )
 
 
-def write_staging_updates(conn: Connection, updates: list[tuple[str, str, dict[str, Any]]]) -> None:
+def write_staging_updates(conn: Connection, updates: list[StagingUpdate]) -> None:
     """One statement for all staging status changes of a chunk; PROCESSED is never undone."""
-    if not updates:
-        return
-    rows = [{"staging_entry_id": u[0], "status": u[1], "patch": u[2]} for u in updates]
-    conn.execute(_UPDATE_STAGING, {"rows": json.dumps(rows, default=str, separators=(",", ":"))})
+    if updates:
+        conn.execute(_UPDATE_STAGING, {"rows": json_rows(updates)})
 
 
 def mark_exhausted_for_review(conn: Connection, task_ids: Sequence[str], error: str) -> None:
