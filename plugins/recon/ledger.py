@@ -73,6 +73,13 @@ class LedgerBatch:
     archive_transaction_ids: list[str] = field(default_factory=list)
     mismatch_transaction_ids: list[str] = field(default_factory=list)
 
+    def extend(self, other: "LedgerBatch") -> None:
+        """Add another batch's writes (one item's, collected apart so a failing item adds none)."""
+        self.transactions.extend(other.transactions)
+        self.entries.extend(other.entries)
+        self.archive_transaction_ids.extend(other.archive_transaction_ids)
+        self.mismatch_transaction_ids.extend(other.mismatch_transaction_ids)
+
     def flush(self, conn: Connection) -> None:
         # inserts first: a transaction booked earlier in the same chunk may be archived or
         # marked MISMATCH by a later confirmation of the chunk

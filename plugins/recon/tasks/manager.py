@@ -266,7 +266,7 @@ class TaskManager:
             if update is not None:
                 staging_updates.append(update)
             if evaluation.batch is not None:
-                _merge(batch, evaluation.batch)
+                batch.extend(evaluation.batch)
             review = _review(evaluation)
             if review is not None and review.mismatch_transaction_id:
                 batch.mismatch_transaction_ids.append(review.mismatch_transaction_id)
@@ -351,13 +351,6 @@ def _count(result: ChunkResult, evaluation: _Evaluation, task_status: str) -> No
         result.manual_review_by_type[error_type] = result.manual_review_by_type.get(error_type, 0) + 1
         if review is not None and review.error_type == ErrorType.MISMATCH:
             result.mismatched += 1
-
-
-def _merge(into: LedgerBatch, other: LedgerBatch) -> None:
-    into.transactions.extend(other.transactions)
-    into.entries.extend(other.entries)
-    into.archive_transaction_ids.extend(other.archive_transaction_ids)
-    into.mismatch_transaction_ids.extend(other.mismatch_transaction_ids)
 
 
 def _add(total: ChunkResult, part: ChunkResult) -> None:
