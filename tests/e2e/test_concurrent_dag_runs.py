@@ -27,16 +27,14 @@ import datetime as dt
 import itertools
 import json
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from recon.db import Database
-from tests import databases
 from tests.reliability.helpers import ENGINE_SETTINGS, assert_books_consistent, make_books, rows, scalar
-from tests.ui.airflow_harness import AirflowServer, create_metadata_database, save_log, start_airflow
+from tests.ui.airflow_harness import AirflowServer, dag_run_path, running_airflow
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow]
 
@@ -61,27 +59,17 @@ FULFILLED = MATCHED + RACING_PAIRS
 
 @pytest.fixture
 def airflow(db_url: str, pg_admin_url: str, tmp_path: Path) -> Iterator[AirflowServer]:
-    metadata = create_metadata_database(pg_admin_url)
-    server = None
-    try:
-        server = start_airflow(
-            ["standalone"], tmp_path / "airflow", databases.libpq_url(pg_admin_url, metadata), db_url,
-            extra_env={
-                "RECON_MAX_ACTIVE_RUNS": str(MAX_ACTIVE_RUNS),
-                "RECON_SCHEDULE": "none",  # only the runs this test triggers claim tasks
-                "RECON_BATCH_SIZE": str(BATCH_SIZE),
-                "RECON_CHUNK_SIZE": str(CHUNK_SIZE),
-                **ENGINE_SETTINGS,  # attempts, backoff, lease and matching window as the assertions expect
-            },
-            log_name="standalone.log",
-        )
-        server.token = server.login("admin", server.admin_password())
+    with running_airflow(
+        ["standalone"], tmp_path / "airflow", pg_admin_url, db_url, "concurrent-dag-runs-standalone.log",
+        extra_env={
+            "RECON_MAX_ACTIVE_RUNS": str(MAX_ACTIVE_RUNS),
+            "RECON_SCHEDULE": "none",  # only the runs this test triggers claim tasks
+            "RECON_BATCH_SIZE": str(BATCH_SIZE),
+            "RECON_CHUNK_SIZE": str(CHUNK_SIZE),
+            **ENGINE_SETTINGS,  # attempts, backoff, lease and matching window as the assertions expect
+        },
+    ) as server:
         yield server
-    finally:
-        if server is not None:
-            server.stop()
-            save_log(server, "concurrent-dag-runs-standalone.log")
-        databases.drop_database(pg_admin_url, metadata)
 
 
 def _stage_workload(db: Database) -> None:
@@ -108,10 +96,6 @@ def _open_tasks(db: Database) -> dict[str, int]:
 
 def _time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _run_path(run_id: str) -> str:
-    return f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
 
 
 def _drain(airflow: AirflowServer, db: Database) -> dict[str, dict[str, Any]]:
@@ -153,11 +137,7 @@ def _overlapping(spans: dict[str, tuple[dt.datetime, dt.datetime]]) -> list[tupl
 def test_concurrent_dag_runs_drain_mixed_tasks_exactly_once(airflow: AirflowServer, db: Database) -> None:
     _stage_workload(db)
 
-    dag = airflow.wait_for(
-        "the dag-processor to register the DAG",
-        lambda: (lambda r: r[1] if r[0] == 200 else None)(airflow.request("GET", f"/api/v2/dags/{DAG_ID}")),
-        REGISTER_TIMEOUT_S,
-    )
+    dag = airflow.wait_for_dag(DAG_ID, REGISTER_TIMEOUT_S)
     assert dag["max_active_runs"] == MAX_ACTIVE_RUNS and dag["timetable_summary"] in (None, "None"), dag
     assert airflow.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})["is_paused"] is False
 
@@ -169,7 +149,8 @@ def test_concurrent_dag_runs_drain_mixed_tasks_exactly_once(airflow: AirflowServ
     assert {r["state"] for r in runs.values()} == {"success"}, runs
     summaries = {}
     for run_id in runs:
-        value = airflow.call("GET", f"{_run_path(run_id)}/taskInstances/summary/xcomEntries/return_value")["value"]
+        xcom = f"{dag_run_path(DAG_ID, run_id)}/taskInstances/summary/xcomEntries/return_value"
+        value = airflow.call("GET", xcom)["value"]
         summaries[run_id] = json.loads(value) if isinstance(value, str) else value
     claiming = {r for r, s in summaries.items() if s["claimed"]}
     assert all(s["claimed"] <= BATCH_SIZE for s in summaries.values()), summaries

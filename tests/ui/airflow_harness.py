@@ -17,11 +17,13 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import psycopg
 import pytest
@@ -136,6 +138,25 @@ class AirflowServer:
             time.sleep(1)
         pytest.fail(f"timed out after {timeout}s waiting for {what}; airflow output tail:\n{self.log_tail()}")
 
+    def wait_for_dag(self, dag_id: str, timeout: float) -> dict[str, Any]:
+        """The DAG as the API reports it, once the dag-processor has registered it."""
+
+        def registered() -> Any:
+            status, dag = self.request("GET", f"/api/v2/dags/{dag_id}")
+            return dag if status == 200 else None
+
+        return self.wait_for(f"the dag-processor to register {dag_id}", registered, timeout)
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float) -> dict[str, Any]:
+        """The DAG run as the API reports it, once it has finished (success or failed)."""
+        path = dag_run_path(dag_id, run_id)
+
+        def finished() -> Any:
+            run = self.call("GET", path)
+            return run if run["state"] in ("success", "failed") else None
+
+        return self.wait_for(f"run {run_id} to finish", finished, timeout)
+
     def log_tail(self, chars: int = 6000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
@@ -169,6 +190,10 @@ class AirflowServer:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def dag_run_path(dag_id: str, run_id: str) -> str:
+    return f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -242,3 +267,34 @@ def save_log(server: AirflowServer, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     if server.log_path.exists():
         (ARTIFACTS / name).write_bytes(server.log_path.read_bytes())
+
+
+@contextmanager
+def running_airflow(
+    command: list[str],
+    home: Path,
+    pg_admin_url: str,
+    recon_url: str,
+    artifact_name: str,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[AirflowServer]:
+    """`airflow <command>` on a fresh copy of the migrated metadata template, logged in as admin.
+
+    Afterwards the process group is stopped, its log saved to test-artifacts/<artifact_name>
+    and its metadata database dropped. The admin password is in ``server.extra["password"]``.
+    """
+    metadata = create_metadata_database(pg_admin_url)
+    server = None
+    try:
+        server = start_airflow(
+            command, home, databases.libpq_url(pg_admin_url, metadata), recon_url,
+            extra_env=extra_env, log_name=f"{command[0]}.log",
+        )
+        server.extra["password"] = server.admin_password()
+        server.token = server.login("admin", server.extra["password"])
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+            save_log(server, artifact_name)
+        databases.drop_database(pg_admin_url, metadata)

@@ -20,8 +20,7 @@ import pytest
 
 from recon import ledger
 from recon.settings import PROJECT_ROOT
-from tests import databases
-from tests.ui.airflow_harness import AirflowServer, _clean_environment, create_metadata_database, save_log, start_airflow
+from tests.ui.airflow_harness import AirflowServer, _clean_environment, running_airflow
 from tests.ui.seed import LEASE_OWNER, MISMATCH_ORDER, SeededBooks
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow]
@@ -67,20 +66,9 @@ def test_airflow_plugins_lists_the_recon_plugin_without_import_errors(tmp_path: 
 
 @pytest.fixture(scope="module")
 def api_server(seeded: SeededBooks, pg_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowServer]:
-    metadata = create_metadata_database(pg_admin_url)
     home = tmp_path_factory.mktemp("airflow-api")
-    server = None
-    try:
-        server = start_airflow(
-            ["api-server"], home, databases.libpq_url(pg_admin_url, metadata), seeded.url, log_name="api-server.log"
-        )
-        server.token = server.login("admin", server.admin_password())
+    with running_airflow(["api-server"], home, pg_admin_url, seeded.url, "recon-plugin-api-server.log") as server:
         yield server
-    finally:
-        if server is not None:
-            server.stop()
-            save_log(server, "recon-plugin-api-server.log")
-        databases.drop_database(pg_admin_url, metadata)
 
 
 def test_the_running_api_server_reports_the_plugin_and_no_import_errors(api_server: AirflowServer) -> None:

@@ -17,8 +17,7 @@ from typing import Iterator
 import pytest
 
 from recon import monitoring
-from tests import databases
-from tests.ui.airflow_harness import ARTIFACTS, AirflowServer, create_metadata_database, save_log, start_airflow
+from tests.ui.airflow_harness import ARTIFACTS, AirflowServer, running_airflow
 from tests.ui.seed import SeededBooks
 
 pytestmark = [pytest.mark.slow, pytest.mark.airflow, pytest.mark.browser]
@@ -35,31 +34,13 @@ UI_TIMEOUT_MS = 30_000
 
 @pytest.fixture
 def standalone(books: SeededBooks, db_url: str, pg_admin_url: str, tmp_path: Path) -> Iterator[AirflowServer]:
-    metadata = create_metadata_database(pg_admin_url)
-    server = None
-    try:
-        server = start_airflow(
-            ["standalone"], tmp_path / "airflow", databases.libpq_url(pg_admin_url, metadata), db_url,
-            log_name="standalone.log",
-        )
-        server.extra["password"] = server.admin_password()
-        server.token = server.login("admin", server.extra["password"])
+    home = tmp_path / "airflow"
+    with running_airflow(["standalone"], home, pg_admin_url, db_url, "recon-view-standalone.log") as server:
         yield server
-    finally:
-        if server is not None:
-            server.stop()
-            save_log(server, "recon-view-standalone.log")
-        databases.drop_database(pg_admin_url, metadata)
 
 
 def wait_for_run(server: AirflowServer, run_id: str) -> dict:
-    path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
-
-    def finished() -> dict | None:
-        run = server.call("GET", path)
-        return run if run["state"] in ("success", "failed") else None
-
-    run = server.wait_for(f"run {run_id} to finish", finished, RUN_TIMEOUT_S)
+    run = server.wait_for_run(DAG_ID, run_id, RUN_TIMEOUT_S)
     assert run["state"] == "success", run
     return run
 
@@ -76,7 +57,7 @@ def test_recon_view_in_a_real_browser(standalone: AirflowServer, books: SeededBo
     server = standalone
 
     # a real run through the scheduler: it processes the seeded backlog and records its summary
-    server.wait_for("the DAG to be parsed", lambda: server.request("GET", f"/api/v2/dags/{DAG_ID}")[0] == 200, 180)
+    server.wait_for_dag(DAG_ID, 180)
     server.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
     run_id = server.call("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {}})["dag_run_id"]
     run = wait_for_run(server, run_id)
