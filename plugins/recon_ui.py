@@ -276,7 +276,7 @@ def _build_app() -> Any:
     @router.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse)
     def run_page(request: Request, dag_id: str, run_id: str) -> HTMLResponse:
         row = monitoring.run_summary(run_id, recon_database(), dag_id=dag_id)
-        context = {**_links(request), "dag_id": dag_id, "run_id": run_id, "run": row}
+        context = {**_links(request), "dag_id": dag_id, "run_id": run_id, "run": row, "is_recon_dag": dag_id == DAG_ID}
         if row is not None:
             context["summary_html"] = _markdown_html(monitoring.summary_markdown(row["summary"], run_id))
         return HTMLResponse(templates.get_template("recon_run.html").render(context))
