@@ -12,23 +12,17 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from recon.db import Database, ensure_database_exists, resolve_database, to_sqlalchemy_url
+from recon.db import Database, ensure_database_exists, libpq_url, resolve_database
 from recon.migrations import migrate
 
 
 def default_server_url() -> str:
     """The server of the project's resolved database, as a libpq URL to its `postgres` database."""
-    return admin_url(resolve_database().url.render_as_string(hide_password=False))
+    return libpq_url(resolve_database().url, "postgres")
 
 
 def admin_url(url: str) -> str:
-    return with_database(url, "postgres")
-
-
-def with_database(url: str, database: str) -> str:
-    return to_sqlalchemy_url(url).set(drivername="postgresql", database=database).render_as_string(
-        hide_password=False
-    )
+    return libpq_url(url, "postgres")
 
 
 def database_name(url: str) -> str:
@@ -42,7 +36,7 @@ class Server:
         self.admin = admin_url(url)
 
     def url(self, name: str) -> str:
-        return with_database(self.admin, name)
+        return libpq_url(self.admin, name)
 
     def _admin(self) -> psycopg.Connection:
         return psycopg.connect(self.admin, autocommit=True)

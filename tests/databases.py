@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from recon import settings
-from recon.db import Database, to_sqlalchemy_url
+from recon.db import Database, libpq_url
 from recon.migrations import SQL_DIR, migrate
 
 TEMPLATE_LOCK_KEY = 0x7465737473  # "tests"
@@ -46,13 +46,6 @@ def _trade_durability_for_speed(admin_url: str) -> None:
             for setting in ("fsync", "synchronous_commit", "full_page_writes"):
                 conn.execute(f"ALTER SYSTEM SET {setting} = off")
             conn.execute("SELECT pg_reload_conf()")
-
-
-def libpq_url(url: str, database: str) -> str:
-    """The same server as `url`, another database, as a plain postgresql:// URL."""
-    return to_sqlalchemy_url(url).set(drivername="postgresql", database=database).render_as_string(
-        hide_password=False
-    )
 
 
 def schema_fingerprint() -> str:

@@ -167,15 +167,21 @@ def stop_embedded_server() -> bool:
     return True
 
 
+def libpq_url(url: str | URL, database: str | None = None) -> str:
+    """`url` as a plain postgresql:// URL with its password, for psycopg and other tools;
+    with `database`, the URL of that database on the same server."""
+    url = to_sqlalchemy_url(url) if isinstance(url, str) else url
+    if database is not None:
+        url = url.set(database=database)
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def ensure_database_exists(admin_url: str, database: str) -> None:
     """CREATE DATABASE unless it exists (CREATE DATABASE cannot run in a transaction)."""
     import psycopg
     from psycopg import sql
 
-    conninfo = to_sqlalchemy_url(admin_url).set(drivername="postgresql").render_as_string(
-        hide_password=False
-    )
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(libpq_url(admin_url), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
         if not exists:
             try:

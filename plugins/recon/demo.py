@@ -15,7 +15,7 @@ from psycopg import sql
 
 from recon import domain
 from recon.csv_ingest import ingest_csv
-from recon.db import Database, resolve_database
+from recon.db import Database, libpq_url, resolve_database
 from recon.migrations import migrate
 from recon.settings import PROJECT_ROOT
 
@@ -44,9 +44,8 @@ def existing_demo_database() -> str:
 
 def _server_urls() -> tuple[str, str]:
     """(maintenance database URL, recon_demo URL) on the server the resolver chooses."""
-    server = resolve_database().url.set(drivername="postgresql")
-    admin = server.set(database="postgres").render_as_string(hide_password=False)
-    return admin, server.set(database=DEMO_DATABASE).render_as_string(hide_password=False)
+    server = resolve_database().url
+    return libpq_url(server, "postgres"), libpq_url(server, DEMO_DATABASE)
 
 
 def load_demo_data(db: Database) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from recon import pipeline
-from recon.db import Database
+from recon.db import Database, libpq_url
 from tests.reliability import figures
 from tests.reliability.helpers import Worker, assert_books_consistent, make_books, make_retries_due, rows
 
@@ -74,7 +74,7 @@ def test_confirmation_racing_its_own_booking_in_another_worker_waits(books, db):
     review (NoMatchFoundError) although one at a time it is fulfilled. It must wait, then fulfil."""
     (booking,) = books.stage([books.transaction("o1", "10.00")])
     (confirmation,) = books.stage([books.confirmation("o1", "10.00")])
-    url = db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    url = libpq_url(db.url)
 
     booker = Worker(url, fault="after_ledger_write:pause", batch_size=1, chunk_size=1)
     booker.wait_paused()  # o1 written, not committed

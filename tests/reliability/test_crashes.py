@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 from recon import pipeline
+from recon.db import libpq_url
 from tests.reliability import figures
 from tests.reliability.helpers import (
     Worker,
@@ -46,7 +47,7 @@ def _crash_batch(books):
 
 
 def books_url(books) -> str:
-    return books.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return libpq_url(books.db.url)
 
 
 # point -> how many of the 24 queued tasks the crashed run committed before dying

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import psycopg
 import pytest
 
-from recon.db import Database
+from recon.db import Database, libpq_url
 from recon.migrations import migrate
 from tests.reliability import figures
 from tests.reliability.helpers import (
@@ -47,7 +47,7 @@ TASKS, CHUNK = 20, 5
 
 
 def _url(db: Database) -> str:
-    return db.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return libpq_url(db.url)
 
 
 def _queue(books: Books) -> list[str]:
