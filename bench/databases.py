@@ -13,7 +13,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from recon.db import Database, ensure_database_exists, libpq_url, resolve_database
-from recon.migrations import migrate
+from recon.db.migrations import migrate
 
 
 def default_server_url() -> str:

@@ -25,9 +25,9 @@ from typing import Any, Iterator
 
 import sqlalchemy as sa
 
-from recon import domain, ledger
+from recon import accounts, ledger
 from recon.db import Database
-from recon.ingest import NewStagingEntry, insert_staging_entries
+from recon.staging import NewStagingEntry, insert_staging_entries
 
 CURRENCIES = ("USD", "EUR", "GBP", "CHF")
 NOT_YET_DUE = "infinity"  # run_after of confirmations until they "arrive"
@@ -66,15 +66,15 @@ def create_books(db: Database, merchants: int = 4) -> Books:
     pairs, orphans = [], []
     for m in range(merchants):
         currency = CURRENCIES[m % len(CURRENCIES)]
-        merchant = domain.create_merchant(f"Bench merchant {m + 1}", merchant_id=f"mer_bench_{m + 1}", db=db)
-        clearing = domain.create_account(merchant, f"PSP clearing {currency}", "CREDIT_NORMAL", currency,
+        merchant = accounts.create_merchant(f"Bench merchant {m + 1}", merchant_id=f"mer_bench_{m + 1}", db=db)
+        clearing = accounts.create_account(merchant, f"PSP clearing {currency}", "CREDIT_NORMAL", currency,
                                          account_id=f"acc_bench_{m + 1}_psp", db=db)
         for b in (1, 2):
-            bank = domain.create_account(merchant, f"Bank {b} {currency}", "DEBIT_NORMAL", currency, "1000.00",
+            bank = accounts.create_account(merchant, f"Bank {b} {currency}", "DEBIT_NORMAL", currency, "1000.00",
                                          account_id=f"acc_bench_{m + 1}_bank{b}", db=db)
-            domain.create_recon_rule(bank, clearing, rule_id=f"rule_bench_{m + 1}_{b}", db=db)
+            accounts.create_recon_rule(bank, clearing, rule_id=f"rule_bench_{m + 1}_{b}", db=db)
             pairs.append(Pair(merchant, bank, clearing, currency))
-        orphans.append(domain.create_account(merchant, f"Bank without rule {currency}", "DEBIT_NORMAL", currency,
+        orphans.append(accounts.create_account(merchant, f"Bank without rule {currency}", "DEBIT_NORMAL", currency,
                                              account_id=f"acc_bench_{m + 1}_orphan", db=db))
     return Books(pairs, orphans)
 

@@ -292,7 +292,8 @@ def recon_process_tracker():
         chunk_results, chunks, claimed: int | None, written_back: dict | None, dag_run=None, params=None, ti=None
     ) -> dict:
         """Log and return the run's counts; fail the run when a chunk did not finish."""
-        from recon import monitoring, pipeline
+        from recon import pipeline
+from recon.reporting import monitoring
 
         results = _chunk_results(chunk_results)
         if params["dry_run"]:

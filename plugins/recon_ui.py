@@ -13,7 +13,7 @@ request gets 401 and no data (an anonymous browser is sent to the login page ins
 
 Airflow imports this file in every process (scheduler, workers, ...), so it stays light:
 FastAPI, the templates and the recon library are imported only when the API server asks for
-``fastapi_apps``. The queries live in ``recon.monitoring``.
+``fastapi_apps``. The queries live in ``recon.reporting.monitoring``.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime, and the
@@ -74,7 +74,7 @@ def write_run_note(dag_run: Any) -> None:
             return
         if dag_run.note:
             return
-        from recon import monitoring
+        from recon.reporting import monitoring
 
         db = recon_database(allow_embedded=False)
         row = monitoring.run_summary(dag_run.run_id, db) if db is not None else None
@@ -169,7 +169,7 @@ def _build_app() -> Any:
     from airflow.api_fastapi.core_api.security import requires_access_dag
 
     import recon
-    from recon import monitoring
+    from recon.reporting import monitoring
 
     templates = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(recon.__file__).parent / "templates"),

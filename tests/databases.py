@@ -18,7 +18,7 @@ from psycopg import sql
 
 from recon import settings
 from recon.db import Database, libpq_url
-from recon.migrations import SQL_DIR, migrate
+from recon.db.migrations import SQL_DIR, migrate
 
 TEMPLATE_LOCK_KEY = 0x7465737473  # "tests"
 

@@ -18,7 +18,7 @@ import yaml
 
 from recon import settings
 from recon.db import Database
-from recon.migrations import migrate
+from recon.db.migrations import migrate
 
 ROOT = settings.PROJECT_ROOT
 COMPOSE_FILE = ROOT / "docker-compose.yaml"

@@ -17,9 +17,9 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from recon.csv_ingest import REQUIRED_COLUMNS, IngestReport, ingest_csv
+from recon.ingest.csv import REQUIRED_COLUMNS, IngestReport, ingest_csv
 from recon.db import Database
-from recon.domain import create_account, create_merchant
+from recon.accounts import create_account, create_merchant
 from recon.errors import InvalidInputError, NotFoundError
 
 fuzz_settings = settings(

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from recon import csv_ingest
-from recon.csv_ingest import IngestReport, ingest_csv, lock_for_ingest
+from recon.ingest import csv as csv_ingest
+from recon.ingest.csv import IngestReport, ingest_csv, lock_for_ingest
 from recon.db import Database
-from recon.domain import create_account, create_merchant
+from recon.accounts import create_account, create_merchant
 from recon.errors import InvalidInputError, NotFoundError
-from recon.ingest import create_staging_entry
+from recon.staging import create_staging_entry
 
 DATA = Path(__file__).parent / "data"
 HEADER = "order_id,amount,currency,transaction_date,type\n"

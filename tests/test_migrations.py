@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 from recon import settings
 from recon.db import Database
-from recon.migrations import (
+from recon.db.migrations import (
     MIGRATION_LOCK_KEY,
     SQL_DIR,
     MigrationError,
@@ -177,7 +177,7 @@ def test_an_edited_migration_is_reported_not_reapplied(empty_db, tmp_path, caplo
     path.write_text("CREATE TABLE small (x int);")
     migrate(empty_db, tmp_path)
     path.write_text("CREATE TABLE small (x int, y int);")
-    with caplog.at_level("WARNING", logger="recon.migrations"):
+    with caplog.at_level("WARNING", logger="recon.db.migrations"):
         assert migrate(empty_db, tmp_path) == []
     assert "0001_small.sql changed after it was applied" in caplog.text
 

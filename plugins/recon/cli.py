@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy.exc
 
-from recon import migrations
+from recon.db import migrations
 from recon.db import DatabaseConfigError, default_database, reset_default_database, stop_embedded_server
 from recon.errors import InvalidInputError, NotFoundError
 
@@ -83,27 +83,27 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_merchant_create(args: argparse.Namespace) -> int:
-    from recon import domain
+    from recon import accounts
 
     _announce_database()
-    print(domain.create_merchant(args.name, merchant_id=args.id))
+    print(accounts.create_merchant(args.name, merchant_id=args.id))
     return 0
 
 
 def cmd_account_create(args: argparse.Namespace) -> int:
-    from recon import domain
+    from recon import accounts
 
     _announce_database()
-    print(domain.create_account(args.merchant, args.name, args.type, args.currency,
+    print(accounts.create_account(args.merchant, args.name, args.type, args.currency,
                                 args.initial_balance, account_id=args.id))
     return 0
 
 
 def cmd_rule_create(args: argparse.Namespace) -> int:
-    from recon import domain
+    from recon import accounts
 
     _announce_database()
-    print(domain.create_recon_rule(args.account_one, args.account_two, rule_id=args.id))
+    print(accounts.create_recon_rule(args.account_one, args.account_two, rule_id=args.id))
     return 0
 
 
@@ -111,7 +111,7 @@ def cmd_rule_create(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from recon.csv_ingest import ingest_csv
+    from recon.ingest.csv import ingest_csv
 
     _announce_database()
     report = ingest_csv(args.file, args.account, args.mode,
@@ -146,7 +146,7 @@ def _format_summary(summary: dict[str, Any]) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from recon.reports import build_report, format_report
+    from recon.reporting.report import build_report, format_report
 
     _announce_database()
     report = build_report()
@@ -185,7 +185,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 1
     print(_format_summary(summary))
     print()
-    from recon.reports import build_report, format_report
+    from recon.reporting.report import build_report, format_report
 
     report = build_report(db)
     print(format_report(report))

@@ -13,10 +13,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from recon import domain
-from recon.csv_ingest import ingest_csv
+from recon import accounts
+from recon.ingest.csv import ingest_csv
 from recon.db import Database, libpq_url, resolve_database
-from recon.migrations import migrate
+from recon.db.migrations import migrate
 from recon.settings import PROJECT_ROOT
 
 DEMO_DATABASE = "recon_demo"
@@ -51,12 +51,12 @@ def _server_urls() -> tuple[str, str]:
 def load_demo_data(db: Database) -> dict[str, Any]:
     """Migrate, create the set-up and ingest both demo files; return the ingest reports."""
     migrate(db)
-    merchant = domain.create_merchant("Demo Shop", merchant_id="mer_demo", db=db)
-    bank = domain.create_account(merchant, "Bank USD", "DEBIT_NORMAL", "USD", "1000.00",
+    merchant = accounts.create_merchant("Demo Shop", merchant_id="mer_demo", db=db)
+    bank = accounts.create_account(merchant, "Bank USD", "DEBIT_NORMAL", "USD", "1000.00",
                                  account_id="acc_demo_bank", db=db)
-    psp = domain.create_account(merchant, "PSP clearing USD", "CREDIT_NORMAL", "USD",
+    psp = accounts.create_account(merchant, "PSP clearing USD", "CREDIT_NORMAL", "USD",
                                 account_id="acc_demo_psp", db=db)
-    domain.create_recon_rule(bank, psp, rule_id="rule_demo_bank_psp", db=db)
+    accounts.create_recon_rule(bank, psp, rule_id="rule_demo_bank_psp", db=db)
     transactions = ingest_csv(DEMO_DIR / "transactions.csv", bank, "TRANSACTION", db=db)
     confirmations = ingest_csv(DEMO_DIR / "confirmations.csv", psp, "CONFIRMATION", db=db)
     return {"transactions": transactions, "confirmations": confirmations}

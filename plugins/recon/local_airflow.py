@@ -197,7 +197,7 @@ def recon_url_of(env: Mapping[str, str]) -> str:
 def ensure_recon_schema(env: Mapping[str, str]) -> list[str]:
     """Apply pending sql/ migrations to the recon database the DAG will use."""
     from recon.db import Database
-    from recon.migrations import migrate
+    from recon.db.migrations import migrate
 
     db = Database(recon_url_of(env), "recon_db")
     try:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from recon import domain, pipeline
+from recon import accounts, pipeline
 from recon.db import Database
-from recon.ingest import NewStagingEntry, create_staging_entries
+from recon.staging import NewStagingEntry, create_staging_entries
 
 
 @dataclass
@@ -48,8 +48,8 @@ class Books:
 
 @pytest.fixture
 def books(db: Database) -> Books:
-    merchant = domain.create_merchant("Acme Payments", db=db)
-    bank = domain.create_account(merchant, "Bank USD", "DEBIT_NORMAL", "USD", db=db)
-    clearing = domain.create_account(merchant, "PSP clearing USD", "CREDIT_NORMAL", "USD", db=db)
-    rule = domain.create_recon_rule(bank, clearing, db=db)
+    merchant = accounts.create_merchant("Acme Payments", db=db)
+    bank = accounts.create_account(merchant, "Bank USD", "DEBIT_NORMAL", "USD", db=db)
+    clearing = accounts.create_account(merchant, "PSP clearing USD", "CREDIT_NORMAL", "USD", db=db)
+    rule = accounts.create_recon_rule(bank, clearing, db=db)
     return Books(db, merchant, bank, clearing, rule)

@@ -17,9 +17,9 @@ from typing import Any, Sequence
 
 import sqlalchemy as sa
 
-from recon import domain, ledger, pipeline
+from recon import accounts, ledger, pipeline
 from recon.db import Database
-from recon.ingest import Created, NewStagingEntry, create_staging_entries
+from recon.staging import Created, NewStagingEntry, create_staging_entries
 from tests.reliability import figures
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -66,12 +66,12 @@ class Books:
 
 
 def make_books(db: Database, prefix: str = "") -> Books:
-    merchant = domain.create_merchant("Reliability Ltd", db=db)
-    bank = domain.create_account(merchant, "Bank USD", "DEBIT_NORMAL", "USD",
+    merchant = accounts.create_merchant("Reliability Ltd", db=db)
+    bank = accounts.create_account(merchant, "Bank USD", "DEBIT_NORMAL", "USD",
                                  account_id=f"{prefix}acc_bank" if prefix else None, db=db)
-    clearing = domain.create_account(merchant, "PSP clearing USD", "CREDIT_NORMAL", "USD",
+    clearing = accounts.create_account(merchant, "PSP clearing USD", "CREDIT_NORMAL", "USD",
                                      account_id=f"{prefix}acc_clearing" if prefix else None, db=db)
-    rule = domain.create_recon_rule(bank, clearing, db=db)
+    rule = accounts.create_recon_rule(bank, clearing, db=db)
     return Books(db, merchant, bank, clearing, rule)
 
 

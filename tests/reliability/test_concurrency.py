@@ -26,7 +26,7 @@ import time
 import pytest
 
 from recon import pipeline
-from recon.ingest import NewStagingEntry, create_staging_entries
+from recon.staging import NewStagingEntry, create_staging_entries
 from tests.reliability import figures
 from tests.reliability.helpers import (
     EFFECTIVE,

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 
 from recon.db import Database, libpq_url
-from recon.migrations import migrate
+from recon.db.migrations import migrate
 from tests.reliability import figures
 from tests.reliability.helpers import (
     Books,

@@ -33,9 +33,9 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from recon import domain, pipeline
+from recon import accounts, pipeline
 from recon.db import Database
-from recon.ingest import create_staging_entries
+from recon.staging import create_staging_entries
 from tests import databases
 from tests.reliability import figures
 from tests.reliability.helpers import ENGINE_SETTINGS, EFFECTIVE, assert_books_consistent, task_statuses
@@ -53,11 +53,11 @@ AMOUNTS = ["10.00", "10", "10.5", "10.50", "7.25", "0.01"]
 
 
 def _setup(db: Database) -> None:
-    merchant = domain.create_merchant("Invariants", merchant_id="mer_inv", db=db)
+    merchant = accounts.create_merchant("Invariants", merchant_id="mer_inv", db=db)
     for name in CURRENCY:
-        domain.create_account(merchant, f"account {name}", KIND[name], CURRENCY[name], account_id=name, db=db)
+        accounts.create_account(merchant, f"account {name}", KIND[name], CURRENCY[name], account_id=name, db=db)
     for one, two in RULES:
-        domain.create_recon_rule(one, two, rule_id=f"rule_{one}_{two}", db=db)
+        accounts.create_recon_rule(one, two, rule_id=f"rule_{one}_{two}", db=db)
 
 
 # ---- generating a scenario ---------------------------------------------------------------------
@@ -121,7 +121,7 @@ def _stage(db: Database, lines: list[Line]) -> list[str]:
     """One line per transaction, so run_after (and so the claim order) follows the input order."""
     ids = []
     for mode, account, side, amount, currency, order in lines:
-        from recon.ingest import NewStagingEntry
+        from recon.staging import NewStagingEntry
 
         meta = {"order_id": order} if order else {}
         (created,) = create_staging_entries([NewStagingEntry(account, side, amount, currency, mode, EFFECTIVE, meta)],

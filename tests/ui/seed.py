@@ -16,9 +16,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from recon import domain, monitoring, pipeline
+from recon import accounts, pipeline
+from recon.reporting import monitoring
 from recon.db import Database
-from recon.ingest import NewStagingEntry, create_staging_entries
+from recon.staging import NewStagingEntry, create_staging_entries
 from recon.settings import RetryPolicy
 from recon.tracker import ProcessTracker
 
@@ -57,11 +58,11 @@ def _entry(account: str, side: str, amount: str, mode: str, order_id: str, **ext
 
 
 def seed_monitoring_books(db: Database) -> SeededBooks:
-    merchant = domain.create_merchant("Acme Payments", db=db)
-    bank = domain.create_account(merchant, "Bank USD", "DEBIT_NORMAL", "USD", "1000.00", db=db)
-    clearing = domain.create_account(merchant, "PSP clearing USD", "CREDIT_NORMAL", "USD", db=db)
-    orphan = domain.create_account(merchant, "Bank USD without rule", "DEBIT_NORMAL", "USD", db=db)
-    domain.create_recon_rule(bank, clearing, db=db)
+    merchant = accounts.create_merchant("Acme Payments", db=db)
+    bank = accounts.create_account(merchant, "Bank USD", "DEBIT_NORMAL", "USD", "1000.00", db=db)
+    clearing = accounts.create_account(merchant, "PSP clearing USD", "CREDIT_NORMAL", "USD", db=db)
+    orphan = accounts.create_account(merchant, "Bank USD without rule", "DEBIT_NORMAL", "USD", db=db)
+    accounts.create_recon_rule(bank, clearing, db=db)
     books = SeededBooks(db, merchant, bank, clearing, orphan)
 
     # run 1: bookings, plus one line on an account without a rule (manual review)

@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from recon import ledger, monitoring, pipeline
+from recon import ledger, pipeline
+from recon.reporting import monitoring
 from tests.ui.seed import LEASE_OWNER, MISMATCH_ORDER, RETRY_ERROR, UNMATCHED_ORDER, SeededBooks
 
 

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from recon import monitoring
+from recon.reporting import monitoring
 from tests.ui.airflow_harness import ARTIFACTS, AirflowServer, running_airflow
 from tests.ui.seed import SeededBooks
 

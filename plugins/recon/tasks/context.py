@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recon.domain import Account, ReconRule
+from recon.accounts import Account, ReconRule
 from recon.errors import ErrorType
 from recon.tasks.base import ManualReview
 from recon.tracker import Task

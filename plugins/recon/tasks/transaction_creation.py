@@ -7,7 +7,7 @@ recon rule whose account_one is A (the opposite side), transaction EXPECTED, ver
 from __future__ import annotations
 
 from recon.errors import ErrorType
-from recon.ingest import EntryType
+from recon.staging import EntryType
 from recon.ledger import LedgerBatch, NewEntry, NewTransaction, new_id
 from recon.tasks.base import Applied, ManualReview, Plan, ReconTask, Verdict
 from recon.tasks.context import (

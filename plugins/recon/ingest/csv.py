@@ -40,9 +40,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from recon.db import Database, default_database
-from recon.domain import Account, AccountType, get_account
+from recon.accounts import Account, AccountType, get_account
 from recon.errors import InvalidInputError
-from recon.ingest import (
+from recon.staging import (
     MAX_ORDER_ID_LENGTH,
     EntryType,
     NewStagingEntry,

@@ -1,0 +1,1 @@
+"""Read models: the CLI report, the Recon view's queries and the per-run summaries."""
