@@ -293,7 +293,7 @@ def recon_process_tracker():
     ) -> dict:
         """Log and return the run's counts; fail the run when a chunk did not finish."""
         from recon import pipeline
-from recon.reporting import monitoring
+        from recon.reporting import monitoring
 
         results = _chunk_results(chunk_results)
         if params["dry_run"]:
