@@ -24,14 +24,14 @@ ROUND_MODES = ("raw", "dag", "inprocess")  # serial runs once, after the rounds 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from recon import pipeline
+    from recon import settings
 
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--entries", type=int, default=100_000, help="staging entries in the workload (default 100,000)")
-    p.add_argument("--batch-size", type=int, default=pipeline.DEFAULT_BATCH_SIZE,
-                   help="tasks claimed per DAG run / per raw SQL batch (default: pipeline.DEFAULT_BATCH_SIZE)")
-    p.add_argument("--chunk-size", type=int, default=pipeline.DEFAULT_CHUNK_SIZE,
-                   help="tasks per mapped chunk (default: pipeline.DEFAULT_CHUNK_SIZE)")
+    p.add_argument("--batch-size", type=int, default=settings.batch_size(),
+                   help="tasks claimed per DAG run / per raw SQL batch (default: recon.settings.batch_size())")
+    p.add_argument("--chunk-size", type=int, default=settings.chunk_size(),
+                   help="tasks per mapped chunk (default: recon.settings.chunk_size())")
     p.add_argument("--workers", type=int, default=2,
                    help="dag.test() drivers side by side, like concurrent DAG runs or executor slots"
                         " (default 2, one per CPU of the reference machine)")

@@ -27,12 +27,12 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import Param, dag, task
 from airflow.sdk.exceptions import AirflowSkipException
 
-from recon.settings import int_env
+from recon import settings
 
 
 @dag(
-    dag_id="recon_maintenance",
-    schedule=os.environ.get("RECON_MAINTENANCE_SCHEDULE", "@daily"),
+    dag_id=settings.MAINTENANCE_DAG_ID,
+    schedule=settings.maintenance_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
@@ -41,14 +41,14 @@ from recon.settings import int_env
     default_args={"owner": "recon", "retries": 1, "retry_delay": timedelta(minutes=5)},
     params={
         "tracker_retention_days": Param(
-            int_env("RECON_TRACKER_RETENTION_DAYS", 30),
+            settings.tracker_retention_days(),
             type="integer",
             minimum=0,
             title="Tracker retention (days)",
             description="COMPLETED Process Tracker rows finished longer ago than this are deleted.",
         ),
         "airflow_retention_days": Param(
-            int_env("RECON_AIRFLOW_RETENTION_DAYS", 7),
+            settings.airflow_retention_days(),
             type="integer",
             minimum=1,
             title="Airflow metadata retention (days)",
@@ -57,17 +57,19 @@ from recon.settings import int_env
     },
 )
 def recon_maintenance():
-    @task
+    @task(multiple_outputs=False)  # a dict return annotation would push every key as its own XCom
     def prune_tracker(params=None) -> dict:
         """Delete old COMPLETED tracker rows (the queue's hot table stays small)."""
         from recon import pipeline
 
-        return pipeline.prune(params["tracker_retention_days"])
+        from recon.db import default_database
+
+        return pipeline.prune(params["tracker_retention_days"], default_database(allow_embedded=False))
 
     @task.bash
     def clean_airflow_metadata(params=None) -> str:
         """`airflow db clean` older than the retention, against RECON_AIRFLOW_METADATA_URL."""
-        if not os.environ.get("RECON_AIRFLOW_METADATA_URL"):
+        if not settings.airflow_metadata_url():
             raise AirflowSkipException(
                 "RECON_AIRFLOW_METADATA_URL is not set in the worker's environment: "
                 "Airflow's metadata was not cleaned (run `airflow db clean` elsewhere, or set it)"

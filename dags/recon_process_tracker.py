@@ -16,13 +16,27 @@ reap → requeue → claim → split ─┬─ chunk.decide → chunk.validate �
 | `requeue` | only with the `reprocess` param: FAILED tasks and NEEDS_MANUAL_REVIEW entries in that scope are queued again |
 | `claim` | leases up to `batch_size` due tasks to this run (`FOR UPDATE SKIP LOCKED`: safe with concurrent runs) |
 | `split` | chunks of `chunk_size` task ids, never more than `[core] max_map_length` chunks |
-| `chunk.decide` / `chunk.validate` | read-only: which task implementation handles each entry, and whether its input is sound |
-| `chunk.run` | the ledger effect, staging status and tracker status of each task, in one DB transaction |
+| `chunk.decide` | read-only: which strategy (task implementation) handles each task → routes |
+| `chunk.validate` | read-only: a verdict per task from what it read (book, fulfil, manual review with its reason, wait) |
+| `chunk.run` | writes validate's verdicts: ledger effect, staging status and tracker status of each task, in one DB transaction |
 | `write_back` | runs whatever happened above: any claimed task still PROCESSING goes to RETRY |
 | `summary` | logs and returns the counts; fails the run if a chunk did not finish |
 
-Mapped chunks are labelled `chunk 3 · 500 tasks` in the Grid. XCom carries task ids and
-counts only, never entry payloads.
+Mapped chunks are labelled `chunk 3 · 500 tasks` in the Grid. XCom carries task ids, counts
+and compact verdict codes (decide's routes, validate's verdicts), never entry payloads.
+
+`chunk.run` does not decide or validate again. Inside its transaction it re-checks, under row
+locks, only what another worker can change between `validate` and `run`:
+
+| verdict | re-checked in `run` |
+| --- | --- |
+| every task | its lease (outcomes are written only for tasks still leased to this run) and its staging entry (locked; a PROCESSED entry makes the verdict outdated) |
+| book | that no other worker booked the same order meanwhile (advisory lock on orders other queued lines book too, then a re-read) |
+| fulfil, mismatch | that the expected leg is still open (its transaction locked `FOR UPDATE`) |
+| manual review, wait | nothing: written as validated |
+
+If a re-check fails, the chunk is validated again inside the same transaction, under those
+locks, before anything is written; results never depend on chunking or on which worker ran first.
 
 ## Triggering by hand
 
@@ -47,7 +61,6 @@ timeouts; a bug or a constraint violation fails at once).
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from datetime import datetime, timedelta
 
@@ -65,44 +78,31 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from recon.settings import int_env
+# recon.settings and recon.errors import nothing heavy: parsing this file does not load the engine
+from recon import settings
+from recon.errors import RETRYABLE_ERRORS
 
 log = logging.getLogger("recon.dags.process_tracker")
 
 TASK_TYPES = ["PROCESS_STAGING_ENTRY"]
-# recon.pipeline.DEFAULT_BATCH_SIZE / DEFAULT_CHUNK_SIZE: importing the engine here would make
-# every parse import SQLAlchemy and the task modules, so the values are repeated and
-# tests/dags/test_dag_structure.py checks that they stay equal.
-DEFAULT_BATCH_SIZE = 25_000
-DEFAULT_CHUNK_SIZE = 12_500
-
-
-def _schedule() -> str | None:
-    raw = os.environ.get("RECON_SCHEDULE", "* * * * *").strip()
-    return None if raw.lower() in ("", "none", "manual") else raw
-
 
 # Only errors a second attempt can cure are retried: the database went away or timed out.
 INFRASTRUCTURE_ERRORS = ExceptionRetryPolicy(
-    rules=[
-        RetryRule(
-            exception=[
-                "sqlalchemy.exc.OperationalError",
-                "sqlalchemy.exc.InterfaceError",
-                "sqlalchemy.exc.TimeoutError",
-                "psycopg.OperationalError",
-                "builtins.ConnectionError",
-                "builtins.TimeoutError",
-            ],
-            action=RetryAction.RETRY,
-            reason="infrastructure error: retrying",
-        )
-    ],
+    rules=[RetryRule(exception=list(RETRYABLE_ERRORS), action=RetryAction.RETRY,
+                     reason="infrastructure error: retrying")],
     default=RetryAction.FAIL,
 )
 
 CHUNK_LABEL = "{{ chunk_label }}"
 ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
+
+
+def _recon_db():
+    """The recon database of a task: the Airflow connection recon_db or RECON_DATABASE_URL, never an
+    embedded server (a task on a private empty database would report an empty queue)."""
+    from recon.db import default_database
+
+    return default_database(allow_embedded=False)
 
 
 def _label_chunk(task_ids: list[str]) -> None:
@@ -136,34 +136,34 @@ def _validation_totals(ti) -> dict:
 
 
 @dag(
-    dag_id="recon_process_tracker",
-    schedule=_schedule(),
+    dag_id=settings.DAG_ID,
+    schedule=settings.schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=int_env("RECON_MAX_ACTIVE_RUNS", 1),
+    max_active_runs=settings.max_active_runs(),
     doc_md=__doc__,
     tags=["recon", "process-tracker"],
     default_args={
         "owner": "recon",
-        "retries": int_env("RECON_TASK_RETRIES", 2),
-        "retry_delay": timedelta(seconds=int_env("RECON_TASK_RETRY_DELAY_SECONDS", 30)),
+        "retries": settings.task_retries(),
+        "retry_delay": timedelta(seconds=settings.task_retry_delay_seconds()),
         "retry_policy": INFRASTRUCTURE_ERRORS,
         "execution_timeout": timedelta(minutes=30),
     },
     params={
         "batch_size": Param(
-            int_env("RECON_BATCH_SIZE", DEFAULT_BATCH_SIZE),
+            settings.batch_size(),
             type="integer",
             minimum=1,
-            maximum=1_000_000,
+            maximum=settings.MAX_BATCH_SIZE,
             title="Batch size",
             description="Most tasks this run claims from the Process Tracker.",
         ),
         "chunk_size": Param(
-            int_env("RECON_CHUNK_SIZE", DEFAULT_CHUNK_SIZE),
+            settings.chunk_size(),
             type="integer",
             minimum=1,
-            maximum=100_000,
+            maximum=settings.MAX_CHUNK_SIZE,
             title="Chunk size",
             description="Tasks per mapped chunk (decide → validate → run). "
             "Raised automatically so a batch never needs more than [core] max_map_length chunks.",
@@ -199,14 +199,16 @@ def _validation_totals(ti) -> dict:
     },
 )
 def recon_process_tracker():
-    @task
+    # A Mapping return annotation would turn on multiple_outputs (every key its own XCom): the
+    # tasks returning a dict say multiple_outputs=False.
+    @task(multiple_outputs=False)
     def reap() -> dict:
         """Rescue tasks whose lease expired (their worker died) before claiming new ones."""
         from recon import pipeline
 
-        return pipeline.reap()
+        return pipeline.reap(_recon_db())
 
-    @task
+    @task(multiple_outputs=False)
     def requeue(params=None) -> dict:
         """Backfill: queue FAILED tasks and manual-review entries in the `reprocess` scope again."""
         from recon import pipeline
@@ -221,6 +223,7 @@ def recon_process_tracker():
             created_from=scope.get("created_from"),
             created_to=scope.get("created_to"),
             task_ids=scope.get("task_ids"),
+            db=_recon_db(),
         )
 
     @task(multiple_outputs=True)
@@ -229,11 +232,11 @@ def recon_process_tracker():
         from recon import pipeline
 
         if params["dry_run"]:
-            task_ids = pipeline.peek(params["batch_size"], params["task_type"])
+            task_ids = pipeline.peek(params["batch_size"], params["task_type"], db=_recon_db())
             lease_owner = None
         else:
             lease_owner = pipeline.new_owner(run_id)
-            task_ids = pipeline.claim(params["batch_size"], params["task_type"], lease_owner)
+            task_ids = pipeline.claim(params["batch_size"], params["task_type"], lease_owner, db=_recon_db())
         log.info("claimed %d task(s)%s", len(task_ids), " (dry run: peeked, not leased)" if lease_owner is None else "")
         return {"lease_owner": lease_owner, "task_ids": task_ids, "count": len(task_ids)}
 
@@ -250,50 +253,50 @@ def recon_process_tracker():
 
     @task_group(group_id="chunk", tooltip="One chunk of claimed tasks: decide → validate → run")
     def process_chunk(task_ids: list[str], lease_owner: str | None):
-        @task(map_index_template=CHUNK_LABEL)
+        @task(map_index_template=CHUNK_LABEL, multiple_outputs=False)
         def decide(task_ids: list[str]) -> dict:
-            """Which task implementation handles each claimed task (read-only)."""
+            """Which strategy handles each claimed task (read-only): routes for validate."""
             from recon import pipeline
 
             _label_chunk(task_ids)
-            return pipeline.decide_chunk(task_ids)
+            return pipeline.decide_chunk(task_ids, _recon_db())
 
-        @task(map_index_template=CHUNK_LABEL)
+        @task(map_index_template=CHUNK_LABEL, multiple_outputs=False)
         def validate(decision: dict) -> dict:
-            """Check each task's input before anything is written (read-only)."""
+            """A verdict per task from what it read, before anything is written (read-only)."""
             from recon import pipeline
 
             _label_chunk(decision["task_ids"])
-            return pipeline.validate_chunk(decision)
+            return pipeline.validate_chunk(decision, _recon_db())
 
-        @task(map_index_template=CHUNK_LABEL)
+        @task(map_index_template=CHUNK_LABEL, multiple_outputs=False)
         def run(validation: dict, lease_owner: str | None, params=None) -> dict:
-            """Write each task's outcome: ledger effect, staging status and tracker status together."""
+            """Write validate's verdicts: ledger effect, staging status and tracker status together."""
             from recon import pipeline
 
             _label_chunk(validation["task_ids"])
             if params["dry_run"]:
                 raise AirflowSkipException("dry run: decide and validate only, nothing written")
-            return pipeline.run_chunk(validation, lease_owner)
+            return pipeline.run_chunk(validation, lease_owner, _recon_db())
 
         return run(validate(decide(task_ids)), lease_owner)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
     def write_back(task_ids: list[str] | None, lease_owner: str | None) -> dict:
         """Whatever happened to the chunks, no claimed task stays PROCESSING after this run."""
         from recon import pipeline
 
         if not lease_owner or not task_ids:
             return {"leftover": 0, "retried": 0, "failed": 0}
-        return pipeline.write_back(task_ids, lease_owner)
+        return pipeline.write_back(task_ids, lease_owner, _recon_db())
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
     def summary(
         chunk_results, chunks, claimed: int | None, written_back: dict | None, dag_run=None, params=None, ti=None
     ) -> dict:
         """Log and return the run's counts; fail the run when a chunk did not finish."""
         from recon import pipeline
-        from recon.reporting import monitoring
+        from recon.reporting import run_summaries
 
         results = _chunk_results(chunk_results)
         if params["dry_run"]:
@@ -305,8 +308,9 @@ def recon_process_tracker():
         expected = len(chunks) if chunks else 0
         incomplete = not params["dry_run"] and (len(results) < expected or written_back is None)
         # the Recon view (Airflow UI → Recon, and this run's "Recon summary" tab) reads this row
-        monitoring.record_run_summary(dag_run.run_id, counts, outcome="failed" if incomplete else "success")
-        log.info("%s", monitoring.summary_markdown(counts, dag_run.run_id))
+        run_summaries.record_run_summary(dag_run.run_id, counts, outcome="failed" if incomplete else "success",
+                                      db=_recon_db())
+        log.info("%s", run_summaries.summary_markdown(counts, dag_run.run_id))
         if incomplete:
             ti.xcom_push(key="summary", value=counts)
             raise AirflowFailException(

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 
 from bench import workload
 from bench.databases import Server, database_name
-from recon import ledger, pipeline
+from recon import ledger, pipeline, settings
 from recon.db import Database, reset_default_database
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,7 @@ def state(db: Database) -> dict[str, Any]:
     return {"staging": staging, "entries": entries, "transactions": transactions, "tasks": tasks}
 
 
-@pytest.mark.parametrize("batch_size, chunk_size", [(pipeline.DEFAULT_BATCH_SIZE, pipeline.DEFAULT_CHUNK_SIZE),
+@pytest.mark.parametrize("batch_size, chunk_size", [(settings.DEFAULT_BATCH_SIZE, settings.DEFAULT_CHUNK_SIZE),
                                                     (300, 37)])
 def test_batch_path_and_per_task_path_end_in_the_same_books(staged, batch_size, chunk_size):
     one_at_a_time, batched = staged

@@ -13,7 +13,8 @@ import pytest
 import sqlalchemy as sa
 
 from recon.ingest import csv as csv_ingest
-from recon.ingest.csv import IngestReport, ingest_csv, lock_for_ingest
+from recon.ingest.csv import IngestReport, ingest_csv
+from recon.staging import lock_for_ingest
 from recon.db import Database
 from recon.accounts import create_account, create_merchant
 from recon.errors import InvalidInputError, NotFoundError

@@ -1,40 +1,20 @@
-"""Merchants, accounts and recon rules: the static set-up the engine books against."""
+"""Merchants, accounts and recon rules: the static set-up the engine books against, and the only
+module whose SQL reads or writes ``merchant_accounts``, ``accounts`` and ``recon_rules``."""
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recon.db import Database, default_database
+from recon.db import Database
 from recon.errors import InvalidInputError, NotFoundError
-from recon.money import parse_currency
+from recon.model import Account, AccountType, ReconRule
+from recon.money import parse_amount, parse_currency
 
-
-class AccountType(enum.StrEnum):
-    DEBIT_NORMAL = "DEBIT_NORMAL"
-    CREDIT_NORMAL = "CREDIT_NORMAL"
-
-
-@dataclass(frozen=True)
-class Account:
-    account_id: str
-    merchant_id: str
-    account_name: str
-    account_type: str
-    currency: str
-    initial_balance: Decimal
-
-
-@dataclass(frozen=True)
-class ReconRule:
-    id: str
-    merchant_id: str
-    account_one_id: str
-    account_two_id: str
+_ACCOUNT_COLUMNS = "account_id, merchant_id, account_name, account_type, currency, initial_balance"
 
 
 def _name(value: str, field: str) -> str:
@@ -43,9 +23,9 @@ def _name(value: str, field: str) -> str:
     return value.strip()
 
 
-def create_merchant(merchant_name: str, merchant_id: str | None = None, db: Database | None = None) -> str:
+def create_merchant(merchant_name: str, merchant_id: str | None = None, *, db: Database) -> str:
     name = _name(merchant_name, "merchant_name")
-    with (db or default_database()).begin() as conn:
+    with db.begin() as conn:
         return conn.execute(
             sa.text(
                 "INSERT INTO merchant_accounts (merchant_id, merchant_name)"
@@ -62,10 +42,9 @@ def create_account(
     currency: str,
     initial_balance: Decimal | str | int = 0,
     account_id: str | None = None,
-    db: Database | None = None,
+    *,
+    db: Database,
 ) -> str:
-    from recon.money import parse_amount
-
     name = _name(account_name, "account_name")
     try:
         kind = AccountType(account_type)
@@ -74,8 +53,8 @@ def create_account(
             f"account_type {account_type!r} must be DEBIT_NORMAL or CREDIT_NORMAL"
         ) from None
     currency = parse_currency(currency)
-    balance = Decimal(0) if initial_balance in (0, "0") else _signed_amount(initial_balance, parse_amount)
-    with (db or default_database()).begin() as conn:
+    balance = Decimal(0) if initial_balance in (0, "0") else _signed_amount(initial_balance)
+    with db.begin() as conn:
         _require_merchant(conn, merchant_id)
         return conn.execute(
             sa.text(
@@ -88,7 +67,7 @@ def create_account(
         ).scalar_one()
 
 
-def _signed_amount(value: Decimal | str | int, parse_amount) -> Decimal:
+def _signed_amount(value: Decimal | str | int) -> Decimal:
     """An initial balance may be negative (an overdrawn account); reuse the amount checks on |value|."""
     text = str(value).strip()
     negative = text.startswith("-")
@@ -96,13 +75,11 @@ def _signed_amount(value: Decimal | str | int, parse_amount) -> Decimal:
     return -amount if negative else amount
 
 
-def create_recon_rule(
-    account_one_id: str, account_two_id: str, rule_id: str | None = None, db: Database | None = None
-) -> str:
+def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | None = None, *, db: Database) -> str:
     """A rule maps account_one (where entries arrive) to its contra account_two."""
     if account_one_id == account_two_id:
         raise InvalidInputError(f"a recon rule needs two distinct accounts, got {account_one_id!r} twice")
-    with (db or default_database()).begin() as conn:
+    with db.begin() as conn:
         one = get_account(account_one_id, conn)
         two = get_account(account_two_id, conn)
         if one.merchant_id != two.merchant_id:
@@ -131,16 +108,46 @@ def create_recon_rule(
 
 
 def get_account(account_id: str, conn: Connection) -> Account:
-    row = conn.execute(
-        sa.text(
-            "SELECT account_id, merchant_id, account_name, account_type, currency, initial_balance"
-            " FROM accounts WHERE account_id = :id"
-        ),
-        {"id": account_id},
-    ).first()
+    row = conn.execute(sa.text(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = :id"), {"id": account_id}).first()
     if row is None:
         raise NotFoundError(f"no account with account_id {account_id!r}")
     return Account(**row._mapping)
+
+
+def list_accounts(conn: Connection, account_ids: Sequence[str] | None = None) -> list[Account]:
+    """Accounts (all, or these), by merchant and name."""
+    rows = conn.execute(
+        sa.text(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts"
+            " WHERE CAST(:ids AS text[]) IS NULL OR account_id = ANY(CAST(:ids AS text[]))"
+            " ORDER BY merchant_id, account_name, account_id"
+        ),
+        {"ids": list(account_ids) if account_ids is not None else None},
+    )
+    return [Account(*r) for r in rows]  # selected in field order
+
+
+def load_accounts(conn: Connection, account_ids: Sequence[str]) -> dict[str, Account]:
+    """The accounts with these ids (unknown ids are left out)."""
+    if not account_ids:
+        return {}
+    rows = conn.execute(sa.text(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = ANY(:ids)"),
+                        {"ids": list(account_ids)})
+    return {r[0]: Account(*r) for r in rows}  # selected in field order
+
+
+def load_rules(conn: Connection, account_ids: Sequence[str]) -> list[ReconRule]:
+    """Rules with any of these accounts on either side, oldest first (the oldest of an account_one wins)."""
+    if not account_ids:
+        return []
+    rows = conn.execute(
+        sa.text(
+            "SELECT id, merchant_id, account_one_id, account_two_id FROM recon_rules"
+            " WHERE account_one_id = ANY(:ids) OR account_two_id = ANY(:ids) ORDER BY created_at, id"
+        ),
+        {"ids": list(account_ids)},
+    )
+    return [ReconRule(*r) for r in rows]  # selected in field order
 
 
 def _require_merchant(conn: Connection, merchant_id: str) -> None:

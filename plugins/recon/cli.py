@@ -1,8 +1,9 @@
 """The `recon` command line: set-up, ingestion, processing, reports, the demo and the local UI.
 
 Every command that touches the database says which one on stderr (never its password).
-Exit codes: 0 success, 2 bad input or configuration, 3 a CSV had rejected rows (the valid
-rows were ingested), 1 the demo's books did not balance or its DAG run failed.
+Exit codes: 0 success, 2 bad input or configuration (a ``ReconError``: the message names what
+was wrong), 3 a CSV had rejected rows (the valid rows were ingested), 1 the demo's books did not
+balance or its DAG run failed, or a bug (its traceback with ``--debug``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import json
 import logging
 import os
 import sys
+import traceback
 from typing import Any
 
 import sqlalchemy.exc
 
-from recon.db import migrations
-from recon.db import DatabaseConfigError, default_database, reset_default_database, stop_embedded_server
-from recon.errors import InvalidInputError, NotFoundError
+from recon import settings
+from recon.db import default_database, migrations, reset_default_database, stop_embedded_server
+from recon.errors import ReconError
 
 
 def _announce_database() -> None:
@@ -64,7 +66,7 @@ def cmd_tracker_reap(args: argparse.Namespace) -> int:
     from recon import pipeline
 
     _announce_database()
-    result = pipeline.reap()
+    result = pipeline.reap(default_database())
     print(f"rescued {result['retried']} task(s) to RETRY, {result['failed']} to FAILED")
     return 0
 
@@ -73,7 +75,7 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
     from recon import pipeline
 
     _announce_database()
-    result = pipeline.requeue_scope(args.created_from, args.created_to, args.task_id or None)
+    result = pipeline.requeue_scope(args.created_from, args.created_to, args.task_id or None, db=default_database())
     print(f"requeued {result['requeued_tasks']} FAILED task(s);"
           f" reopened {result['reopened_entries']} entries from manual review")
     return 0
@@ -86,7 +88,7 @@ def cmd_merchant_create(args: argparse.Namespace) -> int:
     from recon import accounts
 
     _announce_database()
-    print(accounts.create_merchant(args.name, merchant_id=args.id))
+    print(accounts.create_merchant(args.name, merchant_id=args.id, db=default_database()))
     return 0
 
 
@@ -95,7 +97,7 @@ def cmd_account_create(args: argparse.Namespace) -> int:
 
     _announce_database()
     print(accounts.create_account(args.merchant, args.name, args.type, args.currency,
-                                args.initial_balance, account_id=args.id))
+                                  args.initial_balance, account_id=args.id, db=default_database()))
     return 0
 
 
@@ -103,7 +105,7 @@ def cmd_rule_create(args: argparse.Namespace) -> int:
     from recon import accounts
 
     _announce_database()
-    print(accounts.create_recon_rule(args.account_one, args.account_two, rule_id=args.id))
+    print(accounts.create_recon_rule(args.account_one, args.account_two, rule_id=args.id, db=default_database()))
     return 0
 
 
@@ -114,7 +116,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from recon.ingest.csv import ingest_csv
 
     _announce_database()
-    report = ingest_csv(args.file, args.account, args.mode,
+    report = ingest_csv(args.file, args.account, args.mode, db=default_database(),
                         progress=lambda p: print(f"  {p.line()}", file=sys.stderr))
     _print(report.to_dict(), args.json, "\n".join(report.summary_lines()))
     return 3 if report.rejected_count else 0
@@ -130,7 +132,7 @@ def cmd_process(args: argparse.Namespace) -> int:
               f" {summary['failed']:,} failed, {summary['retried']:,} retried"
               f" ({summary['entries_per_s']:,.0f} entries/s)", file=sys.stderr)
 
-    summary = pipeline.process_queue(batch_size=args.batch_size, chunk_size=args.chunk_size,
+    summary = pipeline.process_queue(batch_size=args.batch_size, chunk_size=args.chunk_size, db=default_database(),
                                      max_batches=args.max_batches, progress=progress)
     _print(summary, args.json, _format_summary(summary))
     return 0
@@ -149,7 +151,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from recon.reporting.report import build_report, format_report
 
     _announce_database()
-    report = build_report()
+    report = build_report(default_database())
     _print(report, args.json, format_report(report))
     return 0
 
@@ -173,7 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.no_airflow:
         from recon import pipeline
 
-        summary = pipeline.process_queue()
+        summary = pipeline.process_queue(db=db)
     else:
         from recon import local_airflow
 
@@ -216,6 +218,7 @@ def cmd_airflow(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recon", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def group(name: str, help: str) -> argparse._SubParsersAction:
@@ -266,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=cmd_ingest)
 
     process = commands.add_parser("process", help="drain the queue in-process (the DAG's own steps)")
-    process.add_argument("--batch-size", type=int, default=20_000)
-    process.add_argument("--chunk-size", type=int, default=2_000)
+    process.add_argument("--batch-size", type=int, default=settings.batch_size())
+    process.add_argument("--chunk-size", type=int, default=settings.chunk_size())
     process.add_argument("--max-batches", type=int, default=None)
     process.add_argument("--json", action="store_true")
     process.set_defaults(func=cmd_process)
@@ -305,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (DatabaseConfigError, InvalidInputError, NotFoundError, ValueError, LookupError) as exc:
+    except ReconError as exc:  # bad input or configuration: the message says what to fix
         print(f"recon: error: {exc}", file=sys.stderr)
         return 2
     except sqlalchemy.exc.OperationalError as exc:  # unreachable server, missing database, ...
@@ -317,4 +320,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"recon: error: {str(exc.orig).splitlines()[0]} -- run `./recon db migrate` first",
                   file=sys.stderr)
             return 2
-        raise
+        return _bug(exc, args.debug)
+    except Exception as exc:  # a bug, not bad input: say so, with the traceback on request
+        return _bug(exc, args.debug)
+
+
+def _bug(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(exc)
+    else:
+        print(f"recon: unexpected error (a bug; rerun with --debug for the traceback):"
+              f" {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1

@@ -17,6 +17,7 @@ from recon import accounts
 from recon.ingest.csv import ingest_csv
 from recon.db import Database, libpq_url, resolve_database
 from recon.db.migrations import migrate
+from recon.errors import NotFoundError
 from recon.settings import PROJECT_ROOT
 
 DEMO_DATABASE = "recon_demo"
@@ -38,7 +39,7 @@ def existing_demo_database() -> str:
     with psycopg.connect(admin, autocommit=True) as conn:
         found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)).fetchone()
     if not found:
-        raise LookupError(f"no {DEMO_DATABASE} database yet: run ./recon demo first")
+        raise NotFoundError(f"no {DEMO_DATABASE} database yet: run ./recon demo first")
     return url
 
 

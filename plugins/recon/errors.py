@@ -1,8 +1,16 @@
-"""Errors with a stable ``error_type``: stored in staging metadata and tracker ``last_error``.
+"""The engine's errors: one root for everything the library raises on purpose.
 
-Business outcomes (no rule, mismatch, ...) are not exceptions in the engine's hot path; they
-are ``ManualReview`` outcomes carrying one of the ``ErrorType`` values. The exceptions here are
-for callers of the library (producers, CLI) who pass bad input.
+Two vocabularies live here:
+
+- ``ErrorType``: the stable names of business outcomes stored in a staging entry's
+  ``metadata.error_type`` and the tracker's ``last_error`` (no rule, mismatch, ...). Those are not
+  exceptions in the engine's hot path: they are manual-review verdicts.
+- ``ReconError`` and its subclasses: raised to callers (producers, the CLI, the DAGs) who asked
+  for something that cannot be done. The CLI turns a ``ReconError`` into exit code 2 with its
+  message; anything else is a bug and surfaces as one.
+
+``RETRYABLE_ERRORS`` lists the infrastructure errors a second attempt can cure; it feeds both
+the DAG's retry policy and the engine's chunk retries.
 """
 
 from __future__ import annotations
@@ -26,11 +34,56 @@ class ErrorType(enum.StrEnum):
     UNEXPECTED = "UnexpectedError"
 
 
-class InvalidInputError(ValueError):
-    """Bad input from a producer or the CLI; nothing was written."""
+class ReconError(Exception):
+    """Root of every error the recon library raises on purpose."""
+
+
+class InvalidInputError(ReconError, ValueError):
+    """Bad input from a producer, the CLI or a DAG param; nothing was written."""
 
     error_type = "InvalidInputError"
 
 
-class NotFoundError(LookupError):
-    """A referenced merchant, account or rule does not exist."""
+class NotFoundError(ReconError, LookupError):
+    """A referenced merchant, account, rule or task does not exist."""
+
+
+class ConfigurationError(ReconError, ValueError):
+    """A setting, URL or connection cannot be used as configured."""
+
+
+class DatabaseConfigError(ConfigurationError):
+    """The configured database URL or Airflow connection cannot be used."""
+
+
+class MigrationError(ReconError):
+    """The schema cannot be brought up to date (bad file, edited migration, ...)."""
+
+
+class LeaseLostError(ReconError):
+    """Some tasks of a chunk are no longer leased to this worker: nothing of the chunk is written."""
+
+
+class LedgerInvariantError(ReconError):
+    """The books would not balance: the whole database transaction is rolled back."""
+
+
+# Import paths, as Airflow's ExceptionRetryPolicy takes them: only errors a second attempt can
+# cure (the database went away, timed out, or aborted a transaction for a conflict).
+RETRYABLE_ERRORS: tuple[str, ...] = (
+    "sqlalchemy.exc.OperationalError",  # psycopg: connection errors, timeouts, serialization, deadlock
+    "sqlalchemy.exc.InterfaceError",
+    "sqlalchemy.exc.TimeoutError",  # the connection pool
+    "psycopg.OperationalError",
+    "builtins.ConnectionError",
+    "builtins.TimeoutError",
+)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Is `exc` (or a class it derives from) one of RETRYABLE_ERRORS, or a dropped connection?"""
+    for cls in type(exc).__mro__:
+        if f"{cls.__module__}.{cls.__qualname__}" in RETRYABLE_ERRORS:
+            return True
+    # a statement that failed because its connection was lost, whatever the DBAPI error class
+    return bool(getattr(exc, "connection_invalidated", False))

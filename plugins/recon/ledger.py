@@ -1,8 +1,10 @@
-"""The versioned double-entry ledger: transactions, entries, balances and invariants.
+"""The versioned double-entry ledger: transactions, entries, balances and invariants; the only
+module whose SQL reads or writes ``transactions`` and ``entries``.
 
 A transaction is never edited in place when it is fulfilled: version N is ARCHIVED and
 version N+1 is written. Writes are collected in a ``LedgerBatch`` and flushed with one
-statement per kind, so a chunk of thousands of entries costs a handful of round trips.
+statement per kind, so a chunk of thousands of entries costs a handful of round trips. The
+engine's reads are set-based too: one statement per chunk for each question a strategy asks.
 """
 
 from __future__ import annotations
@@ -11,16 +13,15 @@ import datetime as dt
 import os
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recon.db import Database, default_database, json_rows
-
-
-class LedgerInvariantError(RuntimeError):
-    """The books would not balance: the whole database transaction is rolled back."""
+from recon import accounts
+from recon.db import Database, json_rows
+from recon.errors import LedgerInvariantError
+from recon.model import ExpectedLeg, PostedLeg
 
 
 _RANDOM_HEX: list[str] = []  # 128-bit random ids drawn 1,024 at a time (one urandom call)
@@ -174,9 +175,9 @@ class InvariantReport:
         return not any(vars(self).values())
 
 
-def check_invariants(db: Database | None = None) -> InvariantReport:
+def check_invariants(db: Database) -> InvariantReport:
     """Whole-ledger check used by reports and tests: every number must be zero."""
-    with (db or default_database()).begin() as conn:
+    with db.begin() as conn:
         row = conn.execute(
             sa.text(
                 """
@@ -212,28 +213,33 @@ class Balance:
     available: Decimal
 
 
-_BALANCES = sa.text(
+_SIDE_SUMS = sa.text(
     """
-    SELECT a.account_id, a.account_name, a.account_type, a.currency, a.initial_balance,
-           coalesce(sum(e.amount) FILTER (WHERE e.status = 'POSTED' AND e.entry_type = 'DEBIT'), 0)
-               AS posted_debits,
-           coalesce(sum(e.amount) FILTER (WHERE e.status = 'POSTED' AND e.entry_type = 'CREDIT'), 0)
-               AS posted_credits,
-           coalesce(sum(e.amount) FILTER (WHERE e.status = 'EXPECTED' AND e.entry_type = 'DEBIT'), 0)
-               AS expected_debits,
-           coalesce(sum(e.amount) FILTER (WHERE e.status = 'EXPECTED' AND e.entry_type = 'CREDIT'), 0)
-               AS expected_credits
-    FROM accounts a
-    LEFT JOIN entries e ON e.account_id = a.account_id AND e.status IN ('POSTED', 'EXPECTED')
-                       AND e.currency = a.currency
-    WHERE CAST(:ids AS text[]) IS NULL OR a.account_id = ANY(CAST(:ids AS text[]))
-    GROUP BY a.account_id
-    ORDER BY a.merchant_id, a.account_name, a.account_id
+    SELECT account_id, currency,
+           coalesce(sum(amount) FILTER (WHERE status = 'POSTED' AND entry_type = 'DEBIT'), 0) AS posted_debits,
+           coalesce(sum(amount) FILTER (WHERE status = 'POSTED' AND entry_type = 'CREDIT'), 0) AS posted_credits,
+           coalesce(sum(amount) FILTER (WHERE status = 'EXPECTED' AND entry_type = 'DEBIT'), 0) AS expected_debits,
+           coalesce(sum(amount) FILTER (WHERE status = 'EXPECTED' AND entry_type = 'CREDIT'), 0) AS expected_credits
+    FROM entries
+    WHERE status IN ('POSTED', 'EXPECTED')
+      AND (CAST(:ids AS text[]) IS NULL OR account_id = ANY(CAST(:ids AS text[])))
+    GROUP BY account_id, currency
     """
 )
 
 
-def balances(account_ids: list[str] | None = None, db: Database | None = None) -> list[Balance]:
+@dataclass(frozen=True)
+class _SideSums:
+    posted_debits: Decimal = Decimal(0)
+    posted_credits: Decimal = Decimal(0)
+    expected_debits: Decimal = Decimal(0)
+    expected_credits: Decimal = Decimal(0)
+
+
+_NO_ENTRIES = _SideSums()
+
+
+def balances(account_ids: list[str] | None = None, *, db: Database) -> list[Balance]:
     """Posted, pending and available balance per account, in its currency (ARCHIVED excluded).
 
     Debit-normal accounts grow with debits, credit-normal ones with credits:
@@ -242,27 +248,182 @@ def balances(account_ids: list[str] | None = None, db: Database | None = None) -
       available = posted - other-side EXPECTED (money promised away is not available,
                   money promised in is not yet available)
     """
-    with (db or default_database()).begin() as conn:
-        rows = conn.execute(_BALANCES, {"ids": account_ids}).all()
+    with db.begin() as conn:
+        listed = accounts.list_accounts(conn, account_ids)
+        sums = {(r.account_id, r.currency): r for r in conn.execute(_SIDE_SUMS, {"ids": account_ids})}
     result = []
-    for r in rows:
-        if r.account_type == "DEBIT_NORMAL":
+    for a in listed:
+        r = sums.get((a.account_id, a.currency), _NO_ENTRIES)  # entries in another currency are not this account's
+        if a.account_type == "DEBIT_NORMAL":
             grow_posted, shrink_posted = r.posted_debits, r.posted_credits
             grow_expected, shrink_expected = r.expected_debits, r.expected_credits
         else:
             grow_posted, shrink_posted = r.posted_credits, r.posted_debits
             grow_expected, shrink_expected = r.expected_credits, r.expected_debits
-        posted = r.initial_balance + grow_posted - shrink_posted
+        posted = a.initial_balance + grow_posted - shrink_posted
         result.append(
             Balance(
-                account_id=r.account_id,
-                account_name=r.account_name,
-                account_type=r.account_type,
-                currency=r.currency,
-                initial_balance=r.initial_balance,
+                account_id=a.account_id,
+                account_name=a.account_name,
+                account_type=a.account_type,
+                currency=a.currency,
+                initial_balance=a.initial_balance,
                 posted=posted,
                 pending=posted + grow_expected - shrink_expected,
                 available=posted - shrink_expected,
             )
         )
     return result
+
+
+# ---- the engine's reads (one statement per chunk and question) --------------------------------------
+#
+# Statements whose parameters are arrays of a chunk's size run through exec_driver_sql with
+# psycopg's %(name)b placeholders: the list travels as a binary array, built without the
+# per-element escaping of the text format.
+
+_NO_METADATA = "NULL"  # validation does not read metadata: no JSON to decode
+
+
+def _key_arrays(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """(account, order) keys as the two parallel arrays the unnest() queries take."""
+    return {"accounts": [k[0] for k in keys], "orders": [k[1] for k in keys]}
+
+
+def existing_logical_ids(conn: Connection, logical_ids: Sequence[str]) -> set[str]:
+    """Which of these logical transactions are already booked (in any version)."""
+    if not logical_ids:
+        return set()
+    rows = conn.exec_driver_sql(
+        "SELECT DISTINCT logical_transaction_id FROM transactions"
+        " WHERE logical_transaction_id = ANY(CAST(%(ids)b AS text[]))",
+        {"ids": list(logical_ids)},
+    )
+    return set(rows.scalars())
+
+
+def lock_logical_ids(conn: Connection, logical_ids: Sequence[str]) -> None:
+    """Serialise bookings of these logical transactions across workers (transaction-scoped
+    advisory locks, taken in a fixed order so two chunks cannot deadlock on them)."""
+    if logical_ids:
+        conn.exec_driver_sql(
+            "SELECT pg_advisory_xact_lock(k) FROM ("
+            " SELECT DISTINCT hashtextextended(x, 0) AS k FROM unnest(CAST(%(ids)b AS text[])) AS x"
+            " ORDER BY k) AS keys",
+            {"ids": list(logical_ids)},
+        )
+
+
+_EXPECTED_LEG_COLUMNS = """
+    e.entry_id, e.account_id, e.order_id, e.entry_type, e.amount, e.currency,
+    t.transaction_id, t.logical_transaction_id, t.version, t.merchant_id,
+    t.amount AS transaction_amount, {transaction_metadata}
+"""
+_OPEN = "e.status = 'EXPECTED' AND t.status NOT IN ('ARCHIVED', 'MISMATCH')"
+
+
+def expected_legs_by_order(
+    conn: Connection, keys: Sequence[tuple[str, str]], lock: bool, metadata: bool = True
+) -> dict[tuple[str, str], list[ExpectedLeg]]:
+    """Open EXPECTED legs per (account, order), in a fixed order (transaction id, entry id); with
+    `lock`, their transactions are locked FOR UPDATE in that order."""
+    if not keys:
+        return {}
+    columns = _EXPECTED_LEG_COLUMNS.format(transaction_metadata="t.metadata" if metadata else _NO_METADATA)
+    rows = conn.exec_driver_sql(
+        f"""
+        SELECT {columns}
+        FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(orders)b AS text[])) AS k(account_id, order_id)
+        JOIN entries e ON e.account_id = k.account_id AND e.order_id = k.order_id
+        JOIN transactions t ON t.transaction_id = e.transaction_id
+        WHERE {_OPEN}
+        ORDER BY t.transaction_id, e.entry_id
+        """ + (" FOR UPDATE OF t" if lock else ""),
+        _key_arrays(keys),
+    )
+    legs: dict[tuple[str, str], list[ExpectedLeg]] = {}
+    for r in rows:  # in ExpectedLeg's field order
+        leg = ExpectedLeg(*r) if metadata else ExpectedLeg(*r[:-1], {})
+        legs.setdefault((leg.account_id, leg.order_id), []).append(leg)
+    return legs
+
+
+def lock_open_legs(conn: Connection, entry_ids: Sequence[str]) -> dict[str, ExpectedLeg]:
+    """These EXPECTED legs, each still open, with their transactions locked FOR UPDATE in a fixed
+    order; a leg fulfilled or mismatched meanwhile by another worker is left out."""
+    if not entry_ids:
+        return {}
+    columns = _EXPECTED_LEG_COLUMNS.format(transaction_metadata="t.metadata")
+    rows = conn.exec_driver_sql(
+        f"""
+        SELECT {columns}
+        FROM entries e JOIN transactions t ON t.transaction_id = e.transaction_id
+        WHERE e.entry_id = ANY(CAST(%(ids)b AS text[])) AND {_OPEN}
+        ORDER BY t.transaction_id, e.entry_id
+        FOR UPDATE OF t
+        """,
+        {"ids": sorted(entry_ids)},
+    )
+    return {r[0]: ExpectedLeg(*r) for r in rows}
+
+
+def posted_legs(conn: Connection, transaction_ids: Sequence[str]) -> dict[str, list[PostedLeg]]:
+    """The POSTED legs of these transactions (carried over to a fulfilled version)."""
+    if not transaction_ids:
+        return {}
+    rows = conn.exec_driver_sql(
+        # in PostedLeg's field order: rows are unpacked positionally
+        "SELECT entry_id, account_id, transaction_id, entry_type, amount, currency, effective_date,"
+        " metadata FROM entries WHERE transaction_id = ANY(%(ids)b) AND status = 'POSTED'"
+        " ORDER BY transaction_id, entry_id",
+        {"ids": list(transaction_ids)},
+    )
+    legs: dict[str, list[PostedLeg]] = {}
+    for r in rows:
+        leg = PostedLeg(*r)
+        legs.setdefault(leg.transaction_id, []).append(leg)
+    return legs
+
+
+def fulfilled_orders(conn: Connection, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+    """(account, order) keys whose expected leg was already fulfilled (a repeated confirmation)."""
+    if not keys:
+        return set()
+    rows = conn.exec_driver_sql(
+        """
+        SELECT DISTINCT e.account_id, e.order_id
+        FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(orders)b AS text[])) AS k(account_id, order_id)
+        JOIN entries e ON e.account_id = k.account_id AND e.order_id = k.order_id
+        WHERE e.fulfilled_expected_entry_id IS NOT NULL
+        """,
+        _key_arrays(keys),
+    )
+    return {(r.account_id, r.order_id) for r in rows}
+
+
+# ---- read models: the report and the Recon view ------------------------------------------------------
+
+
+def transaction_status_counts(conn: Connection) -> dict[str, int]:
+    return dict(conn.execute(sa.text("SELECT status, count(*) FROM transactions GROUP BY status")).all())
+
+
+def mismatch_transactions(conn: Connection, limit: int) -> tuple[int, list[Any]]:
+    """How many transactions are in MISMATCH, and the most recent `limit` of them."""
+    count = conn.execute(
+        sa.text("SELECT count(*) FROM transactions WHERE status = 'MISMATCH' AND discarded_at IS NULL")
+    ).scalar_one()
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT transaction_id, logical_transaction_id, version, amount, currency, merchant_id,
+                   metadata ->> 'order_id' AS order_id, updated_at
+            FROM transactions
+            WHERE status = 'MISMATCH' AND discarded_at IS NULL
+            ORDER BY updated_at DESC, transaction_id
+            LIMIT :limit
+            """
+        ),
+        {"limit": limit},
+    ).all()
+    return count, rows

@@ -27,15 +27,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from recon import settings
+from recon.errors import ConfigurationError
 
-DAG_ID = "recon_process_tracker"
+DAG_ID = settings.DAG_ID
 DEFAULT_HOME = settings.PROJECT_ROOT / ".recon" / "airflow"
 DAGS_FOLDER = settings.PROJECT_ROOT / "dags"
 PLUGINS_FOLDER = settings.PROJECT_ROOT / "plugins"
 METADATA_DATABASE = "airflow"
 
 
-class AirflowSetupError(RuntimeError):
+class AirflowSetupError(ConfigurationError):
     """Airflow cannot be configured or started as asked."""
 
 
@@ -56,7 +57,7 @@ def airflow_sqlalchemy_url(libpq_url: str) -> str:
 
 def default_metadata_url() -> str:
     """RECON_AIRFLOW_METADATA_URL, else the database `airflow` on the embedded server."""
-    raw = os.environ.get("RECON_AIRFLOW_METADATA_URL")
+    raw = settings.airflow_metadata_url()
     if raw:
         return airflow_sqlalchemy_url(raw)
     from recon.db import start_embedded_server
@@ -66,9 +67,9 @@ def default_metadata_url() -> str:
 
 def default_recon_url() -> str:
     """The recon database as a plain libpq URL (what the resolver in recon.db would pick)."""
-    from recon.db import resolve_database
+    from recon.db import libpq_url, resolve_database
 
-    return resolve_database().url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return libpq_url(resolve_database().url)
 
 
 def _jwt_secret(home: Path) -> str:
@@ -186,12 +187,13 @@ def ensure_metadata_migrated(env: Mapping[str, str]) -> bool:
 
 def recon_url_of(env: Mapping[str, str]) -> str:
     """The recon database Airflow's tasks will use with this environment."""
-    from recon.db import _airflow_env_connection_to_url
+    from recon.db.resolve import connection_value_uri
 
-    raw = env.get("RECON_DATABASE_URL") or env.get("AIRFLOW_CONN_RECON_DB")
-    if not raw:
-        raise AirflowSetupError("neither RECON_DATABASE_URL nor AIRFLOW_CONN_RECON_DB is set")
-    return raw if env.get("RECON_DATABASE_URL") else _airflow_env_connection_to_url(raw)
+    if env.get("RECON_DATABASE_URL"):
+        return env["RECON_DATABASE_URL"]
+    if env.get("AIRFLOW_CONN_RECON_DB"):
+        return connection_value_uri(env["AIRFLOW_CONN_RECON_DB"])
+    raise AirflowSetupError("neither RECON_DATABASE_URL nor AIRFLOW_CONN_RECON_DB is set")
 
 
 def ensure_recon_schema(env: Mapping[str, str]) -> list[str]:

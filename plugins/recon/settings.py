@@ -1,4 +1,10 @@
-"""Tunable knobs, read from the environment once per call so tests and DAG params can vary them."""
+"""Every RECON_* setting and every default, read in one place.
+
+The DAGs, the CLI, the pipeline, the web app and local Airflow all ask this module, so a
+default cannot drift between them. Values are read from the environment on each call (tests
+and DAG params vary them); a bad value is an error that names the variable. This module
+imports nothing heavy: DAG files import it at parse time.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,30 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from recon.errors import ConfigurationError
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+# ---- names ------------------------------------------------------------------------------------
 
-def int_env(name: str, default: int, minimum: int = 0) -> int:
+DAG_ID = "recon_process_tracker"
+MAINTENANCE_DAG_ID = "recon_maintenance"
+AIRFLOW_CONNECTION_ID = "recon_db"  # the Airflow connection naming the recon database
+EMBEDDED_DATABASE_NAME = "recon"
+
+# ---- batch shape --------------------------------------------------------------------------------
+
+# Fewer, larger chunks: each chunk is three Airflow task instances, and a chunk's cost per entry
+# is flat from about 2,000 up. 12,500 keeps a worker under 450 MiB; a batch of two chunks lets
+# two workers share the CPUs (bench/RESULTS.md).
+DEFAULT_BATCH_SIZE = 25_000
+DEFAULT_CHUNK_SIZE = 12_500
+MAX_BATCH_SIZE = 1_000_000
+MAX_CHUNK_SIZE = 100_000
+MAX_CHUNKS = 1_024  # Airflow's [core] max_map_length
+
+
+def int_env(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:
     """An integer setting from the environment; a bad value is an error that names the variable."""
     raw = os.environ.get(name, "").strip()
     if raw == "":
@@ -17,10 +43,30 @@ def int_env(name: str, default: int, minimum: int = 0) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"{name} must be <= {maximum}, got {value}")
     return value
+
+
+def _text_env(name: str, default: str | None = None) -> str | None:
+    raw = os.environ.get(name, "").strip()
+    return raw or default
+
+
+def batch_size() -> int:
+    """Most tasks one run claims (the DAG param's and `recon process`'s default)."""
+    return int_env("RECON_BATCH_SIZE", DEFAULT_BATCH_SIZE, minimum=1, maximum=MAX_BATCH_SIZE)
+
+
+def chunk_size() -> int:
+    """Tasks per chunk (decide -> validate -> run)."""
+    return int_env("RECON_CHUNK_SIZE", DEFAULT_CHUNK_SIZE, minimum=1, maximum=MAX_CHUNK_SIZE)
+
+
+# ---- the Process Tracker ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -34,9 +80,9 @@ class RetryPolicy:
     @classmethod
     def from_env(cls) -> "RetryPolicy":
         return cls(
-            max_attempts=int_env("RECON_MAX_ATTEMPTS", 5, minimum=1),
-            base_seconds=int_env("RECON_RETRY_BASE_SECONDS", 10),
-            max_seconds=int_env("RECON_RETRY_MAX_SECONDS", 3600),
+            max_attempts=int_env("RECON_MAX_ATTEMPTS", cls.max_attempts, minimum=1),
+            base_seconds=int_env("RECON_RETRY_BASE_SECONDS", cls.base_seconds),
+            max_seconds=int_env("RECON_RETRY_MAX_SECONDS", cls.max_seconds),
         )
 
 
@@ -50,6 +96,56 @@ def matching_window_seconds() -> int:
     return int_env("RECON_MATCHING_WINDOW_SECONDS", 0)
 
 
+# ---- the DAGs -----------------------------------------------------------------------------------
+
+
+def schedule() -> str | None:
+    """The tracker DAG's cron; `none`/`manual` (or empty) for manual runs only."""
+    raw = _text_env("RECON_SCHEDULE", "* * * * *")
+    return None if raw is None or raw.lower() in ("none", "manual") else raw
+
+
+def max_active_runs() -> int:
+    """Concurrent runs of the tracker DAG (claims stay safe with more than one)."""
+    return int_env("RECON_MAX_ACTIVE_RUNS", 1, minimum=1)
+
+
+def task_retries() -> int:
+    """Airflow retries of a task that hit an infrastructure error (see errors.RETRYABLE_ERRORS)."""
+    return int_env("RECON_TASK_RETRIES", 2)
+
+
+def task_retry_delay_seconds() -> int:
+    return int_env("RECON_TASK_RETRY_DELAY_SECONDS", 30)
+
+
+def maintenance_schedule() -> str:
+    return _text_env("RECON_MAINTENANCE_SCHEDULE", "@daily") or "@daily"
+
+
+def tracker_retention_days() -> int:
+    """COMPLETED tracker rows older than this are pruned by the maintenance DAG."""
+    return int_env("RECON_TRACKER_RETENTION_DAYS", 30)
+
+
+def airflow_retention_days() -> int:
+    """Airflow metadata (runs, task instances, XComs) older than this is cleaned."""
+    return int_env("RECON_AIRFLOW_RETENTION_DAYS", 7, minimum=1)
+
+
+# ---- databases ----------------------------------------------------------------------------------
+
+
+def database_url() -> str | None:
+    """RECON_DATABASE_URL: the recon database; wins over the Airflow connection and the embedded server."""
+    return _text_env("RECON_DATABASE_URL")
+
+
+def airflow_metadata_url() -> str | None:
+    """RECON_AIRFLOW_METADATA_URL: Airflow's own database for `./recon ui` and maintenance."""
+    return _text_env("RECON_AIRFLOW_METADATA_URL")
+
+
 def embedded_data_dir() -> Path:
     """Where the embedded PostgreSQL keeps its data (git-ignored)."""
-    return Path(os.environ.get("RECON_EMBEDDED_DIR", PROJECT_ROOT / ".recon" / "pgdata"))
+    return Path(_text_env("RECON_EMBEDDED_DIR") or PROJECT_ROOT / ".recon" / "pgdata")

@@ -1,14 +1,20 @@
-"""Producers: a staging entry and its PROCESS_STAGING_ENTRY task are written together.
+"""Staging entries: the producers' insert and every status change, the only module whose SQL reads
+or writes ``staging_entries``.
 
-One INSERT ... RETURNING feeds one INSERT into process_tracker inside the same statement,
-so there is never an entry without its task, whatever fails.
+- Producers: a staging entry and its PROCESS_STAGING_ENTRY task are written by one statement
+  (the entry's INSERT ... RETURNING feeds the tracker's ``INSERT_TASKS_FOR_NEW_ENTRIES``), so there
+  is never an entry without its task, whatever fails.
+- The engine: chunk loads, the outcome of each processed line (PROCESSED, NEEDS_MANUAL_REVIEW),
+  and the questions the matcher asks about lines still waiting to be booked.
+- Reprocessing: entries in manual review reopened (PENDING) for a backfill.
+- Read models for the report and the Recon view.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Mapping, Sequence
@@ -16,26 +22,14 @@ from typing import Any, Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recon.db import Database, default_database
-from recon.errors import InvalidInputError
+from recon import accounts, tracker
+from recon.db import Database, default_database, json_rows
+from recon.errors import ErrorType, InvalidInputError
+from recon.model import EntryType, ProcessingMode, StagingEntry
 from recon.money import parse_amount, parse_currency
 
 MAX_METADATA_BYTES = 16_384  # per entry; keeps a row small and a bad producer visible
 MAX_ORDER_ID_LENGTH = 255
-
-
-class EntryType(enum.StrEnum):
-    DEBIT = "DEBIT"
-    CREDIT = "CREDIT"
-
-    @property
-    def opposite(self) -> "EntryType":
-        return EntryType.CREDIT if self is EntryType.DEBIT else EntryType.DEBIT
-
-
-class ProcessingMode(enum.StrEnum):
-    TRANSACTION = "TRANSACTION"
-    CONFIRMATION = "CONFIRMATION"
 
 
 @dataclass(frozen=True)
@@ -113,7 +107,7 @@ def _reject(value: object) -> None:
 # Ids are drawn in the input CTE (materialised: it is volatile and read twice) so the result
 # can be returned in input order.
 _INSERT_ENTRIES_AND_TASKS = sa.text(
-    """
+    f"""
     WITH input AS MATERIALIZED (
         SELECT recon_new_id('stg') AS staging_entry_id, i.* FROM unnest(
             CAST(:account_ids AS text[]), CAST(:entry_types AS text[]), CAST(:amounts AS numeric[]),
@@ -128,12 +122,7 @@ _INSERT_ENTRIES_AND_TASKS = sa.text(
                effective_date, metadata
         FROM input ORDER BY n
         RETURNING staging_entry_id
-    ), new_tasks AS (
-        INSERT INTO process_tracker (task_type, payload)
-        SELECT 'PROCESS_STAGING_ENTRY', jsonb_build_object('staging_entry_id', staging_entry_id)
-        FROM new_entries
-        RETURNING task_id, payload ->> 'staging_entry_id' AS staging_entry_id
-    )
+    ), new_tasks AS ({tracker.INSERT_TASKS_FOR_NEW_ENTRIES})
     SELECT input.staging_entry_id, new_tasks.task_id
     FROM input JOIN new_tasks USING (staging_entry_id)
     ORDER BY input.n
@@ -169,7 +158,8 @@ def insert_staging_entries(conn: Connection, entries: Sequence[NewStagingEntry])
 def create_staging_entries(
     entries: Sequence[NewStagingEntry], db: Database | None = None
 ) -> list[Created]:
-    """Library producer: insert entries with their tasks in one transaction (all or none)."""
+    """Library producer (an entry point: without `db`, the resolved default database): insert
+    entries with their tasks in one transaction (all or none)."""
     for entry in entries:
         if not isinstance(entry, NewStagingEntry):
             raise InvalidInputError(f"expected NewStagingEntry, got {type(entry).__name__}")
@@ -201,13 +191,324 @@ def create_staging_entry(
 
 
 def _require_accounts(conn: Connection, account_ids: set[str]) -> None:
-    if not account_ids:
-        return
-    found = set(
-        conn.execute(
-            sa.text("SELECT account_id FROM accounts WHERE account_id = ANY(:ids)"), {"ids": list(account_ids)}
-        ).scalars()
-    )
-    missing = sorted(account_ids - found)
+    missing = sorted(account_ids - set(accounts.load_accounts(conn, sorted(account_ids))))
     if missing:
         raise InvalidInputError(f"unknown account_id(s): {', '.join(missing)}")
+
+
+# ---- ingest: one file at a time per account and mode, duplicates by order id ------------------------
+
+_LOCK_FOR_INGEST = sa.text(
+    "SELECT pg_advisory_xact_lock(hashtextextended('recon.csv_ingest:' || :account_id || ':' || :mode, 0))"
+)
+
+
+def lock_for_ingest(conn: Connection, account_id: str, mode: str) -> None:
+    """Wait for, then hold until the transaction ends, the ingest lock of (account, mode): two
+    concurrent ingests of the same file cannot both insert its lines."""
+    conn.execute(_LOCK_FOR_INGEST, {"account_id": account_id, "mode": mode})
+
+
+# created_at defaults to now(), the transaction's start: rows of this file (earlier batches,
+# same transaction) are told apart from entries that existed before. The wording is all it decides.
+_STAGED_ORDER_IDS = sa.text(
+    """
+    SELECT order_id, bool_or(created_at = now()) AS from_this_file
+    FROM staging_entries
+    WHERE account_id = :account_id AND processing_mode = :mode AND order_id = ANY(:order_ids)
+    GROUP BY order_id
+    """
+)
+
+
+def staged_order_ids(conn: Connection, account_id: str, mode: str, order_ids: Sequence[str]) -> dict[str, bool]:
+    """Which of `order_ids` already have an entry on (account, mode): order id -> staged by this transaction."""
+    result = conn.execute(_STAGED_ORDER_IDS, {"account_id": account_id, "mode": mode, "order_ids": list(order_ids)})
+    return {order_id: from_this_file for order_id, from_this_file in result}
+
+
+# ---- the engine: chunk loads --------------------------------------------------------------------
+
+def load_entries(conn: Connection, ids: Sequence[str], lock: bool) -> dict[str, StagingEntry]:
+    """Entries by id, locked FOR UPDATE in id order with `lock`.
+
+    Arrays of a chunk's size travel as binary arrays (``%(name)b`` with exec_driver_sql): psycopg
+    builds them without the per-element escaping of the text format.
+    """
+    if not ids:
+        return {}
+    rows = conn.exec_driver_sql(
+        (
+            # in StagingEntry's field order: rows are unpacked positionally
+            "SELECT staging_entry_id, account_id, entry_type, amount, currency, status, processing_mode,"
+            " effective_date, metadata, order_id, created_at"
+            " FROM staging_entries WHERE staging_entry_id = ANY(%(ids)b) ORDER BY staging_entry_id"
+            + (" FOR UPDATE" if lock else "")
+        ),
+        {"ids": sorted(ids)},
+    )
+    return {r[0]: StagingEntry(*r) for r in rows}
+
+
+def _key_arrays(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """(account, order) keys as the two parallel arrays the unnest() queries take."""
+    return {"accounts": [k[0] for k in keys], "orders": [k[1] for k in keys]}
+
+
+def contested_orders(conn: Connection, in_chunk: Counter[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(account, order) keys with more PENDING TRANSACTION lines than the chunk's own count of them:
+    another chunk (or a line not yet claimed) books the same order too."""
+    if not in_chunk:
+        return []
+    keys = sorted(in_chunk)
+    rows = conn.exec_driver_sql(
+        (
+            """
+            SELECT k.account_id, k.order_id
+            FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(orders)b AS text[]), CAST(%(counts)b AS integer[]))
+                AS k(account_id, order_id, in_chunk)
+            WHERE (SELECT count(*) FROM staging_entries s
+                   WHERE s.account_id = k.account_id AND s.order_id = k.order_id
+                     AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING') > k.in_chunk
+            """
+        ),
+        {**_key_arrays(keys), "counts": [in_chunk[k] for k in keys]},
+    )
+    return [(r.account_id, r.order_id) for r in rows]
+
+
+def queued_transaction_orders(
+    conn: Connection, keys: Sequence[tuple[str, str]], exclude: Sequence[str]
+) -> set[tuple[str, str]]:
+    """Which (account, order) keys still have a PENDING TRANSACTION line, leaving out the entries in
+    `exclude` (a chunk's own lines, which count as queued only until they are evaluated)."""
+    if not keys:
+        return set()
+    rows = conn.exec_driver_sql(
+        (
+            """
+            SELECT DISTINCT k.account_id, k.order_id
+            FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(orders)b AS text[])) AS k(account_id, order_id)
+            -- LATERAL ... LIMIT 1: one probe of staging_entries_queued_transaction_idx per key
+            CROSS JOIN LATERAL (
+                SELECT 1 FROM staging_entries s
+                WHERE s.account_id = k.account_id AND s.order_id = k.order_id
+                  AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
+                  AND s.staging_entry_id <> ALL(CAST(%(exclude)b AS text[]))
+                LIMIT 1) AS queued
+            """
+        ),
+        {**_key_arrays(sorted(set(keys))), "exclude": list(exclude)},
+    )
+    return {(r.account_id, r.order_id) for r in rows}
+
+
+# ---- the engine: outcomes -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StagingUpdate:
+    """A staging entry's new status and the keys to merge into its metadata."""
+
+    staging_entry_id: str
+    status: str
+    patch: dict[str, Any]
+
+
+_UPDATE_STAGING = sa.text(
+    """
+    UPDATE staging_entries s SET
+        status = u.status,
+        metadata = CASE WHEN u.status = 'PROCESSED' THEN (s.metadata - 'error' - 'error_type') || u.patch
+                        ELSE s.metadata || u.patch END,
+        discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END,
+        updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
+    FROM json_to_recordset(CAST(:rows AS json)) AS u(staging_entry_id text, status text, patch jsonb)
+    WHERE s.staging_entry_id = u.staging_entry_id AND s.status <> 'PROCESSED'
+    """
+)
+
+
+def apply_updates(conn: Connection, updates: Sequence[StagingUpdate]) -> None:
+    """One statement for all staging status changes of a chunk; PROCESSED is never undone."""
+    if updates:
+        conn.execute(_UPDATE_STAGING, {"rows": json_rows(updates)})
+
+
+def mark_for_review(conn: Connection, staging_entry_ids: Sequence[str], error: str, error_type: ErrorType) -> None:
+    """Entries that will not be processed (e.g. their task ran out of attempts) go to manual review."""
+    if not staging_entry_ids:
+        return
+    conn.execute(
+        sa.text(
+            """
+            UPDATE staging_entries SET status = 'NEEDS_MANUAL_REVIEW',
+                   metadata = metadata || jsonb_build_object('error', CAST(:error AS text),
+                                                             'error_type', CAST(:error_type AS text))
+            WHERE status <> 'PROCESSED' AND staging_entry_id = ANY(:ids)
+            """
+        ),
+        {"ids": list(staging_entry_ids), "error": error[:4000], "error_type": error_type.value},
+    )
+
+
+# ---- reprocessing --------------------------------------------------------------------------------
+
+
+def reopen_for_review(
+    conn: Connection,
+    created_from: dt.datetime | None,
+    created_to: dt.datetime | None,
+    staging_entry_ids: Sequence[str] | None,
+) -> list[str]:
+    """Entries in manual review within the scope (a created_at window and/or ids) back to PENDING,
+    their error keys removed; returns their ids."""
+    return list(
+        conn.execute(
+            sa.text(
+                """
+                WITH in_scope AS (
+                    SELECT s.staging_entry_id FROM staging_entries s
+                    WHERE s.status = 'NEEDS_MANUAL_REVIEW'
+                      AND (CAST(:created_from AS timestamptz) IS NULL OR s.created_at >= :created_from)
+                      AND (CAST(:created_to AS timestamptz) IS NULL OR s.created_at < :created_to)
+                      AND (CAST(:ids AS text[]) IS NULL OR s.staging_entry_id = ANY(CAST(:ids AS text[])))
+                    FOR UPDATE OF s
+                )
+                UPDATE staging_entries s SET status = 'PENDING', metadata = s.metadata - 'error' - 'error_type'
+                FROM in_scope WHERE s.staging_entry_id = in_scope.staging_entry_id
+                RETURNING s.staging_entry_id
+                """
+            ),
+            {
+                "created_from": created_from,
+                "created_to": created_to,
+                "ids": list(staging_entry_ids) if staging_entry_ids is not None else None,
+            },
+        ).scalars()
+    )
+
+
+# ---- read models: the report and the Recon view ------------------------------------------------------
+
+
+def status_counts(conn: Connection) -> dict[str, int]:
+    return dict(conn.execute(sa.text("SELECT status, count(*) FROM staging_entries GROUP BY status")).all())
+
+
+def review_reasons(conn: Connection, sample: int) -> list[Any]:
+    """Manual-review entries per error_type: the count and the first `sample` entries."""
+    return conn.execute(
+        sa.text(
+            """
+            SELECT metadata ->> 'error_type' AS error_type, count(*) AS n,
+                   (array_agg(jsonb_build_object(
+                        'staging_entry_id', staging_entry_id, 'account_id', account_id,
+                        'order_id', order_id, 'amount', CAST(amount AS text), 'currency', currency,
+                        'error', metadata ->> 'error') ORDER BY created_at, staging_entry_id)
+                   )[1:CAST(:sample AS int)] AS sample
+            FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW'
+            GROUP BY 1 ORDER BY n DESC, error_type
+            """
+        ),
+        {"sample": sample},
+    ).all()
+
+
+@dataclass(frozen=True)
+class ReviewFilter:
+    """The Recon view's filters of the manual-review list; None means "any"."""
+
+    error_type: str | None = None
+    account_id: str | None = None
+    order_id: str | None = None
+    q: str | None = None  # free text: entry id, order id or the reason
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "error_type": self.error_type or None,
+            "account_id": self.account_id or None,
+            "order_id": self.order_id or None,
+            "q": self.q or None,
+            "q_like": f"%{_escape_like(self.q)}%" if self.q else None,
+        }
+
+
+_REVIEW_FILTER = """
+    s.status = 'NEEDS_MANUAL_REVIEW' AND s.discarded_at IS NULL
+    AND (CAST(:error_type AS text) IS NULL OR coalesce(s.metadata ->> 'error_type', '(none)') = :error_type)
+    AND (CAST(:account_id AS text) IS NULL OR s.account_id = :account_id)
+    AND (CAST(:order_id AS text) IS NULL OR s.order_id = :order_id)
+    AND (CAST(:q AS text) IS NULL OR s.staging_entry_id ILIKE :q_like OR s.order_id ILIKE :q_like
+         OR s.metadata ->> 'error' ILIKE :q_like)
+"""
+
+
+def review_groups(conn: Connection, where: ReviewFilter) -> list[Any]:
+    """Matching manual-review entries grouped by error_type: count, oldest, newest."""
+    return conn.execute(
+        sa.text(
+            f"""
+            SELECT coalesce(s.metadata ->> 'error_type', '(none)') AS error_type, count(*) AS count,
+                   min(s.updated_at) AS oldest, max(s.updated_at) AS newest
+            FROM staging_entries s
+            WHERE {_REVIEW_FILTER}
+            GROUP BY 1
+            ORDER BY count(*) DESC, 1
+            """
+        ),
+        where.params(),
+    ).all()
+
+
+def review_entries(conn: Connection, where: ReviewFilter, limit: int) -> list[Any]:
+    """Matching manual-review entries, by error_type then newest first."""
+    return conn.execute(
+        sa.text(
+            f"""
+            SELECT s.staging_entry_id, s.account_id, s.order_id, s.entry_type, s.amount,
+                   s.currency, s.processing_mode, coalesce(s.metadata ->> 'error_type', '(none)') AS error_type,
+                   s.metadata ->> 'error' AS reason, s.created_at, s.updated_at
+            FROM staging_entries s
+            WHERE {_REVIEW_FILTER}
+            ORDER BY error_type, s.updated_at DESC, s.staging_entry_id
+            LIMIT :limit
+            """
+        ),
+        {**where.params(), "limit": limit},
+    ).all()
+
+
+def review_entry_ids(conn: Connection, where: ReviewFilter, limit: int) -> list[str]:
+    """Ids of matching manual-review entries, in id order."""
+    return list(
+        conn.execute(
+            sa.text(f"SELECT s.staging_entry_id FROM staging_entries s WHERE {_REVIEW_FILTER}"
+                    " ORDER BY s.staging_entry_id LIMIT :limit"),
+            {**where.params(), "limit": limit},
+        ).scalars()
+    )
+
+
+def reviews_of_transactions(conn: Connection, transaction_ids: Sequence[str]) -> dict[str, Any]:
+    """For MISMATCH transactions: the latest manual-review entry that matched each (its reason)."""
+    if not transaction_ids:
+        return {}
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT DISTINCT ON (metadata ->> 'matched_transaction_id')
+                   metadata ->> 'matched_transaction_id' AS transaction_id,
+                   staging_entry_id AS confirmation_entry_id, metadata ->> 'error' AS reason
+            FROM staging_entries
+            WHERE status = 'NEEDS_MANUAL_REVIEW' AND metadata ->> 'matched_transaction_id' = ANY(:ids)
+            ORDER BY metadata ->> 'matched_transaction_id', updated_at DESC
+            """
+        ),
+        {"ids": list(transaction_ids)},
+    ).all()
+    return {r.transaction_id: r for r in rows}
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")

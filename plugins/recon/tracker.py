@@ -1,4 +1,5 @@
-"""The Process Tracker: a PostgreSQL table used as a durable work queue.
+"""The Process Tracker: a PostgreSQL table used as a durable work queue, and the only module whose
+SQL reads or writes ``process_tracker``.
 
 Seed API: ``create_task``, ``get_next_pending_task``, ``update_task_status``.
 Production queue on top: ``claim_batch`` hands out leases (owner + expiry) with
@@ -7,13 +8,14 @@ touch tasks still PROCESSING under the caller's lease, so a late worker cannot o
 that was rescued by ``reap_expired_leases`` and claimed again.
 
 Every method takes an optional ``conn`` so a caller can put the tracker write in the same
-database transaction as its own effect (one outcome, one transaction).
+database transaction as its own effect (one outcome, one transaction). The producers' statement
+that inserts staging entries and their tasks at once (``recon.staging``) takes this module's
+``INSERT_TASKS_FOR_NEW_ENTRIES`` fragment.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import json
 from collections import Counter
 from contextlib import contextmanager
@@ -25,22 +27,12 @@ from sqlalchemy.engine import Connection
 
 from recon import settings
 from recon.db import Database, default_database
+from recon.errors import InvalidInputError, NotFoundError
+from recon.model import TaskStatus, TaskType
 from recon.settings import RetryPolicy
 
 
-class TaskType(enum.StrEnum):
-    PROCESS_STAGING_ENTRY = "PROCESS_STAGING_ENTRY"
-
-
-class TaskStatus(enum.StrEnum):
-    PENDING = "PENDING"
-    PROCESSING = "PROCESSING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    RETRY = "RETRY"
-
-
-class TaskNotFoundError(LookupError):
+class TaskNotFoundError(NotFoundError):
     """No tracker task has the given id."""
 
 
@@ -52,7 +44,7 @@ def parse_task_type(value: str | TaskType) -> TaskType:
         return TaskType(value)
     except ValueError:
         known = ", ".join(t.value for t in TaskType)
-        raise ValueError(f"unknown task_type {value!r}; known task types: {known}") from None
+        raise InvalidInputError(f"unknown task_type {value!r}; known task types: {known}") from None
 
 
 def parse_task_status(value: str | TaskStatus) -> TaskStatus:
@@ -60,7 +52,7 @@ def parse_task_status(value: str | TaskStatus) -> TaskStatus:
         return TaskStatus(value)
     except ValueError:
         known = ", ".join(s.value for s in TaskStatus)
-        raise ValueError(f"unknown task status {value!r}; known statuses: {known}") from None
+        raise InvalidInputError(f"unknown task status {value!r}; known statuses: {known}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +102,15 @@ class Outcome:
 
 _FIELD_NAMES = tuple(f.name for f in fields(Task))
 _COLUMNS = ", ".join(_FIELD_NAMES)
+
+# The producers' entry+task statement (recon.staging) inserts the task of each new staging entry
+# with this fragment, reading the ids from its CTE named `new_entries`.
+INSERT_TASKS_FOR_NEW_ENTRIES = """
+    INSERT INTO process_tracker (task_type, payload)
+    SELECT 'PROCESS_STAGING_ENTRY', jsonb_build_object('staging_entry_id', staging_entry_id)
+    FROM new_entries
+    RETURNING task_id, payload ->> 'staging_entry_id' AS staging_entry_id
+"""
 
 _INSERT_TASKS = sa.text(
     f"""
@@ -222,16 +223,9 @@ class ReapResult:
 class ProcessTracker:
     """The tracker API bound to one database and one retry policy."""
 
-    def __init__(self, db: Database | None = None, retry_policy: RetryPolicy | None = None):
-        self._db = db
+    def __init__(self, db: Database, retry_policy: RetryPolicy | None = None):
+        self.db = db
         self.retry_policy = retry_policy or RetryPolicy.from_env()
-
-    @property
-    def db(self) -> Database:
-        # resolved on first use, so argument errors are raised before any database is touched
-        if self._db is None:
-            self._db = default_database()
-        return self._db
 
     @contextmanager
     def _transaction(self, conn: Connection | None) -> Iterator[Connection]:
@@ -331,6 +325,63 @@ class ProcessTracker:
         with self.db.begin() as c:
             return Task.from_rows(c.execute(_NEXT_DUE, {"task_type": task_type.value, "limit": limit}))
 
+    def tasks_by_id(self, task_ids: Sequence[str], conn: Connection) -> list[Task]:
+        """The tasks with these ids, in the order of `task_ids` (unknown ids are left out)."""
+        tasks = Task.from_rows(
+            conn.exec_driver_sql(  # %(ids)b: the ids as a binary array (no per-element escaping)
+                f"SELECT {_COLUMNS} FROM process_tracker WHERE task_id = ANY(%(ids)b)", {"ids": list(task_ids)}
+            )
+        )
+        position = {task_id: i for i, task_id in enumerate(task_ids)}
+        return sorted(tasks, key=lambda t: position[t.task_id])
+
+    def leased_ids(self, task_ids: Sequence[str], owner: str, conn: Connection | None = None) -> list[str]:
+        """Those of `task_ids` still PROCESSING under `owner`'s lease."""
+        with self._transaction(conn) as c:
+            return list(
+                c.exec_driver_sql(
+                    "SELECT task_id FROM process_tracker WHERE task_id = ANY(%(ids)b)"
+                    " AND status = 'PROCESSING' AND lease_owner = %(owner)s",
+                    {"ids": list(task_ids), "owner": owner},
+                ).scalars()
+            )
+
+    def staging_entry_ids(self, task_ids: Sequence[str], conn: Connection | None = None) -> list[str]:
+        """The staging entries these tasks process (their payload's staging_entry_id)."""
+        with self._transaction(conn) as c:
+            return list(
+                c.execute(
+                    sa.text(
+                        "SELECT DISTINCT payload ->> 'staging_entry_id' FROM process_tracker"
+                        " WHERE task_id = ANY(:ids) AND payload ? 'staging_entry_id'"
+                    ),
+                    {"ids": list(task_ids)},
+                ).scalars()
+            )
+
+    def enqueue_entries(self, staging_entry_ids: Sequence[str], conn: Connection | None = None) -> list[str]:
+        """A new PENDING task for each staging entry that has no unfinished task (backfill)."""
+        if not staging_entry_ids:
+            return []
+        with self._transaction(conn) as c:
+            return list(
+                c.execute(
+                    sa.text(
+                        """
+                        INSERT INTO process_tracker (task_type, payload)
+                        SELECT 'PROCESS_STAGING_ENTRY', jsonb_build_object('staging_entry_id', e.id)
+                        FROM unnest(CAST(:ids AS text[])) AS e(id)
+                        WHERE NOT EXISTS (
+                            SELECT 1 FROM process_tracker o
+                            WHERE o.payload ->> 'staging_entry_id' = e.id
+                              AND o.status IN ('PENDING', 'PROCESSING', 'RETRY'))
+                        RETURNING task_id
+                        """
+                    ),
+                    {"ids": list(staging_entry_ids)},
+                ).scalars()
+            )
+
     # ---- claiming and outcomes ------------------------------------------------------------
 
     def claim_batch(
@@ -373,7 +424,7 @@ class ProcessTracker:
         lease_seconds = settings.lease_seconds() if lease_seconds is None else lease_seconds
         _check_positive("lease_seconds", lease_seconds)
         if not owner:
-            raise ValueError("claim_batch needs a non-empty owner (unique per claim)")
+            raise InvalidInputError("claim_batch needs a non-empty owner (unique per claim)")
         return {"task_type": task_type.value, "limit": limit, "owner": owner, "lease_seconds": lease_seconds}
 
     def finish(
@@ -389,10 +440,10 @@ class ProcessTracker:
             return {}
         for outcome in outcomes:
             if outcome.status not in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.RETRY):
-                raise ValueError(f"an outcome is COMPLETED, FAILED or RETRY, not {outcome.status}")
+                raise InvalidInputError(f"an outcome is COMPLETED, FAILED or RETRY, not {outcome.status}")
             # a wait also gives the attempt back, which only makes sense for a task that will run again
             if outcome.wait_seconds is not None and (outcome.status != TaskStatus.RETRY or outcome.wait_seconds < 0):
-                raise ValueError(
+                raise InvalidInputError(
                     f"task {outcome.task_id}: wait_seconds needs a RETRY outcome and a value >= 0,"
                     f" got {outcome.status} with {outcome.wait_seconds!r}"
                 )
@@ -440,7 +491,7 @@ class ProcessTracker:
         (at most one unfinished task per staging entry).
         """
         if task_ids is None and created_from is None and created_to is None:
-            raise ValueError("requeue needs task_ids or a created_at window")
+            raise InvalidInputError("requeue needs task_ids or a created_at window")
         statement = sa.text(
             """
             WITH candidates AS (
@@ -504,6 +555,97 @@ class ProcessTracker:
             "leases_held": leases,
         }
 
+    def queue_timing(self, conn: Connection) -> Any:
+        """Due now, due later, and when the oldest due task became due (the Recon view's queue)."""
+        return conn.execute(
+            sa.text(
+                """
+                SELECT now() AS as_of,
+                       count(*) FILTER (WHERE run_after <= now()) AS due_now,
+                       count(*) FILTER (WHERE run_after > now()) AS due_later,
+                       min(run_after) FILTER (WHERE run_after <= now()) AS oldest_due_at
+                FROM process_tracker
+                WHERE status IN ('PENDING', 'RETRY')
+                """
+            )
+        ).one()
+
+    def backlog(self, conn: Connection) -> int:
+        """PENDING and RETRY tasks, due now or later."""
+        return conn.execute(
+            sa.text("SELECT count(*) FROM process_tracker WHERE status IN ('PENDING', 'RETRY')")
+        ).scalar_one()
+
+    def retrying(self, limit: int, conn: Connection) -> list[Any]:
+        """Tasks waiting to be tried again, next due first."""
+        return conn.execute(
+            sa.text(
+                """
+                SELECT task_id, task_type, attempts, run_after AS next_due_at,
+                       extract(epoch FROM run_after - now()) AS due_in_seconds,
+                       last_error, payload ->> 'staging_entry_id' AS staging_entry_id
+                FROM process_tracker
+                WHERE status = 'RETRY'
+                ORDER BY run_after, task_id
+                LIMIT :limit
+                """
+            ),
+            {"limit": limit},
+        ).all()
+
+    def leases(self, conn: Connection) -> list[Any]:
+        """Leases held, per owner: how many tasks, since when, first expiry, how many expired."""
+        return conn.execute(
+            sa.text(
+                """
+                SELECT lease_owner, count(*) AS tasks,
+                       min(processing_started_at) AS claimed_at,
+                       min(lease_expires_at) AS first_expiry,
+                       count(*) FILTER (WHERE lease_expires_at < now()) AS expired
+                FROM process_tracker
+                WHERE status = 'PROCESSING'
+                GROUP BY lease_owner
+                ORDER BY min(lease_expires_at), lease_owner
+                """
+            )
+        ).all()
+
+    def failed(self, limit: int, conn: Connection) -> tuple[int, list[Any]]:
+        """How many tasks are FAILED, and the most recent `limit` of them."""
+        count = conn.execute(sa.text("SELECT count(*) FROM process_tracker WHERE status = 'FAILED'")).scalar_one()
+        rows = conn.execute(
+            sa.text(
+                """
+                SELECT task_id, task_type, attempts, last_error, updated_at AS failed_at,
+                       payload ->> 'staging_entry_id' AS staging_entry_id
+                FROM process_tracker
+                WHERE status = 'FAILED'
+                ORDER BY updated_at DESC, task_id
+                LIMIT :limit
+                """
+            ),
+            {"limit": limit},
+        ).all()
+        return count, rows
+
+    def failed_task_of_entries(self, staging_entry_ids: Sequence[str], conn: Connection) -> dict[str, str]:
+        """The latest FAILED task of each staging entry (what a reprocess of that entry takes)."""
+        if not staging_entry_ids:
+            return {}
+        rows = conn.execute(
+            sa.text(
+                """
+                SELECT DISTINCT ON (payload ->> 'staging_entry_id')
+                       payload ->> 'staging_entry_id' AS staging_entry_id, task_id
+                FROM process_tracker
+                WHERE status = 'FAILED' AND payload ->> 'staging_entry_id' = ANY(:ids)
+                ORDER BY payload ->> 'staging_entry_id', updated_at DESC, task_id
+                """
+            ),
+            {"ids": list(staging_entry_ids)},
+        ).all()
+        return {r.staging_entry_id: r.task_id for r in rows}
+
     def prune_completed(self, older_than: dt.timedelta, conn: Connection | None = None) -> int:
         """Delete COMPLETED rows finished before now() - older_than (keeps the hot table small)."""
         with self._transaction(conn) as c:
@@ -526,11 +668,11 @@ class ProcessTracker:
 
 def _encode_payload(payload: Mapping[str, Any], index: int) -> str:
     if not isinstance(payload, Mapping):
-        raise ValueError(f"payload #{index} must be a JSON object (dict), got {type(payload).__name__}")
+        raise InvalidInputError(f"payload #{index} must be a JSON object (dict), got {type(payload).__name__}")
     try:
         return json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"payload #{index} is not JSON-serialisable: {exc}") from None
+        raise InvalidInputError(f"payload #{index} is not JSON-serialisable: {exc}") from None
 
 
 def _truncate(message: str | None) -> str | None:
@@ -541,18 +683,18 @@ def _truncate(message: str | None) -> str | None:
 
 def _check_positive(name: str, value: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
 
 
-# ---- module-level seed API on the default database ---------------------------------------------
+# ---- module-level seed API on the default database (library entry points) -----------------------
 
 
 def create_task(task_type: str | TaskType, payload: Mapping[str, Any]) -> Task:
-    return ProcessTracker().create_task(task_type, payload)
+    return ProcessTracker(default_database()).create_task(task_type, payload)
 
 
 def get_next_pending_task(task_type: str | TaskType) -> Task | None:
-    return ProcessTracker().get_next_pending_task(task_type)
+    return ProcessTracker(default_database()).get_next_pending_task(task_type)
 
 
 def update_task_status(
@@ -561,4 +703,4 @@ def update_task_status(
     error_message: str | None = None,
     increment_attempt: bool = False,
 ) -> Task:
-    return ProcessTracker().update_task_status(task_id, new_status, error_message, increment_attempt)
+    return ProcessTracker(default_database()).update_task_status(task_id, new_status, error_message, increment_attempt)

@@ -145,11 +145,20 @@ def test_params_accept_documented_values(tracker_dag):
         assert params.get_param(name).description, name
 
 
-def test_size_defaults_are_the_pipelines(tracker_dag):
-    """The DAG repeats pipeline.DEFAULT_BATCH_SIZE/DEFAULT_CHUNK_SIZE (parsing must not import the engine)."""
-    from recon import pipeline
-    from recon.settings import int_env
+def test_size_defaults_are_the_same_in_the_dag_the_cli_and_the_pipeline(tracker_dag, monkeypatch):
+    """One source (recon.settings): `recon process` runs the DAG's own steps with the DAG's sizes."""
+    import inspect
+
+    from recon import cli, pipeline, settings
 
     defaults = tracker_dag.params.validate()
-    assert defaults["batch_size"] == int_env("RECON_BATCH_SIZE", pipeline.DEFAULT_BATCH_SIZE)
-    assert defaults["chunk_size"] == int_env("RECON_CHUNK_SIZE", pipeline.DEFAULT_CHUNK_SIZE)
+    process = cli.build_parser().parse_args(["process"])
+    in_process = inspect.signature(pipeline.process_queue).parameters
+    assert defaults["batch_size"] == process.batch_size == settings.batch_size() == settings.DEFAULT_BATCH_SIZE
+    assert defaults["chunk_size"] == process.chunk_size == settings.chunk_size() == settings.DEFAULT_CHUNK_SIZE
+    assert in_process["batch_size"].default is None and in_process["chunk_size"].default is None  # settings'
+    # an operator's override reaches the CLI the same way it reaches the DAG file
+    monkeypatch.setenv("RECON_BATCH_SIZE", "777")
+    monkeypatch.setenv("RECON_CHUNK_SIZE", "77")
+    process = cli.build_parser().parse_args(["process"])
+    assert (process.batch_size, process.chunk_size) == (777, 77)

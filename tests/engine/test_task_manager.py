@@ -16,10 +16,10 @@ class RaisingDecide(ReconTask):
     def decide(self, item):
         raise RuntimeError("broken implementation")
 
-    def validate(self, item, ctx):  # pragma: no cover - never chosen
+    def validate(self, item, loaded, reservations):  # pragma: no cover - never chosen
         raise AssertionError
 
-    def run(self, item, plan, ctx, batch):  # pragma: no cover - never chosen
+    def run(self, item, plan, prepared, reservations, batch):  # pragma: no cover - never chosen
         raise AssertionError
 
 

@@ -39,8 +39,10 @@ from typing import Iterator
 ALLOWED_FRAGMENTS: dict[tuple[str, str], str] = {
     ("plugins/recon/tracker.py", "_FIELD_NAMES"):
         "the field names of the Task dataclass (tracker.py's column list), fixed in code",
-    ("plugins/recon/migrations.py", "migration.sql"):
+    ("plugins/recon/db/migrations.py", "migration.sql"):
         "the text of a migration file in this repository's sql/ directory, not input",
+    ("plugins/recon/staging.py", "tracker.INSERT_TASKS_FOR_NEW_ENTRIES"):
+        "the tracker's constant INSERT fragment for the tasks of new entries (tracker.py owns process_tracker)",
 }
 
 _STATEMENT = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|WITH|CREATE|DROP|ALTER|TRUNCATE|GRANT|REVOKE)\b")

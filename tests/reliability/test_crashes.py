@@ -9,6 +9,7 @@ nothing may be lost, nothing booked twice, and the tracker must end final.
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from recon import pipeline
 from recon.db import libpq_url
@@ -118,7 +119,7 @@ def test_kill_9_after_commit_then_a_forced_rerun_books_nothing_twice(books, db):
                                         " AND status = 'COMPLETED'", ids=queued)]
     assert len(done) == CHUNK
     with db.begin() as conn:  # force the committed tasks to be processed again
-        conn.execute(pipeline.sa.text(
+        conn.execute(sa.text(
             "UPDATE process_tracker SET status = 'PENDING', completed_at = NULL WHERE task_id = ANY(:ids)"),
             {"ids": done})
     expire_leases(db)

@@ -10,14 +10,16 @@ NEEDS_MANUAL_REVIEW; the nine healthy tasks of its chunk are processed on the fi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
 
-from recon import pipeline
+from recon import accounts, pipeline
 from recon.ledger import LedgerBatch, NewTransaction, new_id
 from recon.settings import RetryPolicy
-from recon.tasks.base import Applied, Plan, ReconTask
+from recon.tasks.base import ReconTask
+from recon.tasks.verdicts import Applied, Plan
 from recon.tasks.expected_entry_matching import ExpectedEntryMatchingTask
 from recon.tasks.manager import TaskManager
 from recon.tasks.transaction_creation import TransactionCreationTask
@@ -26,6 +28,11 @@ from tests.reliability import figures
 from tests.reliability.helpers import assert_books_consistent, make_retries_due, retry_delays, rows
 
 POLICY = RetryPolicy(max_attempts=4, base_seconds=10, max_seconds=1_000)
+
+
+@dataclass(frozen=True, slots=True)
+class PoisonPlan(Plan):
+    merchant_id: str
 
 
 class PoisonTask(ReconTask):
@@ -37,18 +44,21 @@ class PoisonTask(ReconTask):
     def decide(self, item):
         return item.staging is not None and bool(item.staging.metadata.get("poison"))
 
-    def validate(self, item, ctx):
+    def load(self, conn, items, reservations, lock):
+        return accounts.load_accounts(conn, sorted({i.staging.account_id for i in items}))
+
+    def validate(self, item, loaded, reservations):
         if self.where == "validate":
             raise RuntimeError(f"poisoned validate for {item.staging.staging_entry_id}")
-        return Plan("book", {})
+        return PoisonPlan(loaded[item.staging.account_id].merchant_id)
 
-    def run(self, item, plan, ctx, batch: LedgerBatch):
+    def run(self, item, plan, prepared, reservations, batch: LedgerBatch):
         if self.where == "run":
             raise ZeroDivisionError(f"poisoned run for {item.staging.staging_entry_id}")
         # "flush": a row the database refuses (amount must be > 0), found only when the chunk is written
         batch.transactions.append(NewTransaction(
             transaction_id=new_id("txn"), logical_transaction_id=new_id("poison"), version=1,
-            amount=Decimal("-1"), currency="USD", merchant_id=ctx.accounts[item.staging.account_id].merchant_id,
+            amount=Decimal("-1"), currency="USD", merchant_id=plan.merchant_id,
             status="EXPECTED", metadata={}, source_staging_entry_id=item.staging.staging_entry_id))
         return Applied("book", {})
 

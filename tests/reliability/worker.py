@@ -7,7 +7,8 @@ stop exactly at a point, the n-th time that point is reached (default the first)
 
     after_claim         pipeline.claim returned tasks: PROCESSING under our lease, nothing else done
     after_lock          inside run_chunk's DB transaction: the chunk's rows are locked, nothing written
-    after_expected_legs inside run_chunk's load: the open expected entries were read (and locked)
+    after_expected_legs the matcher read the open expected entries of its confirmations (validate's
+                        read, or run's locked read when it validates under locks itself)
     after_ledger_write  inside run_chunk's DB transaction: tracker rows and ledger rows written,
                         staging statuses not yet, nothing committed
     after_chunk_commit  run_chunk committed (ledger + staging + tracker); later chunks not run yet
@@ -68,13 +69,13 @@ class FaultPlan:
 
 
 def install(plan: FaultPlan) -> None:
-    from recon import pipeline
+    from recon import ledger, pipeline
     from recon.ledger import LedgerBatch
-    from recon.tasks import context, manager
+    from recon.tasks import manager
 
     claim, run_chunk, write_back = pipeline.claim, pipeline.run_chunk, pipeline.write_back
-    load_chunk, flush = manager.load_chunk, LedgerBatch.flush
-    load_expected_legs = context._load_expected_legs
+    load_items, flush = manager.load_items, LedgerBatch.flush
+    expected_legs_by_order = ledger.expected_legs_by_order
 
     def claim_hooked(*args: Any, **kwargs: Any) -> list[str]:
         ids = claim(*args, **kwargs)
@@ -82,16 +83,15 @@ def install(plan: FaultPlan) -> None:
             plan.reached("after_claim")
         return ids
 
-    def load_chunk_hooked(conn: Any, task_ids: Any, lock: bool, **kwargs: Any) -> Any:
-        ctx = load_chunk(conn, task_ids, lock, **kwargs)
+    def load_items_hooked(conn: Any, tracker: Any, task_ids: Any, lock: bool, **kwargs: Any) -> Any:
+        items = load_items(conn, tracker, task_ids, lock, **kwargs)
         if lock:
             plan.reached("after_lock", conn)
-        return ctx
+        return items
 
-    def load_expected_legs_hooked(conn: Any, order_keys: Any, lock: bool, *args: Any, **kwargs: Any) -> Any:
-        legs = load_expected_legs(conn, order_keys, lock, *args, **kwargs)
-        if lock:
-            plan.reached("after_expected_legs", conn)
+    def expected_legs_by_order_hooked(conn: Any, order_keys: Any, lock: bool, *args: Any, **kwargs: Any) -> Any:
+        legs = expected_legs_by_order(conn, order_keys, lock, *args, **kwargs)
+        plan.reached("after_expected_legs", conn)
         return legs
 
     def flush_hooked(self: Any, conn: Any) -> None:
@@ -110,8 +110,8 @@ def install(plan: FaultPlan) -> None:
     pipeline.claim = claim_hooked
     pipeline.run_chunk = run_chunk_hooked
     pipeline.write_back = write_back_hooked
-    manager.load_chunk = load_chunk_hooked
-    context._load_expected_legs = load_expected_legs_hooked
+    manager.load_items = load_items_hooked
+    ledger.expected_legs_by_order = expected_legs_by_order_hooked
     LedgerBatch.flush = flush_hooked
 
 
@@ -124,11 +124,13 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from recon import pipeline
+    from recon.db import default_database
 
     plan = FaultPlan(os.environ.get("RECON_TEST_FAULT", ""))
     if plan.point:
         install(plan)
-    summary = pipeline.process_queue(batch_size=args.batch_size, chunk_size=args.chunk_size, run_id=args.run_id)
+    summary = pipeline.process_queue(batch_size=args.batch_size, chunk_size=args.chunk_size, run_id=args.run_id,
+                                     db=default_database())
     print("SUMMARY " + json.dumps(summary), flush=True)
     return 0
 

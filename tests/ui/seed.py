@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from recon import accounts, pipeline
-from recon.reporting import monitoring
+from recon.reporting import monitoring, run_summaries
 from recon.db import Database
 from recon.staging import NewStagingEntry, create_staging_entries
 from recon.settings import RetryPolicy
@@ -76,7 +76,7 @@ def seed_monitoring_books(db: Database) -> SeededBooks:
         db=db,
     )
     books.run_ids.append("manual__seed-1")
-    monitoring.record_run_summary(books.run_ids[-1], pipeline.process_queue(db=db, run_id="seed-1"), db=db)
+    run_summaries.record_run_summary(books.run_ids[-1], pipeline.process_queue(db=db, run_id="seed-1"), db=db)
 
     # run 2: confirmations: one match, one amount mismatch, one unmatched order
     create_staging_entries(
@@ -88,7 +88,7 @@ def seed_monitoring_books(db: Database) -> SeededBooks:
         db=db,
     )
     books.run_ids.append("manual__seed-2")
-    monitoring.record_run_summary(books.run_ids[-1], pipeline.process_queue(db=db, run_id="seed-2"), db=db)
+    run_summaries.record_run_summary(books.run_ids[-1], pipeline.process_queue(db=db, run_id="seed-2"), db=db)
 
     # the queue as it stands between runs: a backlog, leases held by a run, a task waiting to retry
     create_staging_entries(

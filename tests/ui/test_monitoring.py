@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from recon import ledger, pipeline
-from recon.reporting import monitoring
+from recon.reporting import monitoring, run_summaries
 from tests.ui.seed import LEASE_OWNER, MISMATCH_ORDER, RETRY_ERROR, UNMATCHED_ORDER, SeededBooks
 
 
@@ -135,27 +135,27 @@ def test_throughput_lists_recorded_runs_oldest_first(seeded: SeededBooks) -> Non
 
 def test_record_run_summary_stores_counts_and_the_backlog_left(books: SeededBooks) -> None:
     summary = {"claimed": 5, "completed": 3, "failed": 1, "retried": 1, "manual_review_by_type": {"X": 1}}
-    row = monitoring.record_run_summary("manual__r1", summary, db=books.db)
+    row = run_summaries.record_run_summary("manual__r1", summary, db=books.db)
     backlog = books.scalar("SELECT count(*) FROM process_tracker WHERE status IN ('PENDING', 'RETRY')")
     assert (row["claimed"], row["processed"], row["backlog"], row["outcome"]) == (5, 4, backlog, "success")
     assert backlog == 4  # 3 PENDING + 1 RETRY in the seed: the backlog figure is not a constant
 
     # a retried summary task replaces the row of its run
-    again = monitoring.record_run_summary("manual__r1", {**summary, "completed": 4}, outcome="failed", db=books.db)
+    again = run_summaries.record_run_summary("manual__r1", {**summary, "completed": 4}, outcome="failed", db=books.db)
     assert (again["processed"], again["outcome"]) == (5, "failed")
     assert books.scalar("SELECT count(*) FROM run_summaries WHERE run_id = 'manual__r1'") == 1
-    assert monitoring.run_summary("manual__r1", books.db)["summary"]["completed"] == 4
+    assert run_summaries.run_summary("manual__r1", books.db)["summary"]["completed"] == 4
 
-    dry = monitoring.record_run_summary("manual__dry", {"dry_run": True, "due": 9, "claimed": 0}, db=books.db)
+    dry = run_summaries.record_run_summary("manual__dry", {"dry_run": True, "due": 9, "claimed": 0}, db=books.db)
     assert (dry["dry_run"], dry["processed"], dry["claimed"]) == (True, 0, 0)
     with pytest.raises(ValueError, match="outcome"):
-        monitoring.record_run_summary("manual__r2", summary, outcome="maybe", db=books.db)
+        run_summaries.record_run_summary("manual__r2", summary, outcome="maybe", db=books.db)
 
 
 def test_backlog_trend_follows_the_recorded_backlog(books: SeededBooks) -> None:
-    monitoring.record_run_summary("manual__before", {"claimed": 0}, db=books.db)  # backlog 4
+    run_summaries.record_run_summary("manual__before", {"claimed": 0}, db=books.db)  # backlog 4
     summary = pipeline.process_queue(db=books.db)  # drains the 3 PENDING tasks
-    monitoring.record_run_summary("manual__after", summary, db=books.db)
+    run_summaries.record_run_summary("manual__after", summary, db=books.db)
     tp = monitoring.throughput(books.db)
     assert [r["backlog"] for r in tp["runs"]][-2:] == [4, 1]
     assert (tp["backlog_change"], tp["backlog_trend"]) == (-3, "shrinking")
@@ -187,20 +187,20 @@ def test_summary_markdown_has_counts_rates_and_top_reasons() -> None:
         "manual_review": 2, "waiting": 1, "duration_s": 2.5, "entries_per_s": 3.6,
         "manual_review_by_type": {"NoMatchFoundError": 1, "MismatchError": 1},
     }
-    md = monitoring.summary_markdown(summary, "manual__x")
+    md = run_summaries.summary_markdown(summary, "manual__x")
     assert md.startswith("### Recon run `manual__x`")
     assert "**10 claimed** · 7 completed · 2 failed · 1 retried · 3.6 entries/s in 2.5 s" in md
     assert "| 4 | 3 | 1 | 2 | 1 |" in md
     assert "Completion rate: 70.0 %" in md
     assert "`MismatchError` × 1, `NoMatchFoundError` × 1" in md
 
-    note = monitoring.summary_markdown(summary, heading=False)
+    note = run_summaries.summary_markdown(summary, heading=False)
     assert note.startswith("**10 claimed** · 7 completed") and "###" not in note
 
-    dry = monitoring.summary_markdown({"dry_run": True, "due": 5, "verdicts": {"book": 5}})
+    dry = run_summaries.summary_markdown({"dry_run": True, "due": 5, "verdicts": {"book": 5}})
     assert dry.startswith("### Recon run (dry run)")
     assert "**5 due** task(s) decided and validated; dry run, nothing written." in dry and "claimed" not in dry
-    assert monitoring.summary_markdown({"dry_run": True, "due": 5}, heading=False).startswith("**5 due**")
+    assert run_summaries.summary_markdown({"dry_run": True, "due": 5}, heading=False).startswith("**5 due**")
 
 
 def test_jsonable_keeps_money_exact() -> None:

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from recon.reporting import monitoring
+from recon.reporting import monitoring, run_summaries
 from tests.ui.airflow_harness import ARTIFACTS, AirflowServer, running_airflow
 from tests.ui.seed import SeededBooks
 
@@ -61,7 +61,7 @@ def test_recon_view_in_a_real_browser(standalone: AirflowServer, books: SeededBo
     server.call("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
     run_id = server.call("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {}})["dag_run_id"]
     run = wait_for_run(server, run_id)
-    recorded = monitoring.run_summary(run_id, books.db)
+    recorded = run_summaries.run_summary(run_id, books.db)
     assert recorded is not None and (recorded["claimed"], recorded["processed"]) == (3, 3)
     # the listener wrote the run's summary as its note, counts first
     assert run["note"] and run["note"].startswith("**3 claimed** · 3 completed · 0 failed"), run
@@ -120,7 +120,7 @@ def test_recon_view_in_a_real_browser(standalone: AirflowServer, books: SeededBo
             assert reprocess_run["conf"] == {"reprocess": {"task_ids": [task_id]}}
             # the form's note is kept: the listener never overwrites a note a user wrote
             assert reprocess_run["note"].startswith("Reprocess from the Recon view: NoMatchFoundError")
-            again = monitoring.run_summary(reprocess_run_id, books.db)["summary"]
+            again = run_summaries.run_summary(reprocess_run_id, books.db)["summary"]
             assert (again["claimed"], again["manual_review_by_type"]) == (1, {"NoMatchFoundError": 1})
 
             # follow the link from the view to the Airflow run: it opens in Airflow, not in the frame

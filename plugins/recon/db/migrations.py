@@ -15,7 +15,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from recon import settings
-from recon.db import Database
+from recon.db.engine import Database
+from recon.errors import MigrationError
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,6 @@ class Migration:
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
-
-
-class MigrationError(RuntimeError):
-    pass
 
 
 def load_migrations(sql_dir: Path = SQL_DIR) -> list[Migration]:

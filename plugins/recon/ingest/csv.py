@@ -36,19 +36,14 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import BinaryIO, Union
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recon.db import Database, default_database
-from recon.accounts import Account, AccountType, get_account
+from recon import staging
+from recon.accounts import get_account
+from recon.db import Database
 from recon.errors import InvalidInputError
-from recon.staging import (
-    MAX_ORDER_ID_LENGTH,
-    EntryType,
-    NewStagingEntry,
-    ProcessingMode,
-    insert_staging_entries,
-)
+from recon.model import Account, AccountType, EntryType, ProcessingMode
+from recon.staging import MAX_ORDER_ID_LENGTH, NewStagingEntry, insert_staging_entries
 from recon.money import parse_amount, parse_currency
 
 # --- Limits (each one is named in the error it causes) ------------------------------------
@@ -183,7 +178,7 @@ def ingest_csv(
     path_or_binary_stream: CsvSource,
     account_id: str,
     mode: str,
-    db: Database | None = None,
+    db: Database,
     source_file: str | None = None,
     progress: Callable[[Progress], None] | None = None,
     *,
@@ -209,8 +204,8 @@ def ingest_csv(
     if source_file is None:
         source_file = _file_name(path_or_binary_stream)
     report = IngestReport(account_id, mode, source_file)
-    with _open_text(path_or_binary_stream) as text, (db or default_database()).begin() as conn:
-        lock_for_ingest(conn, account_id, mode)
+    with _open_text(path_or_binary_stream) as text, db.begin() as conn:
+        staging.lock_for_ingest(conn, account_id, mode)
         account = get_account(account_id, conn)  # NotFoundError for an unknown account
         lines = _Lines(text)
         reader = csv.reader(lines)
@@ -239,16 +234,6 @@ def ingest_csv(
         batch.flush()
     report.elapsed_seconds = time.monotonic() - started
     return report
-
-
-_LOCK_FOR_INGEST = sa.text(
-    "SELECT pg_advisory_xact_lock(hashtextextended('recon.csv_ingest:' || :account_id || ':' || :mode, 0))"
-)
-
-
-def lock_for_ingest(conn: Connection, account_id: str, mode: str) -> None:
-    """Wait for, then hold until the transaction ends, the ingest lock of (account, mode)."""
-    conn.execute(_LOCK_FOR_INGEST, {"account_id": account_id, "mode": mode})
 
 
 def _parse_mode(mode: object) -> str:
@@ -524,18 +509,6 @@ def _show(value: object) -> str:
 
 # --- Batches: duplicate check + one INSERT --------------------------------------------------
 
-# created_at defaults to now(), the transaction's start: rows of this file (earlier batches,
-# same transaction) are told apart from entries that existed before. The wording is all it decides.
-_STAGED_ORDER_IDS = sa.text(
-    """
-    SELECT order_id, bool_or(created_at = now()) AS from_this_file
-    FROM staging_entries
-    WHERE account_id = :account_id AND processing_mode = :mode AND order_id = ANY(:order_ids)
-    GROUP BY order_id
-    """
-)
-
-
 class _Batch:
     """Valid rows waiting for one duplicate look-up and one INSERT."""
 
@@ -560,11 +533,7 @@ class _Batch:
     def flush(self) -> None:
         if not self._rows:
             return
-        result = self._conn.execute(
-            _STAGED_ORDER_IDS,
-            {"account_id": self._account.account_id, "mode": self._mode, "order_ids": list(self._rows)},
-        )
-        staged = {order_id: from_this_file for order_id, from_this_file in result}
+        staged = staging.staged_order_ids(self._conn, self._account.account_id, self._mode, list(self._rows))
         entries = []
         for order_id, (row_number, entry) in self._rows.items():
             if order_id in staged:

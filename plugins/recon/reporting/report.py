@@ -6,42 +6,21 @@ from dataclasses import asdict
 from decimal import Decimal
 from typing import Any
 
-import sqlalchemy as sa
-
-from recon import ledger
-from recon.db import Database, default_database
+from recon import ledger, staging
+from recon.db import Database
 from recon.tracker import ProcessTracker
 
 MANUAL_REVIEW_SAMPLE = 20  # entries listed per reason; the counts are always complete
 
 
-def build_report(db: Database | None = None) -> dict[str, Any]:
-    db = db or default_database()
+def build_report(db: Database) -> dict[str, Any]:
     with db.begin() as conn:
-        staging = dict(
-            conn.execute(sa.text("SELECT status, count(*) FROM staging_entries GROUP BY status")).all()
-        )
-        transactions = dict(
-            conn.execute(sa.text("SELECT status, count(*) FROM transactions GROUP BY status")).all()
-        )
-        reasons = conn.execute(
-            sa.text(
-                """
-                SELECT metadata ->> 'error_type' AS error_type, count(*) AS n,
-                       (array_agg(jsonb_build_object(
-                            'staging_entry_id', staging_entry_id, 'account_id', account_id,
-                            'order_id', order_id, 'amount', CAST(amount AS text), 'currency', currency,
-                            'error', metadata ->> 'error') ORDER BY created_at, staging_entry_id)
-                       )[1:CAST(:sample AS int)] AS sample
-                FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW'
-                GROUP BY 1 ORDER BY n DESC, error_type
-                """
-            ),
-            {"sample": MANUAL_REVIEW_SAMPLE},
-        ).all()
+        statuses = staging.status_counts(conn)
+        transactions = ledger.transaction_status_counts(conn)
+        reasons = staging.review_reasons(conn, MANUAL_REVIEW_SAMPLE)
     invariants = ledger.check_invariants(db)
     return {
-        "staging_entries": {s: staging.get(s, 0) for s in ("PENDING", "PROCESSED", "NEEDS_MANUAL_REVIEW")},
+        "staging_entries": {s: statuses.get(s, 0) for s in ("PENDING", "PROCESSED", "NEEDS_MANUAL_REVIEW")},
         "tracker": ProcessTracker(db).stats()["by_status"],
         "transactions": transactions,
         "manual_review": [

@@ -1,8 +1,9 @@
-"""Task implementations (decide / validate / run) and the TaskManager that routes to them."""
+"""Strategies (decide / validate / run), their verdicts, and the TaskManager that routes to them."""
 
-from recon.tasks.base import ReconTask
+from recon.tasks.base import ReconTask, VerdictOutdated
 from recon.tasks.expected_entry_matching import ExpectedEntryMatchingTask
-from recon.tasks.manager import DEFAULT_IMPLEMENTATIONS, ChunkResult, TaskManager
+from recon.tasks.manager import DEFAULT_IMPLEMENTATIONS, TaskManager
+from recon.tasks.outcomes import ChunkResult
 from recon.tasks.transaction_creation import TransactionCreationTask
 
 __all__ = [
@@ -12,4 +13,5 @@ __all__ = [
     "ReconTask",
     "TaskManager",
     "TransactionCreationTask",
+    "VerdictOutdated",
 ]

@@ -1,82 +1,61 @@
-"""The ReconTask contract and what a task's steps produce.
+"""The ReconTask contract: how a strategy decides, validates and runs a chunk of tasks.
 
-A task implementation answers three questions about a claimed tracker task:
-- ``decide``: is this mine? (by the staging entry's processing mode)
-- ``validate``: can it be applied? -> a ``Plan`` or a ``ManualReview`` / ``Wait`` verdict
-- ``run``: add the plan's ledger writes to the chunk's ``LedgerBatch``.
+    decide   is this task mine? (routing; no database)
+    load     what my validation needs for these items, in a few set-based queries
+    validate a verdict per item: a Plan of mine, or ManualReview / Wait (read-only)
+    prepare_run  (run step, in the writing transaction) re-check under row locks only what another
+             worker may have changed since validate, and load what the writes need; raise
+             VerdictOutdated when a plan no longer holds (the chunk is then validated again under
+             those locks before anything is written)
+    run      add one plan's ledger writes to a LedgerBatch
 
-All three work on a ``ChunkContext`` loaded with a few set-based queries (see
-``recon.tasks.context``), so deciding and validating thousands of tasks is in-memory work,
-and one chunk's writes are flushed with a handful of statements.
+Register an implementation with one line in ``recon.tasks.manager.DEFAULT_IMPLEMENTATIONS`` (or
+pass ``implementations=`` to TaskManager); the first whose ``decide`` accepts a task handles it.
+Cross-item coordination goes through the chunk's ``Reservations``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
-from recon.errors import ErrorType
+from sqlalchemy.engine import Connection
+
 from recon.ledger import LedgerBatch
-
-if TYPE_CHECKING:
-    from recon.tasks.context import ChunkContext, WorkItem
-
-
-@dataclass(frozen=True, slots=True)
-class ManualReview:
-    """A business outcome that needs a person: final for the task (FAILED)."""
-
-    error_type: ErrorType
-    message: str
-    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. matched_transaction_id
-    mismatch_transaction_id: str | None = None  # transaction to mark MISMATCH
+from recon.tasks.chunk import Reservations, WorkItem
+from recon.tasks.verdicts import Plan, RunResult, Verdict
 
 
-@dataclass(frozen=True, slots=True)
-class Wait:
-    """Not decidable yet (e.g. a confirmation that arrived before its order): try again later."""
-
-    reason: str
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """A validated change, applied by the implementation's ``run``."""
-
-    kind: str  # "book" or "fulfil": the summary counts these
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-Verdict = Plan | ManualReview | Wait
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """What ``run`` did: the staging entry's success metadata."""
-
-    kind: str
-    staging_metadata: dict[str, Any]
+class VerdictOutdated(Exception):
+    """Another worker changed what a plan relied on between validate and run."""
 
 
 class ReconTask(ABC):
-    """One way of processing a PROCESS_STAGING_ENTRY task.
-
-    Register an implementation with one line in ``recon.tasks.manager.DEFAULT_IMPLEMENTATIONS``.
-    """
+    """One way of processing a PROCESS_STAGING_ENTRY task."""
 
     name: ClassVar[str]
 
     @abstractmethod
-    def decide(self, item: "WorkItem") -> bool:
+    def decide(self, item: WorkItem) -> bool:
         """True when this implementation handles the task."""
 
-    @abstractmethod
-    def validate(self, item: "WorkItem", ctx: "ChunkContext") -> Verdict:
-        """Check the entry against the loaded context; record reservations in ``ctx`` so later
-        items of the same chunk see this one's effect (duplicates, consumed expected entries)."""
+    def load(self, conn: Connection, items: Sequence[WorkItem], reservations: Reservations, lock: bool) -> Any:
+        """What ``validate`` needs for these items (default: nothing). With ``lock`` (a chunk
+        validated inside the writing transaction) lock what concurrent workers could change."""
+        return None
 
     @abstractmethod
-    def run(self, item: "WorkItem", plan: Plan, ctx: "ChunkContext", batch: LedgerBatch) -> Applied:
-        """Add the ledger writes for ``plan`` to ``batch``."""
+    def validate(self, item: WorkItem, loaded: Any, reservations: Reservations) -> Verdict:
+        """The item's verdict; record in ``reservations`` what later items of the chunk must see."""
+
+    def prepare_run(
+        self, conn: Connection, planned: Sequence[tuple[WorkItem, Plan]], reservations: Reservations
+    ) -> Any:
+        """Run step: re-check the plans under row locks and load what the writes need (default:
+        nothing to re-check or load). Raise VerdictOutdated when a plan no longer holds."""
+        return None
+
+    @abstractmethod
+    def run(self, item: WorkItem, plan: Plan, prepared: Any, reservations: Reservations,
+            batch: LedgerBatch) -> RunResult:
+        """Add the ledger writes of ``plan`` to ``batch``."""

@@ -1,11 +1,29 @@
-"""TaskManager: route each claimed task to the first implementation that accepts it, and
-write every outcome of a chunk in one database transaction.
+"""TaskManager: route each claimed task to the strategy that accepts it, validate the chunk, and
+write every outcome of the chunk in one database transaction.
 
-``decide_chunk`` and ``validate_chunk`` are read-only (they back the DAG's decide/validate
-steps and dry runs). ``run_chunk`` reloads the chunk under row locks, because time passes
-between steps and another worker may have changed the ledger, then decides, validates and
-applies again and commits the ledger effect, the staging statuses and the tracker statuses
-together.
+The three steps are a data flow (the DAG runs them as three tasks; ``recon process`` calls them in
+a row, through the same XCom forms):
+
+    decide_chunk(task_ids)  -> Decision    which strategy handles each task (read-only)
+    validate_chunk(decision) -> Validation a verdict per task (read-only, no locks)
+    run_chunk(task_ids, owner, validation) the writes, in one transaction
+
+``run_chunk`` does not decide or validate again: it locks the chunk's staging entries, keeps the
+tasks still leased to it, and asks each strategy to re-check under row locks only what another
+worker can change between validate and run (the DAG's doc_md lists them):
+
+    every task        its lease (the tracker's finish writes only tasks still leased to us) and
+                      its staging entry (a PROCESSED entry makes a plan outdated)
+    a booking         that no other worker booked the same logical transaction meanwhile
+                      (advisory lock on orders other queued lines book too, then a re-read)
+    a fulfilment or   that the expected leg is still open (its transaction locked FOR UPDATE):
+    a mismatch        another confirmation may have fulfilled or mismatched it meanwhile
+
+Verdicts that write no ledger row (manual review, wait) are written as validated. When a re-check
+fails, the chunk is validated again inside the writing transaction, under the same locks, and
+only then written: outcomes never depend on how tasks were chunked or which worker ran first.
+Without a validation (a direct call, or a failed chunk retried one task at a time) run_chunk
+decides and validates under locks itself.
 """
 
 from __future__ import annotations
@@ -13,22 +31,30 @@ from __future__ import annotations
 import functools
 import gc
 import logging
-from collections import Counter
-from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
-import sqlalchemy as sa
-import sqlalchemy.exc
 from sqlalchemy.engine import Connection
 
-from recon.db import Database, default_database, json_rows
-from recon.errors import ErrorType
+from recon import staging
+from recon.db import Database
+from recon.errors import ErrorType, LeaseLostError, is_retryable
 from recon.ledger import LedgerBatch
-from recon.tasks.base import Applied, ManualReview, Plan, ReconTask, Wait
-from recon.tasks.context import ChunkContext, WorkItem, load_chunk, load_items
+from recon.model import StagingStatus, TaskStatus
+from recon.tasks.base import ReconTask, VerdictOutdated
+from recon.tasks.chunk import Reservations, WorkItem, load_items
 from recon.tasks.expected_entry_matching import ExpectedEntryMatchingTask
+from recon.tasks.outcomes import ChunkResult, ItemOutcome
 from recon.tasks.transaction_creation import TransactionCreationTask
-from recon.tracker import Outcome, ProcessTracker, TaskStatus
+from recon.tasks.verdicts import (
+    AlreadyProcessed,
+    Decision,
+    ManualReview,
+    Plan,
+    Retry,
+    Validation,
+    Verdict,
+)
+from recon.tracker import ProcessTracker
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +64,18 @@ DEFAULT_IMPLEMENTATIONS: tuple[type[ReconTask], ...] = (
     ExpectedEntryMatchingTask,
 )
 
+# decide's routes that name no strategy
+ALREADY_PROCESSED = "already_processed"
+UNUSABLE_PAYLOAD = "unusable_payload"
+NO_HANDLER = "no_handler"
+
 
 def without_gc_pauses(method: Callable[..., Any]) -> Callable[..., Any]:
     """Run a chunk step with Python's cyclic garbage collector paused.
 
-    A chunk builds hundreds of thousands of short-lived, acyclic objects (rows, entries,
-    metadata dicts); each generation-2 collection rescans all of them, and with chunks of
-    20,000 tasks that was a third of the engine's CPU. Reference counting still frees
-    everything; the collector resumes when the step returns.
+    A chunk builds hundreds of thousands of short-lived, acyclic objects (rows, entries, metadata
+    dicts); each generation-2 collection rescans all of them, which was a third of the engine's CPU
+    with large chunks. Reference counting still frees everything; the collector resumes after.
     """
 
     @functools.wraps(method)
@@ -61,72 +91,19 @@ def without_gc_pauses(method: Callable[..., Any]) -> Callable[..., Any]:
     return paused
 
 
-class LeaseLostError(RuntimeError):
-    """Some tasks of the chunk are no longer ours (rescued and re-claimed): write nothing."""
-
-
-def is_infrastructure_error(exc: BaseException) -> bool:
-    """Lost connections, timeouts, serialization failures and deadlocks: worth retrying."""
-    if isinstance(exc, sqlalchemy.exc.OperationalError):
-        return True  # psycopg: connection errors, QueryCanceled, serialization, deadlock
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(exc, (ConnectionError, TimeoutError))
-
-
-@dataclass
-class ChunkResult:
-    """Counts for one chunk; JSON-friendly for XCom."""
-
-    task_ids: int = 0
-    completed: int = 0
-    failed: int = 0
-    retried: int = 0
-    booked: int = 0
-    matched: int = 0
-    mismatched: int = 0
-    manual_review: int = 0
-    waiting: int = 0
-    already_processed: int = 0
-    not_owned: int = 0
-    manual_review_by_type: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class StagingUpdate:
-    """A staging entry's new status and the keys to merge into its metadata."""
-
-    staging_entry_id: str
-    status: str
-    patch: dict[str, Any]
-
-
-@dataclass(slots=True)
-class _Evaluation:
-    item: WorkItem
-    verdict: Plan | ManualReview | Wait | None = None
-    applied: Applied | None = None
-    batch: LedgerBatch | None = None
-    error: str | None = None  # an unexpected exception while evaluating this item
-    noop: bool = False
-    problem: ManualReview | None = None  # payload or routing problem
-
-
 class TaskManager:
     def __init__(
         self,
-        db: Database | None = None,
+        db: Database,
         tracker: ProcessTracker | None = None,
         implementations: Sequence[ReconTask] | None = None,
     ):
-        self.db = db or default_database()
-        self.tracker = tracker or ProcessTracker(self.db)
+        self.db = db
+        self.tracker = tracker or ProcessTracker(db)
         self.implementations = list(implementations or [cls() for cls in DEFAULT_IMPLEMENTATIONS])
+        self._by_name = {impl.name: impl for impl in self.implementations}
 
-    # ---- routing ------------------------------------------------------------------------------
+    # ---- decide -------------------------------------------------------------------------------
 
     def pick(self, item: WorkItem) -> ReconTask | None:
         """The first implementation whose decide accepts the item; one that raises is skipped."""
@@ -138,141 +115,173 @@ class TaskManager:
                 log.exception("%s.decide raised for task %s; skipped", implementation.name, item.task_id)
         return None
 
-    def route(self, item: WorkItem) -> ReconTask | ManualReview | None:
-        """Who handles the item: an implementation, a ManualReview saying why nobody can,
-        or None when its entry is already PROCESSED (a second run is a no-op)."""
+    def route(self, item: WorkItem) -> str:
+        """The item's route: a strategy's name, or why no strategy handles it."""
+        if item.problem is not None:
+            return UNUSABLE_PAYLOAD
+        assert item.staging is not None
+        if item.staging.status == StagingStatus.PROCESSED:
+            return ALREADY_PROCESSED
+        implementation = self.pick(item)
+        return implementation.name if implementation is not None else NO_HANDLER
+
+    @without_gc_pauses
+    def decide_chunk(self, task_ids: Sequence[str]) -> Decision:
+        with self.db.begin() as conn:  # with metadata: a strategy may route on it
+            items = load_items(conn, self.tracker, task_ids, lock=False)
+        return self._decide(list(task_ids), items)
+
+    def _decide(self, task_ids: list[str], items: list[WorkItem]) -> Decision:
+        routes: dict[str, list[int]] = {}
+        position = {task_id: i for i, task_id in enumerate(task_ids)}
+        for item in items:
+            routes.setdefault(self.route(item), []).append(position[item.task_id])
+        return Decision(task_ids, routes)
+
+    # ---- validate -----------------------------------------------------------------------------
+
+    @without_gc_pauses
+    def validate_chunk(self, decision: Decision) -> Validation:
+        with self.db.begin() as conn:
+            items = load_items(conn, self.tracker, decision.task_ids, lock=False)
+            return Validation(decision, self._validate(conn, decision, items, lock=False))
+
+    def _validate(self, conn: Connection, decision: Decision, items: list[WorkItem], lock: bool) -> list[Verdict]:
+        """A verdict per task of `decision` (tasks no longer found: retried)."""
+        routes = decision.route_of_each()
+        position = {task_id: i for i, task_id in enumerate(decision.task_ids)}
+        reservations = Reservations(i.staging.staging_entry_id for i in items if i.staging is not None)
+        mine: dict[str, list[WorkItem]] = {}
+        for item in items:
+            route = routes[position[item.task_id]]
+            if route in self._by_name and _processable(item):
+                mine.setdefault(route, []).append(item)
+        loaded = {name: self._by_name[name].load(conn, its, reservations, lock) for name, its in mine.items()}
+
+        verdicts: list[Verdict] = [Retry("the task was not found when its chunk was validated")] * len(routes)
+        for item in items:
+            i = position[item.task_id]
+            verdicts[i] = self._verdict(item, routes[i], loaded, reservations)
+        return verdicts
+
+    def _verdict(self, item: WorkItem, route: str, loaded: dict[str, Any], reservations: Reservations) -> Verdict:
         if item.problem is not None:
             return item.problem
         assert item.staging is not None
-        if item.staging.status == "PROCESSED":
-            return None
-        implementation = self.pick(item)
+        if item.staging.status == StagingStatus.PROCESSED or route == ALREADY_PROCESSED:
+            return AlreadyProcessed()
+        implementation = self._by_name.get(route)
         if implementation is None:
             return ManualReview(
                 ErrorType.NO_TASK_HANDLER,
                 f"no task implementation accepts staging entry {item.staging.staging_entry_id}"
                 f" (processing_mode {item.staging.processing_mode})",
             )
-        return implementation
+        try:
+            verdict = implementation.validate(item, loaded[route], reservations)
+        except Exception as exc:  # a poison task must not take its chunk down with it
+            log.exception("%s.validate failed on task %s", implementation.name, item.task_id)
+            return Retry(f"{ErrorType.UNEXPECTED}: {type(exc).__name__}: {exc}")
+        reservations.evaluated(item.staging.staging_entry_id)  # no longer queued for later items
+        return verdict
 
-    def _evaluate(self, ctx: ChunkContext, apply: bool) -> list[_Evaluation]:
-        evaluations = []
-        for item in ctx.items:
-            evaluation = _Evaluation(item)
-            evaluations.append(evaluation)
-            implementation = self.route(item)
-            if implementation is None:
-                evaluation.noop = True
-                continue
-            if isinstance(implementation, ManualReview):
-                evaluation.problem = implementation
-                continue
-            try:
-                evaluation.verdict = implementation.validate(item, ctx)
-                if apply and isinstance(evaluation.verdict, Plan):
-                    own_batch = LedgerBatch()
-                    evaluation.applied = implementation.run(item, evaluation.verdict, ctx, own_batch)
-                    evaluation.batch = own_batch
-                ctx.evaluated(item)  # its line is processed now: no longer queued for later items
-            except Exception as exc:  # a poison task must not take its chunk down with it
-                log.exception("%s failed on task %s", implementation.name, item.task_id)
-                evaluation.verdict = None
-                evaluation.error = f"{ErrorType.UNEXPECTED}: {type(exc).__name__}: {exc}"
-        return evaluations
-
-    # ---- read-only steps ----------------------------------------------------------------------
+    # ---- run ----------------------------------------------------------------------------------
 
     @without_gc_pauses
-    def decide_chunk(self, task_ids: Sequence[str]) -> dict[str, Any]:
-        with self.db.begin() as conn:
-            items = load_items(conn, task_ids, lock=False, metadata=False)  # routing needs no more
-        routes: Counter[str] = Counter()
-        for item in items:
-            route = self.route(item)
-            if route is None:
-                routes["already_processed"] += 1
-            elif isinstance(route, ManualReview):
-                routes["unusable_payload" if item.staging is None else "no_handler"] += 1
-            else:
-                routes[route.name] += 1
-        return {"task_ids": list(task_ids), "routes": dict(routes)}
-
-    @without_gc_pauses
-    def validate_chunk(self, task_ids: Sequence[str]) -> dict[str, Any]:
-        with self.db.begin() as conn:
-            ctx = load_chunk(conn, task_ids, lock=False, details=False)
-            evaluations = self._evaluate(ctx, apply=False)
-        verdicts: Counter[str] = Counter()
-        by_type: Counter[str] = Counter()
-        for e in evaluations:
-            review = e.problem or (e.verdict if isinstance(e.verdict, ManualReview) else None)
-            if review is not None:
-                verdicts["manual_review"] += 1
-                by_type[review.error_type.value] += 1
-            elif isinstance(e.verdict, Plan):
-                verdicts[e.verdict.kind] += 1
-            elif isinstance(e.verdict, Wait):
-                verdicts["waiting"] += 1
-            elif e.noop:
-                verdicts["already_processed"] += 1
-            else:
-                verdicts["error"] += 1
-        return {"task_ids": list(task_ids), "verdicts": dict(verdicts), "manual_review_by_type": dict(by_type)}
-
-    # ---- the run step -------------------------------------------------------------------------
-
-    @without_gc_pauses
-    def run_chunk(self, task_ids: Sequence[str], owner: str) -> ChunkResult:
+    def run_chunk(self, task_ids: Sequence[str], owner: str, validation: Validation | None = None) -> ChunkResult:
         """Process a claimed chunk; every task ends COMPLETED, FAILED or RETRY (or is not ours)."""
         task_ids = list(task_ids)
         try:
             with self.db.begin() as conn:
-                return self._run_in_transaction(conn, task_ids, owner)
+                return self._run_in_transaction(conn, task_ids, owner, validation)
         except LeaseLostError as exc:
             log.warning("chunk not written: %s", exc)
             return ChunkResult(task_ids=len(task_ids), not_owned=len(task_ids))
         except Exception as exc:
-            if is_infrastructure_error(exc) or len(task_ids) == 1:
+            if is_retryable(exc) or len(task_ids) == 1:
                 log.warning("chunk of %d task(s) will be retried: %s", len(task_ids), exc)
                 return self.retry_tasks(task_ids, owner, f"{type(exc).__name__}: {exc}")
             # a data error in a bulk statement: isolate the culprit by running one task at a time
             log.warning("chunk of %d failed (%s); running its tasks one by one", len(task_ids), exc)
             total = ChunkResult()
             for task_id in task_ids:
-                _add(total, self.run_chunk([task_id], owner))
+                total.add(self.run_chunk([task_id], owner))
             return total
 
-    def _run_in_transaction(self, conn: Connection, task_ids: list[str], owner: str) -> ChunkResult:
-        ctx = load_chunk(conn, task_ids, lock=True)
-        result = ChunkResult(task_ids=len(task_ids))
-        owned = [i for i in ctx.items if i.task.status == TaskStatus.PROCESSING and i.task.lease_owner == owner]
-        result.not_owned = len(task_ids) - len(owned)
-        ctx.items = owned
-        evaluations = self._evaluate(ctx, apply=True)
-        del ctx, owned  # only through the evaluations from here on
-
-        outcomes = [_tracker_outcome(e) for e in evaluations]
-        written = self.tracker.finish(outcomes, owner, conn)
-        if len(written) != len(outcomes):
-            lost = sorted({o.task_id for o in outcomes} - set(written))
-            raise LeaseLostError(f"{len(lost)} task(s) no longer leased to {owner}: {lost[:5]}")
+    def _run_in_transaction(
+        self, conn: Connection, task_ids: list[str], owner: str, validation: Validation | None
+    ) -> ChunkResult:
+        items = load_items(conn, self.tracker, task_ids, lock=True)
+        owned = [i for i in items if i.task.status == TaskStatus.PROCESSING and i.task.lease_owner == owner]
+        result = ChunkResult(task_ids=len(task_ids), not_owned=len(task_ids) - len(owned))
+        decision = validation.decision if validation is not None else self._decide(task_ids, owned)
+        verdicts = validation.verdicts if validation is not None else self._validate(conn, decision, owned, lock=True)
+        position = {task_id: i for i, task_id in enumerate(decision.task_ids)}
+        routes = decision.route_of_each()
+        reservations = Reservations()
+        try:
+            prepared = self._prepare_run(conn, owned, routes, verdicts, position, reservations)
+        except VerdictOutdated as outdated:
+            log.info("chunk validated again under locks: %s", outdated)
+            decision = self._decide(task_ids, owned)
+            routes, position = decision.route_of_each(), {t: i for i, t in enumerate(decision.task_ids)}
+            verdicts = self._validate(conn, decision, owned, lock=True)
+            reservations = Reservations()
+            prepared = self._prepare_run(conn, owned, routes, verdicts, position, reservations)
 
         batch = LedgerBatch()
-        staging_updates: list[StagingUpdate] = []
-        for evaluation in evaluations:
-            status = written[evaluation.item.task_id]
-            _count(result, evaluation, status)
-            update = _staging_update(evaluation, status)
+        outcomes = []
+        for item in owned:
+            i = position[item.task_id]
+            outcomes.append(ItemOutcome(item, self._apply(item, routes[i], verdicts[i], prepared, reservations, batch)))
+        del items, owned, prepared, reservations  # only the outcomes and the batch from here on
+
+        written = self.tracker.finish([o.tracker_outcome() for o in outcomes], owner, conn)
+        if len(written) != len(outcomes):
+            lost = sorted({o.item.task_id for o in outcomes} - set(written))
+            raise LeaseLostError(f"{len(lost)} task(s) no longer leased to {owner}: {lost[:5]}")
+        updates = []
+        for outcome in outcomes:
+            status = written[outcome.item.task_id]
+            outcome.count(result, status)
+            update = outcome.staging_update(status)
             if update is not None:
-                staging_updates.append(update)
-            if evaluation.batch is not None:
-                batch.extend(evaluation.batch)
-            review = _review(evaluation)
-            if review is not None and review.mismatch_transaction_id:
-                batch.mismatch_transaction_ids.append(review.mismatch_transaction_id)
-        del evaluations, outcomes  # nor the evaluated items: the writes below need only batch and updates
+                updates.append(update)
+        del outcomes
         batch.flush(conn)
-        write_staging_updates(conn, staging_updates)
+        staging.apply_updates(conn, updates)
+        return result
+
+    def _prepare_run(
+        self, conn: Connection, owned: list[WorkItem], routes: list[str], verdicts: list[Verdict],
+        position: dict[str, int], reservations: Reservations,
+    ) -> dict[str, Any]:
+        """Each strategy re-checks its plans under locks and loads what their writes need."""
+        planned: dict[str, list[tuple[WorkItem, Plan]]] = {}
+        for item in owned:
+            i = position[item.task_id]
+            if isinstance(verdicts[i], Plan):
+                if item.staging is None or item.staging.status == StagingStatus.PROCESSED:
+                    raise VerdictOutdated(f"staging entry of task {item.task_id} was processed meanwhile")
+                planned.setdefault(routes[i], []).append((item, verdicts[i]))  # type: ignore[arg-type]
+        return {
+            name: self._by_name[name].prepare_run(conn, plans, reservations)
+            for name, plans in sorted(planned.items(), key=lambda kv: self.implementations.index(self._by_name[kv[0]]))
+        }
+
+    def _apply(self, item: WorkItem, route: str, verdict: Verdict, prepared: dict[str, Any],
+               reservations: Reservations, batch: LedgerBatch) -> Any:
+        """A plan's writes added to `batch` (collected apart, so a failing item adds none)."""
+        if not isinstance(verdict, Plan):
+            return verdict
+        implementation = self._by_name[route]
+        own = LedgerBatch()
+        try:
+            result = implementation.run(item, verdict, prepared.get(route), reservations, own)
+        except Exception as exc:  # a poison task must not take its chunk down with it
+            log.exception("%s.run failed on task %s", implementation.name, item.task_id)
+            return Retry(f"{ErrorType.UNEXPECTED}: {type(exc).__name__}: {exc}")
+        batch.extend(own)
         return result
 
     def retry_tasks(self, task_ids: Sequence[str], owner: str, error: str) -> ChunkResult:
@@ -280,120 +289,15 @@ class TaskManager:
         with self.db.begin() as conn:
             written = self.tracker.retry({t: error for t in task_ids}, owner, conn)
             exhausted = [t for t, status in written.items() if status == TaskStatus.FAILED]
-            mark_exhausted_for_review(conn, exhausted, error)
+            staging.mark_for_review(conn, self.tracker.staging_entry_ids(exhausted, conn) if exhausted else [],
+                                    error, ErrorType.RETRIES_EXHAUSTED)
         result = ChunkResult(task_ids=len(task_ids), not_owned=len(task_ids) - len(written))
         result.retried = sum(1 for s in written.values() if s == TaskStatus.RETRY)
         result.failed = len(exhausted)
-        result.manual_review = len(exhausted)
         if exhausted:
-            result.manual_review_by_type = {ErrorType.RETRIES_EXHAUSTED.value: len(exhausted)}
+            result.count_review(ErrorType.RETRIES_EXHAUSTED.value, len(exhausted))
         return result
 
 
-def _review(evaluation: _Evaluation) -> ManualReview | None:
-    if evaluation.problem is not None:
-        return evaluation.problem
-    return evaluation.verdict if isinstance(evaluation.verdict, ManualReview) else None
-
-
-def _tracker_outcome(evaluation: _Evaluation) -> Outcome:
-    task_id = evaluation.item.task_id
-    review = _review(evaluation)
-    if review is not None:
-        return Outcome(task_id, TaskStatus.FAILED, f"{review.error_type}: {review.message}")
-    if isinstance(evaluation.verdict, Wait):
-        return Outcome(task_id, TaskStatus.RETRY, evaluation.verdict.reason, evaluation.verdict.seconds)
-    if evaluation.error is not None:
-        return Outcome(task_id, TaskStatus.RETRY, evaluation.error)
-    return Outcome(task_id, TaskStatus.COMPLETED)  # applied, or already processed
-
-
-def _staging_update(evaluation: _Evaluation, task_status: str) -> StagingUpdate | None:
-    """The entry's new status and metadata keys, or None to leave the entry as it is."""
-    entry = evaluation.item.staging
-    if entry is None or evaluation.noop:
-        return None
-    review = _review(evaluation)
-    if review is not None:
-        return StagingUpdate(entry.staging_entry_id, "NEEDS_MANUAL_REVIEW", {
-            **review.metadata, "error": review.message, "error_type": review.error_type.value
-        })
-    if evaluation.applied is not None:
-        return StagingUpdate(entry.staging_entry_id, "PROCESSED", evaluation.applied.staging_metadata)
-    if task_status == TaskStatus.FAILED:  # a retry that used up its attempts
-        return StagingUpdate(entry.staging_entry_id, "NEEDS_MANUAL_REVIEW", {
-            "error": evaluation.error or "retries exhausted",
-            "error_type": ErrorType.RETRIES_EXHAUSTED.value,
-        })
-    return None  # waiting or retrying: the entry stays PENDING
-
-
-def _count(result: ChunkResult, evaluation: _Evaluation, task_status: str) -> None:
-    if task_status == TaskStatus.COMPLETED:
-        result.completed += 1
-    elif task_status == TaskStatus.FAILED:
-        result.failed += 1
-    else:
-        result.retried += 1
-    if evaluation.noop:
-        result.already_processed += 1
-    elif evaluation.applied is not None:
-        if evaluation.applied.kind == "book":
-            result.booked += 1
-        else:
-            result.matched += 1
-    elif isinstance(evaluation.verdict, Wait):
-        result.waiting += 1
-    review = _review(evaluation)
-    if review is not None or (task_status == TaskStatus.FAILED and evaluation.item.staging is not None):
-        error_type = review.error_type.value if review else ErrorType.RETRIES_EXHAUSTED.value
-        result.manual_review += 1
-        result.manual_review_by_type[error_type] = result.manual_review_by_type.get(error_type, 0) + 1
-        if review is not None and review.error_type == ErrorType.MISMATCH:
-            result.mismatched += 1
-
-
-def _add(total: ChunkResult, part: ChunkResult) -> None:
-    for name, value in part.to_dict().items():
-        if isinstance(value, int):
-            setattr(total, name, getattr(total, name) + value)
-    for key, n in part.manual_review_by_type.items():
-        total.manual_review_by_type[key] = total.manual_review_by_type.get(key, 0) + n
-
-
-_UPDATE_STAGING = sa.text(
-    """
-    UPDATE staging_entries s SET
-        status = u.status,
-        metadata = CASE WHEN u.status = 'PROCESSED' THEN (s.metadata - 'error' - 'error_type') || u.patch
-                        ELSE s.metadata || u.patch END,
-        discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END,
-        updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
-    FROM json_to_recordset(CAST(:rows AS json)) AS u(staging_entry_id text, status text, patch jsonb)
-    WHERE s.staging_entry_id = u.staging_entry_id AND s.status <> 'PROCESSED'
-    """
-)
-
-
-def write_staging_updates(conn: Connection, updates: list[StagingUpdate]) -> None:
-    """One statement for all staging status changes of a chunk; PROCESSED is never undone."""
-    if updates:
-        conn.execute(_UPDATE_STAGING, {"rows": json_rows(updates)})
-
-
-def mark_exhausted_for_review(conn: Connection, task_ids: Sequence[str], error: str) -> None:
-    """Staging entries of tasks that ran out of attempts go to manual review, same transaction."""
-    if not task_ids:
-        return
-    conn.execute(
-        sa.text(
-            """
-            UPDATE staging_entries SET status = 'NEEDS_MANUAL_REVIEW',
-                   metadata = metadata || jsonb_build_object('error', CAST(:error AS text),
-                                                             'error_type', CAST(:error_type AS text))
-            WHERE status <> 'PROCESSED' AND staging_entry_id IN (
-                SELECT payload ->> 'staging_entry_id' FROM process_tracker WHERE task_id = ANY(:ids))
-            """
-        ),
-        {"ids": list(task_ids), "error": error[:4000], "error_type": ErrorType.RETRIES_EXHAUSTED.value},
-    )
+def _processable(item: WorkItem) -> bool:
+    return item.staging is not None and item.problem is None and item.staging.status != StagingStatus.PROCESSED

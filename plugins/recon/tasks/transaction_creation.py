@@ -6,37 +6,77 @@ recon rule whose account_one is A (the opposite side), transaction EXPECTED, ver
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
+
+from sqlalchemy.engine import Connection
+
+from recon import accounts, ledger, staging
 from recon.errors import ErrorType
-from recon.staging import EntryType
 from recon.ledger import LedgerBatch, NewEntry, NewTransaction, new_id
-from recon.tasks.base import Applied, ManualReview, Plan, ReconTask, Verdict
-from recon.tasks.context import (
-    ChunkContext,
-    ExpectedLeg,
-    PostedLeg,
-    StagingEntry,
-    WorkItem,
-    logical_transaction_id,
-)
+from recon.model import Account, EntryType, ExpectedLeg, PostedLeg, ProcessingMode, ReconRule, StagingEntry, StagingStatus
+from recon.tasks.base import ReconTask, VerdictOutdated
+from recon.tasks.chunk import Reservations, WorkItem
+from recon.tasks.verdicts import Applied, ManualReview, Plan, Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Book(Plan):
+    """Book the line under this rule: POSTED on its account, EXPECTED on the rule's contra account."""
+
+    rule_id: str
+    contra_account_id: str
+    merchant_id: str
+    summary_kind: ClassVar[str] = "book"
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    rules_by_account_one: dict[str, ReconRule]
+    accounts: dict[str, Account]
+    booked_logical_ids: set[str]
+
+
+def logical_transaction_id(entry: StagingEntry) -> str:
+    """`<account_id>_<order_id>`, or the staging entry id when the line has no order id."""
+    return f"{entry.account_id}_{entry.order_id}" if entry.order_id else entry.staging_entry_id
 
 
 class TransactionCreationTask(ReconTask):
     name = "TransactionCreationTask"
 
     def decide(self, item: WorkItem) -> bool:
-        return item.staging is not None and item.staging.processing_mode == "TRANSACTION"
+        return item.staging is not None and item.staging.processing_mode == ProcessingMode.TRANSACTION
 
-    def validate(self, item: WorkItem, ctx: ChunkContext) -> Verdict:
+    def load(self, conn: Connection, items: Sequence[WorkItem], reservations: Reservations, lock: bool) -> _Loaded:
+        entries = [i.staging for i in items if i.staging is not None]
+        rules = accounts.load_rules(conn, sorted({e.account_id for e in entries}))
+        rules_by_one: dict[str, ReconRule] = {}
+        contras: dict[str, list[str]] = {}
+        for rule in rules:  # oldest first: the oldest rule of an account_one wins
+            rules_by_one.setdefault(rule.account_one_id, rule)
+            contras.setdefault(rule.account_one_id, []).append(rule.account_two_id)
+        account_ids = {e.account_id for e in entries} | {r.account_two_id for r in rules_by_one.values()}
+        if lock:
+            _lock_contested_orders(conn, entries)
+        booked = ledger.existing_logical_ids(conn, sorted({logical_transaction_id(e) for e in entries}))
+        for e in entries:  # a confirmation of the chunk waits for these lines, as for queued ones
+            if _pending_with_order(e):
+                reservations.announce_booking(e.staging_entry_id, [(two, e.order_id) for two in contras.get(e.account_id, ())])
+        return _Loaded(rules_by_one, accounts.load_accounts(conn, sorted(account_ids)), booked)
+
+    def validate(self, item: WorkItem, loaded: _Loaded, reservations: Reservations) -> Verdict:
         entry = item.staging
         assert entry is not None
-        rule = ctx.rules_by_account_one.get(entry.account_id)
+        rule = loaded.rules_by_account_one.get(entry.account_id)
         if rule is None:
             return ManualReview(
                 ErrorType.NO_RECON_RULE,
                 f"no recon rule has account {entry.account_id} as account_one",
             )
-        account = ctx.accounts[entry.account_id]
-        contra = ctx.accounts[rule.account_two_id]
+        account = loaded.accounts[entry.account_id]
+        contra = loaded.accounts[rule.account_two_id]
         wrong = [a for a in (account, contra) if a.currency != entry.currency]
         if wrong:
             names = ", ".join(f"{a.account_id} is {a.currency}" for a in wrong)
@@ -45,44 +85,50 @@ class TransactionCreationTask(ReconTask):
                 f"entry currency {entry.currency} differs from the account currency ({names})",
             )
         logical_id = logical_transaction_id(entry)
-        if logical_id in ctx.booked_logical_ids:
+        if logical_id in loaded.booked_logical_ids or not reservations.claim_logical_id(logical_id):
             return ManualReview(
                 ErrorType.DUPLICATE_ORDER,
                 f"order {entry.order_id!r} is already booked for account {entry.account_id}"
                 f" (logical transaction {logical_id})",
             )
-        ctx.booked_logical_ids.add(logical_id)  # a later line of this chunk is a duplicate
-        plan = Plan("book", {
-            "rule_id": rule.id, "contra_account_id": contra.account_id, "merchant_id": account.merchant_id,
-            "logical_id": logical_id, "transaction_id": new_id("txn"),
-            "posted_entry_id": new_id("ent"), "expected_entry_id": new_id("ent"),
-        })
-        if entry.order_id and (contra.account_id, entry.order_id) in ctx.confirmed_orders:
-            _make_visible_to_later_items(entry, plan, ctx)
-        return plan
+        if entry.order_id and reservations.wants((contra.account_id, entry.order_id)):
+            # a confirmation later in the chunk finds this booking, as it would one at a time; until
+            # run writes it, the leg is named by this line's staging entry id
+            reservations.publish_booking(entry.staging_entry_id, _expected_leg(
+                entry, contra.account_id, account.merchant_id, entry.staging_entry_id, entry.staging_entry_id))
+        return Book(rule.id, contra.account_id, account.merchant_id)
 
-    def run(self, item: WorkItem, plan: Plan, ctx: ChunkContext, batch: LedgerBatch) -> Applied:
+    def prepare_run(self, conn: Connection, planned: Sequence[tuple[WorkItem, Book]], reservations: Reservations) -> None:
+        """Another worker may have booked the same order since validate (a duplicate line in its chunk)."""
+        entries = [item.staging for item, _ in planned if item.staging is not None]
+        _lock_contested_orders(conn, entries)
+        booked = ledger.existing_logical_ids(conn, sorted({logical_transaction_id(e) for e in entries}))
+        if booked:
+            raise VerdictOutdated(f"{len(booked)} order(s) booked by another worker meanwhile, e.g. {min(booked)}")
+
+    def run(self, item: WorkItem, plan: Book, prepared: None, reservations: Reservations, batch: LedgerBatch) -> Applied:
         entry = item.staging
         assert entry is not None
-        transaction_id = plan.details["transaction_id"]
+        transaction_id, posted_id, expected_id = new_id("txn"), new_id("ent"), new_id("ent")
         source = {"source_staging_entry_id": entry.staging_entry_id}
         order = {"order_id": entry.order_id} if entry.order_id else {}
         batch.transactions.append(
             NewTransaction(
                 transaction_id=transaction_id,
-                logical_transaction_id=plan.details["logical_id"],
+                logical_transaction_id=logical_transaction_id(entry),
                 version=1,
                 amount=entry.amount,
                 currency=entry.currency,
-                merchant_id=plan.details["merchant_id"],
+                merchant_id=plan.merchant_id,
                 status="EXPECTED",
                 metadata={**entry.metadata, **source},
                 source_staging_entry_id=entry.staging_entry_id,
             )
         )
+        posted_metadata = {**entry.metadata, **order, **source}
         batch.entries.append(
             NewEntry(
-                entry_id=plan.details["posted_entry_id"],
+                entry_id=posted_id,
                 account_id=entry.account_id,
                 transaction_id=transaction_id,
                 entry_type=entry.entry_type,
@@ -90,57 +136,66 @@ class TransactionCreationTask(ReconTask):
                 currency=entry.currency,
                 status="POSTED",
                 effective_date=entry.effective_date,
-                metadata={**entry.metadata, **order, **source},
+                metadata=posted_metadata,
             )
         )
         batch.entries.append(
             NewEntry(
-                entry_id=plan.details["expected_entry_id"],
-                account_id=plan.details["contra_account_id"],
+                entry_id=expected_id,
+                account_id=plan.contra_account_id,
                 transaction_id=transaction_id,
                 entry_type=EntryType(entry.entry_type).opposite.value,
                 amount=entry.amount,
                 currency=entry.currency,
                 status="EXPECTED",
                 effective_date=entry.effective_date,
-                metadata={**entry.metadata, **order, **source, "recon_rule_id": plan.details["rule_id"]},
+                metadata={**entry.metadata, **order, **source, "recon_rule_id": plan.rule_id},
             )
         )
-        return Applied(
-            "book",
-            {"created_transaction_id": transaction_id, "match_type": "NewTransactionGenerated"},
-        )
+        if entry.order_id and reservations.wants((plan.contra_account_id, entry.order_id)):
+            # the confirmation of this chunk that fulfils this booking carries its POSTED leg over
+            posted = PostedLeg(posted_id, entry.account_id, transaction_id, entry.entry_type, entry.amount,
+                               entry.currency, entry.effective_date, posted_metadata)
+            reservations.publish_booking(entry.staging_entry_id, _expected_leg(
+                entry, plan.contra_account_id, plan.merchant_id, expected_id, transaction_id), [posted])
+        return Applied("book", {"created_transaction_id": transaction_id, "match_type": "NewTransactionGenerated"})
 
 
-def _make_visible_to_later_items(entry: StagingEntry, plan: Plan, ctx: ChunkContext) -> None:
-    """A confirmation later in the same chunk must find this booking, as it would one at a time."""
-    d = plan.details
-    metadata = {**entry.metadata, "source_staging_entry_id": entry.staging_entry_id}
-    ctx.expected_by_order.setdefault((d["contra_account_id"], entry.order_id), []).append(
-        ExpectedLeg(
-            entry_id=d["expected_entry_id"],
-            account_id=d["contra_account_id"],
-            order_id=entry.order_id,
-            entry_type=EntryType(entry.entry_type).opposite.value,
-            amount=entry.amount,
-            currency=entry.currency,
-            transaction_id=d["transaction_id"],
-            logical_transaction_id=d["logical_id"],
-            version=1,
-            merchant_id=d["merchant_id"],
-            transaction_amount=entry.amount,
-            transaction_metadata=metadata,
-        )
+def _pending_with_order(entry: StagingEntry) -> bool:
+    return entry.status == StagingStatus.PENDING and bool(entry.order_id)
+
+
+def _expected_leg(entry: StagingEntry, contra_account_id: str, merchant_id: str, entry_id: str,
+                  transaction_id: str) -> ExpectedLeg:
+    """The EXPECTED leg this line books, as a confirmation of the same chunk sees it."""
+    return ExpectedLeg(
+        entry_id=entry_id,
+        account_id=contra_account_id,
+        order_id=entry.order_id or "",
+        entry_type=EntryType(entry.entry_type).opposite.value,
+        amount=entry.amount,
+        currency=entry.currency,
+        transaction_id=transaction_id,
+        logical_transaction_id=logical_transaction_id(entry),
+        version=1,
+        merchant_id=merchant_id,
+        transaction_amount=entry.amount,
+        transaction_metadata={**entry.metadata, "source_staging_entry_id": entry.staging_entry_id},
     )
-    ctx.posted_legs[d["transaction_id"]] = [
-        PostedLeg(
-            entry_id=d["posted_entry_id"],
-            account_id=entry.account_id,
-            transaction_id=d["transaction_id"],
-            entry_type=entry.entry_type,
-            amount=entry.amount,
-            currency=entry.currency,
-            effective_date=entry.effective_date,
-            metadata={**entry.metadata, "order_id": entry.order_id, **metadata},
-        )
-    ]
+
+
+def _lock_contested_orders(conn: Connection, entries: Sequence[StagingEntry]) -> None:
+    """Serialise bookings of an order that another queued TRANSACTION line books too.
+
+    Only such an order can be booked twice by concurrent chunks: the lines of this chunk are
+    counted against all PENDING lines for the same (account, order), and where there are more
+    (another chunk's, or one not yet claimed) the order's logical id is locked, in a fixed order;
+    the chunk that gets the lock second then sees the first one's booking. Orders queued once,
+    the usual case, take no lock, so concurrent chunks do not wait for each other (one lock per
+    order of a large chunk would overflow PostgreSQL's lock table). A line ingested after this
+    check and booked concurrently still cannot be booked twice: the unique (logical_transaction_id,
+    version) makes the later chunk fail and retry its tasks one by one.
+    """
+    in_chunk = Counter((e.account_id, e.order_id) for e in entries if _pending_with_order(e))
+    contested = staging.contested_orders(conn, in_chunk)
+    ledger.lock_logical_ids(conn, [f"{account}_{order}" for account, order in contested])

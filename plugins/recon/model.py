@@ -1,0 +1,118 @@
+"""The vocabulary every part of the engine shares: enums and the row types passed between owners.
+
+Each table's SQL lives in its owner module (tracker, staging, accounts, ledger); the rows they
+hand to the engine are these frozen types, so a strategy never needs to know which module read
+them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+
+class EntryType(enum.StrEnum):
+    DEBIT = "DEBIT"
+    CREDIT = "CREDIT"
+
+    @property
+    def opposite(self) -> "EntryType":
+        return EntryType.CREDIT if self is EntryType.DEBIT else EntryType.DEBIT
+
+
+class ProcessingMode(enum.StrEnum):
+    TRANSACTION = "TRANSACTION"
+    CONFIRMATION = "CONFIRMATION"
+
+
+class StagingStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    NEEDS_MANUAL_REVIEW = "NEEDS_MANUAL_REVIEW"
+    PROCESSED = "PROCESSED"
+
+
+class AccountType(enum.StrEnum):
+    DEBIT_NORMAL = "DEBIT_NORMAL"
+    CREDIT_NORMAL = "CREDIT_NORMAL"
+
+
+class TaskType(enum.StrEnum):
+    PROCESS_STAGING_ENTRY = "PROCESS_STAGING_ENTRY"
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    PROCESSING = "PROCESSING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    RETRY = "RETRY"
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    merchant_id: str
+    account_name: str
+    account_type: str
+    currency: str
+    initial_balance: Decimal
+
+
+@dataclass(frozen=True)
+class ReconRule:
+    id: str
+    merchant_id: str
+    account_one_id: str
+    account_two_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StagingEntry:
+    """A statement line as the engine reads it (staging_entries, in column order)."""
+
+    staging_entry_id: str
+    account_id: str
+    entry_type: str
+    amount: Decimal
+    currency: str
+    status: str
+    processing_mode: str
+    effective_date: dt.datetime
+    metadata: dict[str, Any]
+    order_id: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedLeg:
+    """An EXPECTED entry waiting to be fulfilled, with its transaction's header."""
+
+    entry_id: str
+    account_id: str
+    order_id: str
+    entry_type: str
+    amount: Decimal
+    currency: str
+    transaction_id: str
+    logical_transaction_id: str
+    version: int
+    merchant_id: str
+    transaction_amount: Decimal
+    transaction_metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PostedLeg:
+    """A POSTED entry of a transaction, carried over when the transaction gets a new version."""
+
+    entry_id: str
+    account_id: str
+    transaction_id: str
+    entry_type: str
+    amount: Decimal
+    currency: str
+    effective_date: dt.datetime
+    metadata: dict[str, Any]

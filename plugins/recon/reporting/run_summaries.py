@@ -1,0 +1,128 @@
+"""One row per pipeline run (table ``run_summaries``, migration 0003): what the run's summary task
+counted and the backlog it left. The only module whose SQL reads or writes ``run_summaries``.
+
+The Recon view draws throughput and the backlog trend from these rows; each run's "Recon
+summary" tab and its run note render one with :func:`summary_markdown`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import sqlalchemy as sa
+
+from recon import settings
+from recon.db import Database
+from recon.errors import InvalidInputError
+from recon.tracker import ProcessTracker
+
+_RECORD_RUN = sa.text(
+    """
+    INSERT INTO run_summaries (dag_id, run_id, outcome, dry_run, claimed, processed, backlog, summary)
+    VALUES (:dag_id, :run_id, :outcome, :dry_run, :claimed, :processed, :backlog, CAST(:summary AS jsonb))
+    ON CONFLICT (dag_id, run_id) DO UPDATE SET
+        recorded_at = now(), outcome = EXCLUDED.outcome, dry_run = EXCLUDED.dry_run,
+        claimed = EXCLUDED.claimed, processed = EXCLUDED.processed, backlog = EXCLUDED.backlog,
+        summary = EXCLUDED.summary
+    RETURNING dag_id, run_id, recorded_at, outcome, dry_run, claimed, processed, backlog, summary
+    """
+)
+
+_RUN_COLUMNS = "dag_id, run_id, recorded_at, outcome, dry_run, claimed, processed, backlog, summary"
+
+_RECENT_RUNS = sa.text(
+    f"""
+    SELECT {_RUN_COLUMNS} FROM run_summaries
+    WHERE dag_id = :dag_id
+    ORDER BY recorded_at DESC, run_id DESC
+    LIMIT :limit
+    """
+)
+
+_ONE_RUN = sa.text(f"SELECT {_RUN_COLUMNS} FROM run_summaries WHERE dag_id = :dag_id AND run_id = :run_id")
+
+
+def record_run_summary(
+    run_id: str,
+    summary: Mapping[str, Any],
+    *,
+    dag_id: str = settings.DAG_ID,
+    outcome: str = "success",
+    db: Database,
+) -> dict[str, Any]:
+    """Store one run's summary (as returned by ``pipeline.summarize``) with the backlog it left.
+
+    ``outcome`` is ``"failed"`` when the run is about to fail (a chunk did not finish).
+    Recording the same run again (a retried summary task) replaces its row.
+    """
+    if outcome not in ("success", "failed"):
+        raise InvalidInputError(f"outcome must be 'success' or 'failed', got {outcome!r}")
+    if not run_id:
+        raise InvalidInputError("run_id must be a non-empty string")
+    dry_run = bool(summary.get("dry_run", False))
+    claimed = 0 if dry_run else int(summary.get("claimed", 0) or 0)
+    processed = 0 if dry_run else int(summary.get("completed", 0) or 0) + int(summary.get("failed", 0) or 0)
+    with db.begin() as conn:
+        row = conn.execute(
+            _RECORD_RUN,
+            {
+                "dag_id": dag_id,
+                "run_id": run_id,
+                "outcome": outcome,
+                "dry_run": dry_run,
+                "claimed": claimed,
+                "processed": processed,
+                "backlog": ProcessTracker(db).backlog(conn),
+                "summary": json.dumps(dict(summary), default=str),
+            },
+        ).one()
+    return dict(row._mapping)
+
+
+def recent_runs(db: Database, limit: int = 30, dag_id: str = settings.DAG_ID) -> list[dict[str, Any]]:
+    """The latest recorded runs, newest first."""
+    with db.begin() as conn:
+        rows = conn.execute(_RECENT_RUNS, {"dag_id": dag_id, "limit": limit}).all()
+    return [dict(r._mapping) for r in rows]
+
+
+def run_summary(run_id: str, db: Database, dag_id: str = settings.DAG_ID) -> dict[str, Any] | None:
+    with db.begin() as conn:
+        row = conn.execute(_ONE_RUN, {"dag_id": dag_id, "run_id": run_id}).first()
+    return dict(row._mapping) if row else None
+
+
+def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None, heading: bool = True) -> str:
+    """A short Markdown summary of one run: counts, rates and the top manual-review reasons.
+
+    Without ``heading`` the first line is the counts line (what a collapsed run note shows).
+    """
+    s = dict(summary)
+    title = f"Recon run `{run_id}`" if run_id else "Recon run"
+    if s.get("dry_run"):
+        lines = [f"### {title} (dry run)", ""] if heading else []
+        lines.append(f"**{s.get('due', 0)} due** task(s) decided and validated; dry run, nothing written.")
+        verdicts = s.get("verdicts") or {}
+        if verdicts:
+            lines += ["", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))]
+    else:
+        claimed = int(s.get("claimed", 0) or 0)
+        lines = [f"### {title}", ""] if heading else []
+        lines += [
+            f"**{claimed} claimed** · {s.get('completed', 0)} completed · {s.get('failed', 0)} failed · "
+            f"{s.get('retried', 0)} retried · {s.get('entries_per_s', 0)} entries/s in {s.get('duration_s', 0)} s",
+            "",
+            "| booked | matched | mismatched | manual review | waiting |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+            f"| {s.get('booked', 0)} | {s.get('matched', 0)} | {s.get('mismatched', 0)} "
+            f"| {s.get('manual_review', 0)} | {s.get('waiting', 0)} |",
+        ]
+        if claimed:
+            done = int(s.get("completed", 0) or 0)
+            lines += ["", f"Completion rate: {100 * done / claimed:.1f} % of claimed tasks."]
+    reasons = s.get("manual_review_by_type") or {}
+    if reasons:
+        top = sorted(reasons.items(), key=lambda kv: (-int(kv[1]), kv[0]))[:5]
+        lines += ["", "Top manual-review reasons: " + ", ".join(f"`{k}` × {v}" for k, v in top)]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,192 @@
+"""What validate decides for each task, what run makes of it, and how both travel through XCom.
+
+A verdict is a frozen dataclass. ``Plan`` subclasses are a strategy's validated changes (a booking,
+a fulfilment, a mismatch to mark); ``ManualReview``, ``Wait`` and ``AlreadyProcessed`` are final
+without a ledger write; ``Retry`` is an unexpected exception (the attempt counts). Run turns a plan
+into ``Applied`` (or, for a mismatch, a ``ManualReview`` next to its ledger write).
+
+Between Airflow tasks the verdicts travel as compact codes, ``[class name, *field values]``,
+grouped so that identical verdicts (every booking under one rule) are written once with the
+positions they apply to: XCom carries ids, counts and these codes, never an entry's data.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Sequence
+
+from recon.errors import ErrorType
+
+_VERDICT_TYPES: dict[str, type["Verdict"]] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Base of every verdict; subclasses register themselves by class name for decoding."""
+
+    summary_kind: ClassVar[str] = "verdict"  # how the dry-run summary counts it
+
+    def __init_subclass__(cls) -> None:  # no super(): slots=True makes a new class
+        _VERDICT_TYPES[cls.__name__] = cls
+
+    def to_code(self) -> list[Any]:
+        """Plain JSON values only (an enum as its value): Airflow's XCom serializer needs no class."""
+        values = (getattr(self, f.name) for f in fields(self))
+        return [type(self).__name__, *(v.value if isinstance(v, enum.Enum) else v for v in values)]
+
+    @staticmethod
+    def from_code(code: Sequence[Any]) -> "Verdict":
+        name, *values = code
+        try:
+            return _VERDICT_TYPES[name](*values)
+        except KeyError:
+            raise ValueError(f"unknown verdict {name!r}: its strategy module is not imported") from None
+
+    @property
+    def review_type(self) -> str | None:
+        """The manual-review error type this verdict ends in, if any."""
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class AlreadyProcessed(Verdict):
+    """The entry is PROCESSED (a second run of its task): the task completes, nothing else."""
+
+    summary_kind: ClassVar[str] = "already_processed"
+
+
+@dataclass(frozen=True, slots=True)
+class ManualReview(Verdict):
+    """A business outcome that needs a person: final for the task (FAILED), the entry in review."""
+
+    error_type: ErrorType
+    message: str
+    metadata: dict[str, Any] = field(default_factory=dict)  # e.g. matched_transaction_id
+    summary_kind: ClassVar[str] = "manual_review"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "error_type", ErrorType(self.error_type))
+
+    @property
+    def review_type(self) -> str:
+        return self.error_type.value
+
+
+@dataclass(frozen=True, slots=True)
+class Wait(Verdict):
+    """Not decidable yet (e.g. a confirmation that arrived before its order): due again later,
+    without using an attempt."""
+
+    reason: str
+    seconds: float
+    summary_kind: ClassVar[str] = "waiting"
+
+
+@dataclass(frozen=True, slots=True)
+class Retry(Verdict):
+    """An unexpected exception while handling this task: tried again with backoff (the attempt counts)."""
+
+    error: str
+    summary_kind: ClassVar[str] = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan(Verdict):
+    """A validated change that its strategy's ``run`` writes; subclasses name the change and set
+    ``summary_kind`` (e.g. "book")."""
+
+    summary_kind: ClassVar[str] = "plan"
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What run wrote for a plan: counted by kind ("book", "fulfil"), and the staging entry's
+    success metadata."""
+
+    kind: str
+    staging_metadata: dict[str, Any]
+
+
+RunResult = Applied | ManualReview
+
+
+# ---- the data flow between the DAG's steps ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    """decide's output: for each route (a strategy's name, or why there is none), its positions."""
+
+    task_ids: list[str]
+    routes: dict[str, list[int]]
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {"task_ids": self.task_ids, "routes": self.routes}
+
+    @classmethod
+    def from_xcom(cls, value: dict[str, Any]) -> "Decision":
+        return cls(list(value["task_ids"]), {k: list(v) for k, v in value["routes"].items()})
+
+    def route_of_each(self) -> list[str]:
+        """The route name of every task, in task order."""
+        names = [""] * len(self.task_ids)
+        for name, positions in self.routes.items():
+            for i in positions:
+                names[i] = name
+        return names
+
+
+@dataclass(frozen=True)
+class Validation:
+    """validate's output: decide's routes and one verdict per task, in task order."""
+
+    decision: Decision
+    verdicts: list[Verdict]
+
+    @property
+    def task_ids(self) -> list[str]:
+        return self.decision.task_ids
+
+    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(verdicts by summary kind, manual reviews by error type): what a dry run reports."""
+        kinds: dict[str, int] = {}
+        reviews: dict[str, int] = {}
+        for verdict in self.verdicts:
+            kinds[verdict.summary_kind] = kinds.get(verdict.summary_kind, 0) + 1
+            if verdict.review_type:
+                reviews[verdict.review_type] = reviews.get(verdict.review_type, 0) + 1
+        return kinds, reviews
+
+    def to_xcom(self) -> dict[str, Any]:
+        kinds, reviews = self.counts()
+        return {**self.decision.to_xcom(), "codes": encode(self.verdicts), "verdicts": kinds,
+                "manual_review_by_type": reviews}
+
+    @classmethod
+    def from_xcom(cls, value: dict[str, Any]) -> "Validation":
+        decision = Decision.from_xcom(value)
+        return cls(decision, decode(value["codes"], len(decision.task_ids)))
+
+
+def encode(verdicts: Sequence[Verdict]) -> list[list[Any]]:
+    """Verdicts as [[code, [positions]], ...], identical codes once, in order of first appearance."""
+    groups: dict[str, list[Any]] = {}
+    for position, verdict in enumerate(verdicts):
+        code = verdict.to_code()
+        key = json.dumps(code, sort_keys=True, default=str)
+        groups.setdefault(key, [code, []])[1].append(position)
+    return list(groups.values())
+
+
+def decode(encoded: Sequence[Sequence[Any]], count: int) -> list[Verdict]:
+    verdicts: list[Verdict | None] = [None] * count
+    for code, positions in encoded:
+        verdict = Verdict.from_code(code)
+        for position in positions:
+            verdicts[position] = verdict
+    missing = [i for i, v in enumerate(verdicts) if v is None]
+    if missing:
+        raise ValueError(f"no verdict for task position(s) {missing[:5]}")
+    return verdicts  # type: ignore[return-value]
