@@ -8,7 +8,6 @@ rows were ingested), 1 the demo's books did not balance or its DAG run failed.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 
 import sqlalchemy.exc
 
+from recon import json_encoding
 from recon.db import migrations
 from recon.db import DatabaseConfigError, default_database, reset_default_database, stop_embedded_server
 from recon.errors import InvalidInputError, NotFoundError
@@ -26,7 +26,7 @@ def _announce_database() -> None:
 
 
 def _print(data: Any, as_json: bool, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if as_json else text)
+    print(json_encoding.dumps(data, indent=2) if as_json else text)
 
 
 # ---- db and tracker -------------------------------------------------------------------------
