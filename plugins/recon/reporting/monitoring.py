@@ -2,7 +2,8 @@
 
 Every figure comes from one of the SQL statements below (read-only, one round trip each),
 so a number on the page can be checked with the same query in psql. The functions return
-plain dicts; :func:`jsonable` turns them into JSON-safe values (money as strings, never floats).
+plain dicts; :func:`recon.json_encoding.jsonable` turns them into JSON-safe values (money as
+strings, never floats).
 
 The pipeline writes one row per run with :func:`record_run_summary` (table ``run_summaries``,
 migration ``0003``); :func:`summary_markdown` renders such a summary as a short Markdown text.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import asdict
-from decimal import Decimal
 from typing import Any, Mapping
 
 import sqlalchemy as sa
@@ -426,19 +426,6 @@ def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None, head
         top = sorted(reasons.items(), key=lambda kv: (-int(kv[1]), kv[0]))[:5]
         lines += ["", "Top manual-review reasons: " + ", ".join(f"`{k}` × {v}" for k, v in top)]
     return "\n".join(lines) + "\n"
-
-
-def jsonable(value: Any) -> Any:
-    """JSON-safe copy: Decimal -> str (exact money), datetime -> ISO 8601, recursively."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
 
 
 def _limit(limit: int) -> int:
