@@ -9,7 +9,6 @@ balance or its DAG run failed, or a bug (its traceback with ``--debug``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 
 import sqlalchemy.exc
 
-from recon import settings
+from recon import json_encoding, settings
 from recon.db import default_database, migrations, reset_default_database, stop_embedded_server
 from recon.errors import ReconError
 
@@ -28,7 +27,7 @@ def _announce_database() -> None:
 
 
 def _print(data: Any, as_json: bool, text: str) -> None:
-    print(json.dumps(data, indent=2, default=str) if as_json else text)
+    print(json_encoding.dumps(data, indent=2) if as_json else text)
 
 
 # ---- db and tracker -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "recon_process_tracker"
 MAINTENANCE_DAG_ID = "recon_maintenance"
 AIRFLOW_CONNECTION_ID = "recon_db"  # the Airflow connection naming the recon database
+WEB_URL_PREFIX = "/recon"  # where Airflow's API server mounts the Recon view and its JSON
 EMBEDDED_DATABASE_NAME = "recon"
 
 # ---- batch shape --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 
 from recon import ledger, pipeline
+from recon.json_encoding import jsonable
 from recon.reporting import monitoring, run_summaries
 from tests.ui.seed import LEASE_OWNER, MISMATCH_ORDER, RETRY_ERROR, UNMATCHED_ORDER, SeededBooks
 
@@ -204,5 +205,5 @@ def test_summary_markdown_has_counts_rates_and_top_reasons() -> None:
 
 
 def test_jsonable_keeps_money_exact() -> None:
-    value = monitoring.jsonable({"amount": Decimal("0.1000"), "list": [Decimal("12345678901234.5678")]})
+    value = jsonable({"amount": Decimal("0.1000"), "list": [Decimal("12345678901234.5678")]})
     assert json.loads(json.dumps(value)) == {"amount": "0.1000", "list": ["12345678901234.5678"]}

@@ -8,12 +8,12 @@ are parsed by the column types (numeric, timestamptz) in ``json_to_recordset``.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import operator
 from dataclasses import fields
-from decimal import Decimal
 from typing import Any, Iterable
+
+from recon.json_encoding import json_scalar
 
 
 def json_rows(rows: Iterable[Any]) -> str:
@@ -23,12 +23,4 @@ def json_rows(rows: Iterable[Any]) -> str:
         return "[]"
     names = tuple(f.name for f in fields(rows[0]))
     values = operator.attrgetter(*names)
-    return json.dumps([dict(zip(names, values(r))) for r in rows], default=_json_scalar, separators=(",", ":"))
-
-
-def _json_scalar(value: Any) -> str:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+    return json.dumps([dict(zip(names, values(r))) for r in rows], default=json_scalar, separators=(",", ":"))

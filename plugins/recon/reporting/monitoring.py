@@ -2,7 +2,7 @@
 
 Read models composed from the owners' queries (tracker, staging, accounts, ledger, run
 summaries), so a number on the page is the same statement a psql user would run against the
-owning table. The functions return plain dicts; :func:`jsonable` turns them into JSON-safe
+owning table. The functions return plain dicts; :func:`recon.json_encoding.jsonable` turns them into JSON-safe
 values (money as strings, never floats).
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict
-from decimal import Decimal
 from typing import Any, Mapping
 
 from recon import accounts, ledger, settings, staging
@@ -195,17 +194,6 @@ def overview(db: Database, **filters: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def jsonable(value: Any) -> Any:
-    """JSON-safe copy: Decimal -> str (exact money), datetime -> ISO 8601, recursively."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (dt.datetime, dt.date)):
-        return value.isoformat()
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value
 
 
 def _limit(limit: int) -> int:

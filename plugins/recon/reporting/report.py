@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from decimal import Decimal
 from typing import Any
 
 from recon import ledger, staging
 from recon.db import Database
+from recon.json_encoding import jsonable
 from recon.tracker import ProcessTracker
 
 MANUAL_REVIEW_SAMPLE = 20  # entries listed per reason; the counts are always complete
@@ -26,14 +26,9 @@ def build_report(db: Database) -> dict[str, Any]:
         "manual_review": [
             {"error_type": r.error_type or "(none)", "count": r.n, "entries": r.sample} for r in reasons
         ],
-        "balances": [_plain(asdict(b)) for b in ledger.balances(db=db)],
+        "balances": [jsonable(asdict(b)) for b in ledger.balances(db=db)],  # money exact, as text
         "invariants": {**asdict(invariants), "ok": invariants.ok},
     }
-
-
-def _plain(row: dict[str, Any]) -> dict[str, Any]:
-    """Decimals as strings: exact in JSON, no float rounding."""
-    return {k: str(v) if isinstance(v, Decimal) else v for k, v in row.items()}
 
 
 def format_report(report: dict[str, Any]) -> str:

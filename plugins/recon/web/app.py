@@ -1,0 +1,79 @@
+"""The Recon view's FastAPI app: built once per process, in the API server only.
+
+It answers these failures itself: a browser without a session goes to Airflow's login
+(:mod:`recon.web.access`); a database that is not migrated, not reachable or not configured
+gets a 503 that says so, without the URL or the SQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import sqlalchemy.exc as sa_exc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import HTTPException
+from fastapi.responses import JSONResponse, Response
+
+from recon.errors import DatabaseConfigError
+from recon.web.access import login_for_browsers
+from recon.web.routes import router
+
+log = logging.getLogger(__name__)
+
+ICON_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="#017cee" '
+    'stroke-width="2" stroke-linecap="round" stroke-linejoin="round">'
+    '<path d="M4 5h10M4 10h7M4 15h5"/><path d="M4 20h16"/><path d="m13 15 3 3 5-7"/></svg>'
+)
+
+_app_lock = threading.Lock()
+_app: FastAPI | None = None
+
+
+def recon_app() -> FastAPI:
+    """The FastAPI app, built once per process on first use."""
+    global _app
+    with _app_lock:
+        if _app is None:
+            _app = build_app()
+        return _app
+
+
+def build_app() -> FastAPI:
+    app = FastAPI(
+        title="Recon monitoring",
+        description="The Process Tracker queue, throughput, exceptions and ledger of the recon engine.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_exception_handler(HTTPException, login_for_browsers)
+    app.add_exception_handler(sa_exc.ProgrammingError, database_unusable)
+    app.add_exception_handler(sa_exc.OperationalError, database_unusable)
+    app.add_exception_handler(DatabaseConfigError, database_not_configured)
+    app.add_api_route("/static/recon.svg", navigation_icon, methods=["GET"], include_in_schema=False)
+    app.include_router(router)
+    return app
+
+
+async def database_unusable(request: Request, exc: Exception) -> JSONResponse:
+    """Missing table (not migrated) or unreachable database: say so, without the URL or SQL."""
+    log.warning("recon view: database error: %s", str(exc).splitlines()[0][:300])
+    missing = "UndefinedTable" in type(getattr(exc, "orig", None)).__name__
+    detail = (
+        "the recon database is not migrated: run `./recon db migrate` (python -m recon db migrate)"
+        if missing
+        else "the recon database cannot be reached; see the API server log"
+    )
+    return JSONResponse({"detail": detail}, status_code=503)
+
+
+async def database_not_configured(request: Request, exc: Exception) -> JSONResponse:
+    """No recon_db connection and no RECON_DATABASE_URL in the API server: say which to set."""
+    log.warning("recon view: %s", exc)
+    return JSONResponse({"detail": str(exc)}, status_code=503)
+
+
+def navigation_icon() -> Response:
+    """The icon of the navigation entry: no data, so no authentication."""
+    return Response(ICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
