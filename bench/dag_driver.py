@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     env = local_airflow.configure(args.airflow_home)
     local_airflow.ensure_metadata_migrated(env)
     if args.prepare_only:
+        # one dry run writes the DAGs' rows: drivers started side by side on a fresh metadata
+        # database otherwise race to INSERT them and one dies of a duplicate key
+        local_airflow.load_dag().test(run_conf={"dry_run": True, "batch_size": 1, "chunk_size": 1})
         return 0
 
     import psycopg

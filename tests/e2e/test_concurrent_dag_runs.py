@@ -159,12 +159,16 @@ def test_concurrent_dag_runs_drain_mixed_tasks_exactly_once(airflow: AirflowServ
     spans = {r: (_time(runs[r]["start_date"]), _time(runs[r]["end_date"])) for r in claiming}
     overlaps = _overlapping(spans)
     assert overlaps, f"no two claiming runs overlapped: {spans}"
-    # and so were their chunks: `chunk.run` instances of different runs overlapped
-    instances = airflow.call(
-        "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/~/taskInstances?task_id=chunk.run&limit=1000")["task_instances"]
-    chunk_spans = {(ti["dag_run_id"], ti["map_index"]): (_time(ti["start_date"]), _time(ti["end_date"]))
-                   for ti in instances if ti["dag_run_id"] in claiming}
-    assert {ti["state"] for ti in instances if ti["dag_run_id"] in claiming} == {"success"}
+    # and so were their chunks: a chunk (from its `chunk.decide` start to its `chunk.run` end, since
+    # run writes what validate decided) of one run overlapped a chunk of another run
+    def chunk_instances(task_id: str) -> dict[tuple[str, int], Any]:
+        found = airflow.call(
+            "GET", f"/api/v2/dags/{DAG_ID}/dagRuns/~/taskInstances?task_id={task_id}&limit=1000")["task_instances"]
+        return {(ti["dag_run_id"], ti["map_index"]): ti for ti in found if ti["dag_run_id"] in claiming}
+
+    decided, instances = chunk_instances("chunk.decide"), chunk_instances("chunk.run")
+    chunk_spans = {key: (_time(decided[key]["start_date"]), _time(ti["end_date"])) for key, ti in instances.items()}
+    assert {ti["state"] for ti in instances.values()} == {"success"}
     chunk_overlaps = [(a, b) for a, b in _overlapping(chunk_spans) if a[0] != b[0]]
     assert chunk_overlaps, f"no chunks of different runs were processed at the same time: {chunk_spans}"
 
