@@ -192,6 +192,15 @@ def test_hostile_file_is_refused_whole(parse, fixture, error, message):
         parse(DATA / fixture)
 
 
+def test_mt940_and_mt942_are_not_read_as_each_other():
+    with pytest.raises(InvalidInputError, match=r"MT942 statement NWB2026012001/42/1 has opening or closing balances \(:60F:/:62F:\): it is an MT940 statement"):
+        parse_mt942(DATA / "mt940_freetext_no_final_newline.sta")
+    with pytest.raises(InvalidInputError, match=r"MT940 statement INTRADAY-0042/7/1 has no opening balance \(:60F: or :60M:\); is it an MT942 interim report"):
+        parse_mt940(DATA / "mt942_interim.sta")
+    with pytest.raises(InvalidInputError, match="MT942 statement R has no :34F: floor limit"):
+        parse_mt942(b":20:R\n:25:A\n:61:260120C1,00NTRF\n")
+
+
 def test_wrong_account_currency_is_refused():
     with pytest.raises(StatementIntegrityError, match="statement NWB2026012001/42/1 is in GBP, not in the account's currency EUR"):
         parse_mt940(DATA / "mt940_freetext_no_final_newline.sta", expected_currency="EUR")

@@ -79,8 +79,6 @@ _NOT_PROVIDED = "NOTPROVIDED"
 _XML_DECLARED_ENCODING = re.compile(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
 
 
-
-
 class UnsafeXmlError(InvalidInputError):
     """XML that could expand without bound or read files and URLs: refused before any of it is used."""
 
@@ -382,7 +380,7 @@ class _StatementReader:
         self.statement_id = ""
         self.account = ""
         self.currency: str | None = None
-        self._balances: list[tuple[str, Decimal, str]] = []  # (type code, signed amount, currency)
+        self._balances: list[tuple[str, Decimal]] = []  # (type code, signed amount), in file order
         self._entry_count = 0
         self._keys = CompositeKeys()
 
@@ -434,7 +432,7 @@ class _StatementReader:
         amount, currency = found
         side = self._doc.side(element, "CdtDbtInd", where)
         self._set_currency(currency, f"balance {code}")
-        self._balances.append((code, amount if side == CREDIT else -amount, currency))
+        self._balances.append((code, amount if side == CREDIT else -amount))
 
     def _set_currency(self, currency: str, source: str) -> None:
         if self.currency is None:
@@ -446,7 +444,7 @@ class _StatementReader:
             )
 
     def _opening_and_closing(self) -> tuple[Decimal, Decimal]:
-        codes = [code for code, _, _ in self._balances]
+        codes = [code for code, _ in self._balances]
         opening_at = next((i for i, code in enumerate(codes) if code in _OPENING_CODES), None)
         if opening_at is None:
             opening_at = next((i for i, code in enumerate(codes) if code == _INTERIM_CODE), None)
@@ -494,18 +492,20 @@ class _StatementReader:
             additional_info=doc.text(entry, "AddtlNtryInf", where),
         )
         transactions = entry.findall(doc.path("NtryDtls/TxDtls"))
-        amounts = [self._transaction_amount(tx, f"{where} transaction {k}", side) for k, tx in enumerate(transactions, 1)]
-        if len(transactions) > 1 and all(a is not None for a in amounts):
-            self._check_batch(head, amounts)  # type: ignore[arg-type]
-            for k, (tx, tx_amount) in enumerate(zip(transactions, amounts), 1):
-                line = self._line(head, tx, tx_amount, f"{where} transaction {k}", batch_number=k)  # type: ignore[arg-type]
-                if line is not None:
-                    yield line
-            return
-        if len(transactions) > 1 and any(a is not None for a in amounts):
-            raise InvalidInputError(
-                f"{where} batches {len(transactions)} transactions but only some have their own amount"
-            )
+        if len(transactions) > 1:
+            amounts = [self._transaction_amount(tx, f"{where} transaction {k}", side) for k, tx in enumerate(transactions, 1)]
+            if all(found is not None for found in amounts):
+                self._check_batch(head, amounts)  # type: ignore[arg-type]
+                for k, (tx, amount_and_side) in enumerate(zip(transactions, amounts), 1):
+                    line = self._line(head, tx, amount_and_side, f"{where} transaction {k}", batch_number=k)  # type: ignore[arg-type]
+                    if line is not None:
+                        yield line
+                return
+            if any(found is not None for found in amounts):
+                raise InvalidInputError(
+                    f"{where} batches {len(transactions)} transactions but only some have their own amount"
+                )
+        # One transaction, or a batch without amounts of its own: one line for the entry's amount.
         only = transactions[0] if len(transactions) == 1 else None
         line = self._line(head, only, (amount, side), where, batch_number=None)
         if line is not None:

@@ -232,9 +232,7 @@ class _StatementReader:
             currency = opening.amount.currency
             self._check_balance_currency(closing, "closing", currency)
         else:
-            currency = self._parsed.currency
-            if not currency:
-                raise InvalidInputError(f"{self.where()} has no currency: its :34F: floor limit is missing")
+            currency = self._interim_currency()
         tags_61 = len(_STATEMENT_LINE_TAG.findall(self._block))
         if tags_61 != len(self._parsed):
             raise InvalidInputError(
@@ -256,10 +254,23 @@ class _StatementReader:
         opening = data.get("final_opening_balance") or data.get("intermediate_opening_balance") or data.get("opening_balance")
         closing = data.get("final_closing_balance") or data.get("intermediate_closing_balance") or data.get("closing_balance")
         if opening is None:
-            raise InvalidInputError(f"{self.where()} has no opening balance (:60F: or :60M:)")
+            hint = "; is it an MT942 interim report (it has a :34F: floor limit)?" if _floor_limit(data) else ""
+            raise InvalidInputError(f"{self.where()} has no opening balance (:60F: or :60M:){hint}")
         if closing is None:
             raise InvalidInputError(f"{self.where()} has no closing balance (:62F: or :62M:); is the file truncated?")
         return opening, closing
+
+    def _interim_currency(self) -> str:
+        """An MT942's currency, from its :34F: floor limit; a statement with balances is no MT942."""
+        data = self._parsed.data
+        if any(name.endswith("_balance") and name != "available_balance" for name in data):
+            raise InvalidInputError(
+                f"{self.where()} has opening or closing balances (:60F:/:62F:): it is an MT940 statement, not an MT942 report"
+            )
+        floor_limit = _floor_limit(data)
+        if floor_limit is None:
+            raise InvalidInputError(f"{self.where()} has no :34F: floor limit, which gives an MT942 report its currency")
+        return floor_limit.currency
 
     def _check_balance_currency(self, balance, name: str, currency: str) -> None:
         if balance.amount.currency != currency:
@@ -339,6 +350,10 @@ class _StatementReader:
 def _signed(balance) -> Decimal:
     """A parsed :60:/:62: balance as a signed Decimal (a debit balance is negative)."""
     return balance.amount.amount
+
+
+def _floor_limit(data: dict):
+    return data.get("d_floor_limit") or data.get("c_floor_limit")
 
 
 def _plain_date(value) -> dt.date:

@@ -438,6 +438,10 @@ def read_text(source: StatementSource, what: str, encoding: str = "utf-8") -> st
     For formats whose parser package needs the whole text. A byte that is not `encoding`
     is an error naming its line, so a Latin-1 file is never read as garbage.
     """
+    try:
+        codec = codecs.lookup(encoding)
+    except LookupError:
+        raise InvalidInputError(f"unknown encoding {encoding!r}") from None
     raw, opened = _open_binary(source, what)
     try:
         data = raw.read(MAX_TEXT_FILE_BYTES + 1)
@@ -455,7 +459,7 @@ def read_text(source: StatementSource, what: str, encoding: str = "utf-8") -> st
         raise InvalidInputError(
             f"line {line} of the {what} file contains a NUL byte: it is binary or UTF-16 text, not a {what} file"
         )
-    if codecs.lookup(encoding).name == "utf-8":
+    if codec.name == "utf-8":
         data = data.removeprefix(_UTF8_BOM)
     try:
         return data.decode(encoding)
@@ -465,8 +469,6 @@ def read_text(source: StatementSource, what: str, encoding: str = "utf-8") -> st
             f"line {line} of the {what} file is not {encoding} text (byte 0x{data[exc.start]:02x} cannot be"
             f" decoded); if the bank sends another encoding, name it (e.g. encoding='latin-1')"
         ) from None
-    except LookupError:
-        raise InvalidInputError(f"unknown encoding {encoding!r}") from None
 
 
 def _open_binary(source: StatementSource, what: str) -> tuple[BinaryIO, bool]:
