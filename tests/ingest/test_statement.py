@@ -6,11 +6,15 @@ import datetime as dt
 import io
 import re
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
 from recon.errors import InvalidInputError
 from recon.ingest import statement as statement_module
+from recon.ingest.bai2 import parse_bai2
+from recon.ingest.camt import parse_camt053, parse_camt054
+from recon.ingest.mt940 import parse_mt940, parse_mt942
 from recon.ingest.statement import (
     CompositeKeys,
     Statement,
@@ -25,6 +29,7 @@ from recon.ingest.statement import (
     read_text,
 )
 
+DATA = Path(__file__).resolve().parents[1] / "data" / "statements"
 UTC = dt.timezone.utc
 
 
@@ -204,8 +209,31 @@ def test_read_text_has_a_size_limit(monkeypatch):
 
 
 def test_stream_has_a_size_limit(monkeypatch):
-    from recon.ingest.camt import parse_camt053
-
     monkeypatch.setattr(statement_module, "MAX_FILE_BYTES", 100)
     with pytest.raises(InvalidInputError, match=r"larger than 100 bytes \(MAX_FILE_BYTES\)"):
         parse_camt053(b"<Document>" + b" " * 200_000 + b"</Document>")
+
+
+# --- natural keys of every fixture ---------------------------------------------------------------
+
+
+PARSERS = {
+    "camt053_v2.xml": parse_camt053,
+    "camt053_v8_two_statements.xml": parse_camt053,
+    "camt054_v4.xml": parse_camt054,
+    "mt940_structured_swift.sta": parse_mt940,
+    "mt940_freetext_no_final_newline.sta": parse_mt940,
+    "mt940_dutch_slash_codes.sta": parse_mt940,
+    "mt942_interim.sta": parse_mt942,
+    "bai2_prior_day.bai": parse_bai2,
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(PARSERS))
+def test_natural_keys_are_unique_per_account_and_the_same_on_every_read(fixture):
+    """What makes re-ingesting a statement, or an overlapping one, ingest no line twice."""
+    parse = PARSERS[fixture]
+    path = DATA / fixture
+    keys = [(s.account, line.natural_key) for s in parse(path) for line in s.lines]
+    assert len(set(keys)) == len(keys)
+    assert keys == [(s.account, line.natural_key) for s in parse(path.read_bytes()) for line in s.lines]
