@@ -190,6 +190,9 @@ def test_mt942_items_are_pending_and_match_their_totals():
 def test_hostile_file_is_refused_whole(parse, fixture, error, message):
     with pytest.raises(error, match=message):
         parse(DATA / fixture)
+    lines = iter_mt940_lines if parse is parse_mt940 else iter_mt942_lines
+    with pytest.raises(error, match=message):
+        next(lines(DATA / fixture))  # refused before the first line
 
 
 def test_mt940_and_mt942_are_not_read_as_each_other():

@@ -51,7 +51,6 @@ from recon.ingest.statement import (
     StatementSource,
     amount_key,
     build_line,
-    checked_lines,
     collect_statements,
     compile_order_id_pattern,
     read_text,
@@ -102,8 +101,10 @@ def iter_bai2_lines(
     order_id_pattern: str | re.Pattern[str] | None = None,
     encoding: str = "utf-8",
 ) -> Iterator[StatementLine]:
-    """The lines of a BAI2 file (its totals are checked before the first line)."""
-    return checked_lines(_read(source, order_id_pattern, encoding), expected_currency)
+    """The lines of a BAI2 file, the whole file checked before the first line (the bai2 package
+    holds the whole text anyway, so nothing is gained by streaming)."""
+    statements = parse_bai2(source, expected_currency=expected_currency, order_id_pattern=order_id_pattern, encoding=encoding)
+    return (line for statement in statements for line in statement.lines)
 
 
 def _read(

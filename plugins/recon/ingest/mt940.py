@@ -51,7 +51,6 @@ from recon.ingest.statement import (
     StatementSource,
     amount_key,
     build_line,
-    checked_lines,
     collect_statements,
     compile_order_id_pattern,
     read_text,
@@ -119,8 +118,10 @@ def iter_mt940_lines(
     order_id_pattern: str | re.Pattern[str] | None = None,
     encoding: str = "utf-8",
 ) -> Iterator[StatementLine]:
-    """The lines of an MT940 file, each statement checked when it ends (same shape as camt's)."""
-    return checked_lines(_read(source, "mt940", order_id_pattern, encoding), expected_currency)
+    """The lines of an MT940 file, all of its statements checked before the first line (mt-940
+    holds the whole text anyway, so nothing is gained by streaming)."""
+    statements = parse_mt940(source, expected_currency=expected_currency, order_id_pattern=order_id_pattern, encoding=encoding)
+    return (line for statement in statements for line in statement.lines)
 
 
 def iter_mt942_lines(
@@ -130,8 +131,9 @@ def iter_mt942_lines(
     order_id_pattern: str | re.Pattern[str] | None = None,
     encoding: str = "utf-8",
 ) -> Iterator[StatementLine]:
-    """The (pending) lines of an MT942 file, each report checked when it ends."""
-    return checked_lines(_read(source, "mt942", order_id_pattern, encoding), expected_currency)
+    """The (pending) lines of an MT942 file, all of its reports checked before the first line."""
+    statements = parse_mt942(source, expected_currency=expected_currency, order_id_pattern=order_id_pattern, encoding=encoding)
+    return (line for statement in statements for line in statement.lines)
 
 
 def _read(
