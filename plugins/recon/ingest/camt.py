@@ -494,14 +494,14 @@ class _StatementReader:
         transactions = entry.findall(doc.path("NtryDtls/TxDtls"))
         if len(transactions) > 1:
             amounts = [self._transaction_amount(tx, f"{where} transaction {k}", side) for k, tx in enumerate(transactions, 1)]
-            if all(found is not None for found in amounts):
+            if all(tx_amount is not None for tx_amount in amounts):
                 self._check_batch(head, amounts)  # type: ignore[arg-type]
                 for k, (tx, amount_and_side) in enumerate(zip(transactions, amounts), 1):
                     line = self._line(head, tx, amount_and_side, f"{where} transaction {k}", batch_number=k)  # type: ignore[arg-type]
                     if line is not None:
                         yield line
                 return
-            if any(found is not None for found in amounts):
+            if any(tx_amount is not None for tx_amount in amounts):
                 raise InvalidInputError(
                     f"{where} batches {len(transactions)} transactions but only some have their own amount"
                 )
