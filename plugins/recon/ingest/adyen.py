@@ -9,8 +9,9 @@ Columns read (any order, any case; every other non-empty cell goes to the line's
 do Modification Reference, the dates and Modification Merchant Reference):
 
 - Psp Reference (the payment), Modification Reference (this booking: a capture's or refund's own
-  reference, a fee's description, the payout's bank reference), Merchant Reference (the order),
-  Type, Batch Number.
+  reference, a fee's description, the payout's bank reference; for a Balancetransfer the
+  Modification Merchant Reference, "Balancetransfer to batch 124", is the line's reference),
+  Merchant Reference (the order), Type, Batch Number.
 - Gross Debit (GC) / Gross Credit (GC) in Gross Currency; Net Debit (NC) / Net Credit (NC) in Net
   Currency: unsigned, the column gives the side (credit: to the merchant). Commission, Markup,
   Scheme Fees and Interchange (NC): the fee components, costs to the merchant.
@@ -93,6 +94,7 @@ KIND_BY_TYPE = {
 }
 _TRANSFER_TO = re.compile(r"\bto batch\b", re.IGNORECASE)
 _TRANSFER_FROM = re.compile(r"\bfrom batch\b", re.IGNORECASE)
+_DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 # The abbreviations Adyen writes in its TimeZone columns -> UTC offset in hours. Ambiguous ones
 # (CST: US Central or China; IST: India, Ireland or Israel) are left out on purpose: refused.
@@ -146,6 +148,10 @@ def _parse_line(row: ReportRow) -> SettlementLine:
     if not psp_type:
         problems.add("Type is missing")
     line_reference = row.cell("Modification Reference") or row.cell("Psp Reference")
+    if psp_type.lower() == "balancetransfer" and row.cell("Modification Merchant Reference"):
+        # Adyen writes "Balancetransfer" as the reference of every transfer; "Balancetransfer to
+        # batch 124" names the other batch, so a batch's transfer in and out keep distinct keys.
+        line_reference = row.cell("Modification Merchant Reference")
     if not line_reference:
         problems.add("Modification Reference and Psp Reference are both empty: the line has no reference")
     order_id = row.cell("Merchant Reference") or None
@@ -231,7 +237,9 @@ def _booked_at(row: ReportRow, problems: RowProblems) -> dt.datetime | None:
         problems.add(f"{date_column} is missing")
         return None
     try:
-        local = dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+        if not _DATE_TIME.fullmatch(text):
+            raise ValueError(text)
+        local = dt.datetime.fromisoformat(text)  # strptime is 20x slower on large reports
     except ValueError:
         problems.add(f"{date_column} {show(text)} is not a date and time like 2026-11-02 09:15:22")
         return None
