@@ -32,6 +32,7 @@ import datetime as dt
 from collections.abc import Iterator
 from decimal import Decimal
 
+from recon.errors import InvalidInputError
 from recon.ingest.settlement import (
     FORMAT_STRIPE,
     Flow,
@@ -110,7 +111,7 @@ def _parse_line(row: ReportRow, order_id_column: str) -> SettlementLine:
     order_id = row.cell(order_id_column) or None
     if order_id is not None and len(order_id) > MAX_ORDER_ID_LENGTH:
         problems.add(f"{order_id_column} is {len(order_id):,} characters long; the limit is {MAX_ORDER_ID_LENGTH}")
-    currency = problems.parse(parse_currency, row.cell("currency").upper(), "currency")
+    currency = problems.parse(_parse_currency, row.cell("currency"))
     gross = problems.parse(parse_signed_amount, row.cell("gross"), "gross")
     fee = problems.parse(parse_signed_amount, row.cell("fee"), "fee")
     net = problems.parse(parse_signed_amount, row.cell("net"), "net")
@@ -136,6 +137,14 @@ def _parse_line(row: ReportRow, order_id_column: str) -> SettlementLine:
         position=row.position,
         metadata=row.other_cells((*REQUIRED_COLUMNS, order_id_column)),
     )
+
+
+def _parse_currency(text: str) -> str:
+    """Stripe writes currencies in lower case ('usd'); the error shows the cell as written."""
+    try:
+        return parse_currency(text.upper(), "currency")
+    except InvalidInputError:
+        raise InvalidInputError(f"currency {show(text)} is not an ISO 4217 code (three letters)") from None
 
 
 def _booked_at(row: ReportRow, problems: RowProblems) -> dt.datetime | None:
