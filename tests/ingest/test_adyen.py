@@ -121,10 +121,10 @@ def test_batch_4_lines_carry_their_references_figures_and_booking_time():
                   "Booking Date TimeZone": "CET"},
     )  # fmt: skip
     assert first.natural_key == ("8813678806651409", "Settled", "4")
-    assert (chargeback.kind, chargeback.order_id, chargeback.flow, chargeback.gross, chargeback.fees, chargeback.net) == (
+    assert (chargeback.kind, chargeback.order_id, chargeback.flow, chargeback.gross, chargeback.fees) == (
         LineKind.CHARGEBACK, "ORD-100251", Flow.OUT, Decimal("104.15"), {"Commission": Decimal("15.00")},
-        Decimal("-119.15"),
     )  # fmt: skip
+    assert chargeback.net == Decimal("-119.15")
     assert (reversal.psp_type, reversal.flow, reversal.gross, reversal.fee_total, reversal.net) == (
         "ChargebackReversed", Flow.IN, Decimal("129.90"), 0, Decimal("129.90"),
     )  # fmt: skip
@@ -176,8 +176,10 @@ def test_the_next_batch_takes_the_deficit_over_and_pays_out_the_rest():
 
 
 def test_a_balance_transfer_that_names_no_batch_is_an_ordinary_line():
-    transfer = {**payout("10.00"), "Type": "Balancetransfer", "Modification Reference": "Balancetransfer",
-                "Net Debit (NC)": "", "Net Credit (NC)": "10.00", "Modification Merchant Reference": "from AcmeShopUSD"}  # fmt: skip
+    transfer = {
+        **payout("10.00"), "Type": "Balancetransfer", "Modification Reference": "Balancetransfer",
+        "Net Debit (NC)": "", "Net Credit (NC)": "10.00", "Modification Merchant Reference": "from AcmeShopUSD",
+    }  # fmt: skip
     lines, [batch] = read(report_bytes([settled("1", "5.00", "5.00"), transfer, payout("15.00")]))
     assert (lines[1].kind, lines[1].psp_type, lines[1].net) == (LineKind.OTHER, "Balancetransfer", Decimal("10.00"))
     assert batch.payout == Decimal("15.00")
@@ -226,7 +228,8 @@ def test_each_hostile_file_is_refused_with_the_named_error(name, error, message,
 
 
 def test_the_wrong_expected_currency_refuses_the_first_line():
-    with pytest.raises(SettlementIntegrityError, match=r"^batch 4, row 1 .*: currency EUR is not the expected currency GBP$"):
+    expected = r"^batch 4, row 1 .*: currency EUR is not the expected currency GBP$"
+    with pytest.raises(SettlementIntegrityError, match=expected):
         read(DATA / "adyen_batch_4.csv", "GBP")
 
 
@@ -268,12 +271,14 @@ def test_every_problem_of_a_row_is_listed_at_once():
 
 def test_one_merchant_account_per_file():
     other = settled("2", "1.00", "1.00", **{"Merchant Account": "AcmeShopUSD"})
-    with pytest.raises(InvalidInputError, match="row 2: Merchant Account 'AcmeShopUSD' differs from 'AcmeShopEUR' \\(row 1\\)"):
+    expected = r"row 2: Merchant Account 'AcmeShopUSD' differs from 'AcmeShopEUR' \(row 1\)"
+    with pytest.raises(InvalidInputError, match=expected):
         read(report_bytes([settled("1", "5.00", "5.00"), other, payout("6.00")]))
 
 
 def test_missing_columns_are_named():
-    with pytest.raises(InvalidInputError, match=r"bad adyen-settlement header: missing column\(s\) Batch Number \(found"):
+    expected = r"bad adyen-settlement header: missing column\(s\) Batch Number \(found"
+    with pytest.raises(InvalidInputError, match=expected):
         read(report_bytes([settled("1", "5.00", "5.00")], header=HEADER[:-1]))
 
 
@@ -304,7 +309,9 @@ def test_unknown_types_are_kept_as_other_lines_and_count_in_the_batch():
     assert (lines[1].kind, lines[1].psp_type, lines[1].flow, lines[1].gross, lines[1].net) == (
         LineKind.OTHER, "DepositCorrection", Flow.OUT, Decimal("2.50"), Decimal("-2.50"),
     )  # fmt: skip
-    assert batch.net_by_kind == {LineKind.PAYMENT: 10, LineKind.OTHER: Decimal("-2.50"), LineKind.PAYOUT: Decimal("-7.50")}
+    assert batch.net_by_kind == {
+        LineKind.PAYMENT: 10, LineKind.OTHER: Decimal("-2.50"), LineKind.PAYOUT: Decimal("-7.50"),
+    }  # fmt: skip
 
 
 def test_a_fee_line_with_fee_columns_is_checked_against_them():
@@ -315,7 +322,8 @@ def test_a_fee_line_with_fee_columns_is_checked_against_them():
         LineKind.FEE, 0, {"Commission": Decimal("0.30")}, Decimal("-0.30"),
     )  # fmt: skip
     cost["Commission (NC)"] = "0.31"
-    with pytest.raises(SettlementIntegrityError, match=r"batch 4, row 2 \(PaymentCost, reference COST1\): gross 0 - fees 0.31"):
+    expected = r"batch 4, row 2 \(PaymentCost, reference COST1\): gross 0 - fees 0.31"
+    with pytest.raises(SettlementIntegrityError, match=expected):
         read(report_bytes([settled("1", "5.00", "5.00"), cost, payout("4.70")]))
 
 
@@ -351,14 +359,17 @@ def balanced_batches(draw):
             row = {key: value for key, value in row.items() if key not in AMOUNT_COLUMNS}
         else:
             gross = draw(st.integers(1, 10_000_000)) * (1 if kind in ("Settled", "ChargebackReversed") else -1)
-            row.update({"Gross Currency": "EUR", "Gross Credit (GC)" if gross > 0 else "Gross Debit (GC)": cents(abs(gross))})
+            gross_column = "Gross Credit (GC)" if gross > 0 else "Gross Debit (GC)"
+            row.update({"Gross Currency": "EUR", gross_column: cents(abs(gross))})
             net = gross - sum(fees.values())
         row["Net Credit (NC)" if net >= 0 else "Net Debit (NC)"] = cents(abs(net))
         rows.append(row)
         balance += net
     carry = balance < 0 or draw(st.booleans())
-    closing = {"Merchant Account": "M", "Creation Date": "2026-11-03 23:59:00", "TimeZone": "UTC",
-               "Net Currency": "EUR", "Batch Number": batch, "Net Debit (NC)" if balance >= 0 else "Net Credit (NC)": cents(abs(balance))}  # fmt: skip
+    closing = {
+        "Merchant Account": "M", "Creation Date": "2026-11-03 23:59:00", "TimeZone": "UTC", "Net Currency": "EUR",
+        "Batch Number": batch, "Net Debit (NC)" if balance >= 0 else "Net Credit (NC)": cents(abs(balance)),
+    }  # fmt: skip
     if carry:
         closing.update({"Type": "Balancetransfer", "Modification Reference": "Balancetransfer",
                         "Modification Merchant Reference": f"Balancetransfer to batch {int(batch) + 1}"})  # fmt: skip

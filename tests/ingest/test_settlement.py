@@ -103,7 +103,8 @@ def test_a_line_needs_an_aware_booking_time_and_a_non_negative_gross():
 @pytest.mark.parametrize(
     "text, amount",
     [("12.30", "12.30"), ("-12.30", "-12.30"), ("+7", "7"), (" 0.5 ", "0.5"), ("-0.00", "0.00"), ("0", "0"),
-     (".25", "0.25"), ("12.3456", "12.3456"), ("12.34560000", "12.3456"), ("9999999999999999.99", "9999999999999999.99")],
+     (".25", "0.25"), ("12.3456", "12.3456"), ("12.34560000", "12.3456"),
+     ("9999999999999999.99", "9999999999999999.99")],
 )  # fmt: skip
 def test_report_amounts_are_plain_decimals(text, amount):
     parsed = parse_signed_amount(text, "Net Credit (NC)")
@@ -112,9 +113,10 @@ def test_report_amounts_are_plain_decimals(text, amount):
 
 @pytest.mark.parametrize(
     "text, problem",
-    [("12,30", "is not a decimal number"), ("1.234,50", "is not a decimal number"), ("$12.00", "is not a decimal number"),
-     ("1e3", "is not a decimal number"), ("NaN", "is not a decimal number"), ("Infinity", "is not a decimal number"),
-     ("", "is not a decimal number"), ("12.34567", "more than 4 decimal places"),
+    [("12,30", "is not a decimal number"), ("1.234,50", "is not a decimal number"),
+     ("$12.00", "is not a decimal number"), ("1e3", "is not a decimal number"), ("NaN", "is not a decimal number"),
+     ("Infinity", "is not a decimal number"), ("", "is not a decimal number"),
+     ("12.34567", "more than 4 decimal places"),
      ("0.30000000000000004", "more than 4 decimal places"), ("12345678901234567", "too large")],
 )  # fmt: skip
 def test_anything_else_is_refused_naming_column_and_value(text, problem):
@@ -139,11 +141,9 @@ def test_each_report_is_recognised_by_its_header_line():
     assert detect_settlement_format(quoted) == FORMAT_ADYEN
     assert detect_settlement_format(STRIPE_HEADER) == FORMAT_STRIPE
     for path in DATA.glob("*.csv"):
-        if "not_utf8" not in path.name:
-            first_line = path.read_text(encoding="utf-8").splitlines()[0]
-            assert detect_settlement_format(first_line) == path.name.split("_")[0].replace("adyen", FORMAT_ADYEN).replace(
-                "stripe", FORMAT_STRIPE
-            )
+        first_line = path.read_bytes().decode("latin-1").splitlines()[0]  # headers are ASCII
+        expected = FORMAT_ADYEN if path.name.startswith("adyen") else FORMAT_STRIPE
+        assert detect_settlement_format(first_line) == expected, path.name
 
 
 @pytest.mark.parametrize(
@@ -214,7 +214,8 @@ def test_a_utf8_bom_and_crlf_line_ends_are_accepted():
 
 def test_size_limits_are_named_in_their_errors(monkeypatch):
     long_cell = SETTLED_ROW.replace("visa,", "x" * (settlement.MAX_FIELD_CHARS + 1) + ",", 1)
-    with pytest.raises(InvalidInputError, match=r"row 1: Payment Method is 1,001 characters long; .*\(MAX_FIELD_CHARS\)"):
+    expected = r"row 1: Payment Method is 1,001 characters long; .*\(MAX_FIELD_CHARS\)"
+    with pytest.raises(InvalidInputError, match=expected):
         read_adyen(adyen_bytes(long_cell))
     open_quote = ADYEN_HEADER + '\n"' + "x," * settlement.MAX_ROW_BYTES
     with pytest.raises(InvalidInputError, match=r"longer than 100,000 bytes \(MAX_ROW_BYTES\); is a quote left open"):

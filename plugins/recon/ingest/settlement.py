@@ -220,7 +220,7 @@ class SettlementBatch:
     @property
     def net_total(self) -> Decimal:
         """Σ net of the lines that build the balance (all but the payout and the transfer to the next batch)."""
-        return sum((net for kind, net in self.net_by_kind.items() if kind not in CLOSING_KINDS), Decimal(0))
+        return _balance_built(self.net_by_kind)
 
 
 @dataclass
@@ -314,13 +314,11 @@ class SettlementReport:
 
     def _close(self, batch: _RunningBatch) -> SettlementBatch:
         """The batch's totals, once Σ net of its lines is checked against its payout and carried balance."""
-        net_total = sum(
-            (net for kind, net in batch.net_by_kind.items() if kind not in CLOSING_KINDS), Decimal(0)
-        )
+        net_total = _balance_built(batch.net_by_kind)
         has_payout = LineKind.PAYOUT in batch.line_counts
         has_carry = LineKind.BALANCE_TO_NEXT_BATCH in batch.line_counts
         payout = -batch.net_by_kind[LineKind.PAYOUT] if has_payout else None
-        carried = -batch.net_by_kind.get(LineKind.BALANCE_TO_NEXT_BATCH, Decimal(0))
+        carried = -batch.net_by_kind[LineKind.BALANCE_TO_NEXT_BATCH] if has_carry else Decimal(0)
         rows = f"rows {batch.first_position}-{batch.last_position}"
         if not has_payout and not has_carry:
             if self._closing_line_required:
@@ -333,25 +331,22 @@ class SettlementReport:
                 )
             payout = net_total  # paid out at Σ net: nothing in the report to check it against
         elif net_total != (payout or 0) + carried:
+            stated = []
+            if has_payout:
+                stated.append(f"payout {payout}")
+                mismatched = {"field": "payout", "expected": str(net_total - carried), "actual": str(payout)}
+            if has_carry:
+                stated.append(f"carried to the next batch {carried}")
+                if not has_payout:
+                    mismatched = {"field": "carried_balance", "expected": str(net_total), "actual": str(carried)}
             closing_rows = ", ".join(str(p) for p in batch.closing_positions)
-            stated = " + ".join(
-                part
-                for part in (
-                    f"payout {payout}" if has_payout else "",
-                    f"carried to the next batch {carried}" if has_carry else "",
-                )
-                if part
-            )
-            mismatched = [{"field": "payout", "expected": str(net_total - carried), "actual": str(payout)}]
-            if not has_payout:
-                mismatched = [{"field": "carried_balance", "expected": str(net_total), "actual": str(carried)}]
             raise SettlementIntegrityError(
                 f"batch {batch.batch_id} ({rows}): the net of its lines sums to {net_total} {self.currency},"
-                f" but the closing line(s) (row {closing_rows}) state {stated}"
+                f" but the closing line(s) (row {closing_rows}) state {' + '.join(stated)}"
                 f" (difference {net_total - (payout or 0) - carried})",
                 batch_id=batch.batch_id,
                 position=batch.closing_positions[0],
-                mismatched_fields=mismatched,
+                mismatched_fields=[mismatched],
             )
         return SettlementBatch(
             batch_id=batch.batch_id,
@@ -365,6 +360,11 @@ class SettlementReport:
             first_position=batch.first_position,
             last_position=batch.last_position,
         )
+
+
+def _balance_built(net_by_kind: dict[LineKind, Decimal]) -> Decimal:
+    """Σ net of the lines that build a batch's balance: all but those that close it."""
+    return sum((net for kind, net in net_by_kind.items() if kind not in CLOSING_KINDS), Decimal(0))
 
 
 def detect_settlement_format(header_line: str) -> str | None:
@@ -466,16 +466,13 @@ class ReportRow:
         i = self.header.index.get(column.lower())
         return self.values[i].strip() if i is not None else ""
 
-    def has_column(self, column: str) -> bool:
-        return column.lower() in self.header.index
-
     def other_cells(self, typed_columns: Iterable[str]) -> dict[str, str]:
-        """Non-empty cells of every column not in `typed_columns`, verbatim, under their names as written."""
+        """Non-empty cells of every named column not in `typed_columns`, verbatim, under their names as written."""
         skip = {c.lower() for c in typed_columns}
         return {
             name: value
             for name, value in zip(self.header.names, self.values)
-            if value.strip() and name.lower() not in skip
+            if name and value.strip() and name.lower() not in skip
         }
 
 
@@ -614,7 +611,8 @@ class _Lines:
             ) from None
         if "\x00" in line:
             raise InvalidInputError(
-                f"line {self.line_number} contains a NUL byte: this is not a CSV text file (binary data, or UTF-16 text?)"
+                f"line {self.line_number} contains a NUL byte: this is not a CSV text file"
+                " (binary data, or UTF-16 text?)"
             )
         return line
 

@@ -60,7 +60,8 @@ class AdyenBatch:
         return "".join(self.rng.choices(string.digits, k=16))
 
     def time(self) -> str:
-        return f"2026-11-{self.day:02d} {self.rng.randint(0, 22):02d}:{self.rng.randint(0, 59):02d}:{self.rng.randint(0, 59):02d}"
+        hour, minute, second = self.rng.randint(0, 22), self.rng.randint(0, 59), self.rng.randint(0, 59)
+        return f"2026-11-{self.day:02d} {hour:02d}:{minute:02d}:{second:02d}"
 
     def row(self, **cells: str) -> dict[str, str]:
         created = self.time()
@@ -137,7 +138,8 @@ class AdyenBatch:
         """The balance `batch` carried here (negative: a deficit taken over)."""
         side = "Net Credit (NC)" if amount > 0 else "Net Debit (NC)"
         self.row(**{"Type": "Balancetransfer", "Modification Reference": "Balancetransfer", "Net Currency": "EUR",
-                    side: str(abs(amount)), "Modification Merchant Reference": f"Balancetransfer from batch {batch}"})  # fmt: skip
+                    side: str(abs(amount)),
+                    "Modification Merchant Reference": f"Balancetransfer from batch {batch}"})  # fmt: skip
         self.net += amount
 
     def close_by_carrying_to(self, batch: int) -> Decimal:
@@ -145,7 +147,8 @@ class AdyenBatch:
         carried = self.net
         side = "Net Debit (NC)" if carried > 0 else "Net Credit (NC)"
         self.row(**{"Type": "Balancetransfer", "Modification Reference": "Balancetransfer", "Net Currency": "EUR",
-                    side: str(abs(carried)), "Modification Merchant Reference": f"Balancetransfer to batch {batch}"})  # fmt: skip
+                    side: str(abs(carried)),
+                    "Modification Merchant Reference": f"Balancetransfer to batch {batch}"})  # fmt: skip
         self.net = Decimal(0)
         return carried
 
@@ -279,10 +282,12 @@ class StripePayout:
         return prefix + "".join(self.rng.choices(string.ascii_letters + string.digits, k=24))
 
     def row(self, category: str, gross: Decimal, fee: Decimal, **cells: str) -> None:
-        created = f"2026-11-{self.day:02d} {self.rng.randint(0, 23):02d}:{self.rng.randint(0, 59):02d}:{self.rng.randint(0, 59):02d}"
+        hour, minute, second = self.rng.randint(0, 23), self.rng.randint(0, 59), self.rng.randint(0, 59)
+        created = f"2026-11-{self.day:02d} {hour:02d}:{minute:02d}:{second:02d}"
         net = gross - fee
         self.rows.append({
-            "automatic_payout_id": self.payout_id, "automatic_payout_effective_at": f"2026-11-{self.day + 2:02d} 00:00:00",
+            "automatic_payout_id": self.payout_id,
+            "automatic_payout_effective_at": f"2026-11-{self.day + 2:02d} 00:00:00",
             "balance_transaction_id": self.id("txn_"), "created_utc": created,
             "available_on_utc": f"2026-11-{self.day + 2:02d} 00:00:00", "currency": "usd", "gross": str(gross),
             "fee": str(fee), "net": str(net), "reporting_category": category, **cells,
