@@ -245,6 +245,7 @@ def test_the_wrong_expected_currency_refuses_the_first_line():
      ({"Batch Number": ""}, "Batch Number is missing"),
      ({"Batch Number": "4a"}, "Batch Number '4a' is not a batch number (digits only)"),
      ({"Type": ""}, "Type is missing"),
+     ({"Gross Credit (GC)": ""}, "a Settled line needs its Gross Debit (GC) or Gross Credit (GC), both are empty"),
      ({"Modification Reference": "", "Psp Reference": ""}, "the line has no reference"),
      ({"Merchant Reference": "x" * 256}, "Merchant Reference is 256 characters long; the limit is 255"),
      ({"Creation Date": "03/11/2026 10:00"}, "Creation Date '03/11/2026 10:00' is not a date and time like"),

@@ -42,6 +42,7 @@ from decimal import Decimal
 
 from recon.errors import InvalidInputError
 from recon.ingest.settlement import (
+    EXPECTED_FLOW,
     FORMAT_ADYEN,
     Flow,
     LineKind,
@@ -180,9 +181,11 @@ def _parse_line(row: ReportRow) -> SettlementLine:
         if debit and credit:
             problems.add(f"both {columns} are set ({debit}, {credit}): a line has one side")
     booked_at = _booked_at(row, problems)
+    kind = _kind(psp_type, row.cell("Modification Merchant Reference"))
+    if kind in EXPECTED_FLOW and not row.cell("Gross Debit (GC)") and not row.cell("Gross Credit (GC)"):
+        problems.add(f"a {psp_type} line needs its Gross Debit (GC) or Gross Credit (GC), both are empty")
     problems.raise_if_any(batch_id)
 
-    kind = _kind(psp_type, row.cell("Modification Merchant Reference"))
     net = (net_credit or Decimal(0)) - (net_debit or Decimal(0))
     if gross_debit is not None or gross_credit is not None:
         signed_gross = (gross_credit or Decimal(0)) - (gross_debit or Decimal(0))
