@@ -229,8 +229,8 @@ def staged_order_ids(conn: Connection, account_id: str, mode: str, order_ids: Se
 
 # ---- the engine: chunk loads --------------------------------------------------------------------
 
-def load_entries(conn: Connection, ids: Sequence[str], lock: bool) -> dict[str, StagingEntry]:
-    """Entries by id, locked FOR UPDATE in id order with `lock`.
+def load_entries(conn: Connection, ids: Sequence[str], lock: bool, metadata: bool = True) -> dict[str, StagingEntry]:
+    """Entries by id, locked FOR UPDATE in id order with `lock`; `metadata=False` leaves it empty.
 
     Arrays of a chunk's size travel as binary arrays (``%(name)b`` with exec_driver_sql): psycopg
     builds them without the per-element escaping of the text format.
@@ -241,13 +241,18 @@ def load_entries(conn: Connection, ids: Sequence[str], lock: bool) -> dict[str, 
         (
             # in StagingEntry's field order: rows are unpacked positionally
             "SELECT staging_entry_id, account_id, entry_type, amount, currency, status, processing_mode,"
-            " effective_date, metadata, order_id, created_at"
+            f" effective_date, {'metadata' if metadata else _NO_METADATA}, order_id, created_at"
             " FROM staging_entries WHERE staging_entry_id = ANY(%(ids)b) ORDER BY staging_entry_id"
             + (" FOR UPDATE" if lock else "")
         ),
         {"ids": sorted(ids)},
     )
+    if not metadata:
+        return {r[0]: StagingEntry(*r[:8], {}, *r[9:]) for r in rows}
     return {r[0]: StagingEntry(*r) for r in rows}
+
+
+_NO_METADATA = "NULL"  # routing and validation of most strategies read no metadata
 
 
 def _key_arrays(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:

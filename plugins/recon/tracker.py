@@ -87,6 +87,17 @@ class Task:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskRef:
+    """A claimed task as a chunk sees it: who holds it, and which staging entry it processes."""
+
+    task_id: str
+    status: str
+    lease_owner: str | None
+    staging_entry_id: str | None  # None when the payload names no staging entry
+    unusable_payload: Any = None  # the payload, only when it names no staging entry
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to one claimed task: COMPLETED, FAILED or RETRY, with an error for the latter two.
 
@@ -325,15 +336,26 @@ class ProcessTracker:
         with self.db.begin() as c:
             return Task.from_rows(c.execute(_NEXT_DUE, {"task_type": task_type.value, "limit": limit}))
 
-    def tasks_by_id(self, task_ids: Sequence[str], conn: Connection) -> list[Task]:
-        """The tasks with these ids, in the order of `task_ids` (unknown ids are left out)."""
-        tasks = Task.from_rows(
-            conn.exec_driver_sql(  # %(ids)b: the ids as a binary array (no per-element escaping)
-                f"SELECT {_COLUMNS} FROM process_tracker WHERE task_id = ANY(%(ids)b)", {"ids": list(task_ids)}
-            )
+    def task_refs(self, task_ids: Sequence[str], conn: Connection) -> list["TaskRef"]:
+        """What a chunk needs of its tasks, in the order of `task_ids` (unknown ids are left out).
+
+        The payload is decoded only when it names no staging entry (to say what is wrong with it):
+        a chunk reads its tasks three times (decide, validate, run).
+        """
+        rows = conn.exec_driver_sql(  # %(ids)b: the ids as a binary array (no per-element escaping)
+            """
+            SELECT task_id, status, lease_owner,
+                   CASE WHEN jsonb_typeof(payload -> 'staging_entry_id') = 'string'
+                        THEN nullif(payload ->> 'staging_entry_id', '') END AS staging_entry_id,
+                   CASE WHEN jsonb_typeof(payload -> 'staging_entry_id') = 'string'
+                             AND payload ->> 'staging_entry_id' <> '' THEN NULL ELSE payload END AS unusable_payload
+            FROM process_tracker WHERE task_id = ANY(%(ids)b)
+            """,
+            {"ids": list(task_ids)},
         )
+        refs = [TaskRef(*r) for r in rows]  # selected in field order
         position = {task_id: i for i, task_id in enumerate(task_ids)}
-        return sorted(tasks, key=lambda t: position[t.task_id])
+        return sorted(refs, key=lambda t: position[t.task_id])
 
     def leased_ids(self, task_ids: Sequence[str], owner: str, conn: Connection | None = None) -> list[str]:
         """Those of `task_ids` still PROCESSING under `owner`'s lease."""

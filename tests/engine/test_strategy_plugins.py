@@ -28,6 +28,7 @@ class BookToSuspense(Plan):
 
 class SuspenseBookingTask(ReconTask):
     name = "SuspenseBookingTask"
+    reads_metadata = True  # it routes on the entry's metadata
 
     def decide(self, item):
         return item.staging is not None and "suspense_account" in item.staging.metadata

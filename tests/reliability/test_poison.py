@@ -37,6 +37,7 @@ class PoisonPlan(Plan):
 
 class PoisonTask(ReconTask):
     name = "PoisonTask"
+    reads_metadata = True  # it routes on the entry's metadata
 
     def __init__(self, where: str):
         self.where = where

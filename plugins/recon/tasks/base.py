@@ -34,6 +34,9 @@ class ReconTask(ABC):
     """One way of processing a PROCESS_STAGING_ENTRY task."""
 
     name: ClassVar[str]
+    # True when decide or validate read the entry's metadata (run always has it): decoding the
+    # metadata of a whole chunk costs, so decide and validate load it only when a strategy asks
+    reads_metadata: ClassVar[bool] = False
 
     @abstractmethod
     def decide(self, item: WorkItem) -> bool:

@@ -20,7 +20,7 @@ from recon import staging
 from recon.errors import ErrorType
 from recon.model import ExpectedLeg, PostedLeg, StagingEntry
 from recon.tasks.verdicts import ManualReview
-from recon.tracker import ProcessTracker, Task
+from recon.tracker import ProcessTracker, TaskRef
 
 OrderKey = tuple[str, str]  # (account_id, order_id)
 
@@ -29,7 +29,7 @@ OrderKey = tuple[str, str]  # (account_id, order_id)
 class WorkItem:
     """A claimed tracker task and its staging entry (None when the payload is unusable)."""
 
-    task: Task
+    task: TaskRef
     staging: StagingEntry | None
     problem: ManualReview | None = None  # why the payload cannot be processed
 
@@ -38,15 +38,22 @@ class WorkItem:
         return self.task.task_id
 
 
-def load_items(conn: Connection, tracker: ProcessTracker, task_ids: Sequence[str], lock: bool) -> list[WorkItem]:
-    """The tasks in claim order with their staging entries (locked FOR UPDATE with `lock`)."""
-    tasks = tracker.tasks_by_id(task_ids, conn)
-    staging_ids = [_staging_id(t.payload) for t in tasks]
-    entries = staging.load_entries(conn, sorted({sid for sid in staging_ids if sid}), lock)
+def load_items(
+    conn: Connection, tracker: ProcessTracker, task_ids: Sequence[str], lock: bool, metadata: bool = True
+) -> list[WorkItem]:
+    """The tasks in claim order with their staging entries (locked FOR UPDATE with `lock`).
+
+    ``metadata=False`` leaves each entry's metadata empty, for steps whose strategies read none:
+    the JSON of thousands of entries is not decoded for nothing.
+    """
+    tasks = tracker.task_refs(task_ids, conn)
+    entries = staging.load_entries(conn, sorted({t.staging_entry_id for t in tasks if t.staging_entry_id}),
+                                   lock, metadata)
     items = []
-    for task, sid in zip(tasks, staging_ids):
+    for task in tasks:
+        sid = task.staging_entry_id
         if sid is None:
-            message = f"payload has no string staging_entry_id: {_short(task.payload)}"
+            message = f"payload has no string staging_entry_id: {_short(task.unusable_payload)}"
             items.append(WorkItem(task, None, ManualReview(ErrorType.INVALID_PAYLOAD, message)))
         elif sid not in entries:
             message = f"staging entry {sid!r} does not exist"
@@ -54,11 +61,6 @@ def load_items(conn: Connection, tracker: ProcessTracker, task_ids: Sequence[str
         else:
             items.append(WorkItem(task, entries[sid]))
     return items
-
-
-def _staging_id(payload: Any) -> str | None:
-    value = payload.get("staging_entry_id") if isinstance(payload, dict) else None
-    return value if isinstance(value, str) and value else None
 
 
 def _short(value: Any) -> str:

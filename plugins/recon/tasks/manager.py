@@ -102,6 +102,7 @@ class TaskManager:
         self.tracker = tracker or ProcessTracker(db)
         self.implementations = list(implementations or [cls() for cls in DEFAULT_IMPLEMENTATIONS])
         self._by_name = {impl.name: impl for impl in self.implementations}
+        self._metadata = any(impl.reads_metadata for impl in self.implementations)
 
     # ---- decide -------------------------------------------------------------------------------
 
@@ -127,8 +128,8 @@ class TaskManager:
 
     @without_gc_pauses
     def decide_chunk(self, task_ids: Sequence[str]) -> Decision:
-        with self.db.begin() as conn:  # with metadata: a strategy may route on it
-            items = load_items(conn, self.tracker, task_ids, lock=False)
+        with self.db.begin() as conn:
+            items = load_items(conn, self.tracker, task_ids, lock=False, metadata=self._metadata)
         return self._decide(list(task_ids), items)
 
     def _decide(self, task_ids: list[str], items: list[WorkItem]) -> Decision:
@@ -143,7 +144,7 @@ class TaskManager:
     @without_gc_pauses
     def validate_chunk(self, decision: Decision) -> Validation:
         with self.db.begin() as conn:
-            items = load_items(conn, self.tracker, decision.task_ids, lock=False)
+            items = load_items(conn, self.tracker, decision.task_ids, lock=False, metadata=self._metadata)
             return Validation(decision, self._validate(conn, decision, items, lock=False))
 
     def _validate(self, conn: Connection, decision: Decision, items: list[WorkItem], lock: bool) -> list[Verdict]:

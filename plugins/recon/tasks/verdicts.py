@@ -172,10 +172,14 @@ class Validation:
 
 def encode(verdicts: Sequence[Verdict]) -> list[list[Any]]:
     """Verdicts as [[code, [positions]], ...], identical codes once, in order of first appearance."""
-    groups: dict[str, list[Any]] = {}
+    groups: dict[Any, list[Any]] = {}
     for position, verdict in enumerate(verdicts):
         code = verdict.to_code()
-        key = json.dumps(code, sort_keys=True, default=str)
+        try:
+            key: Any = tuple(code)
+            hash(key)
+        except TypeError:  # a dict in the code (a review's metadata): compare its JSON
+            key = json.dumps(code, sort_keys=True, default=str)
         groups.setdefault(key, [code, []])[1].append(position)
     return list(groups.values())
 
