@@ -471,7 +471,9 @@ def test_report_summary_and_dict(db, debit_account):
 
 
 def test_report_lists_are_capped_but_counts_are_exact(db, debit_account, tmp_path, monkeypatch):
-    monkeypatch.setattr(csv_ingest, "MAX_REPORTED_ROWS", 3)
+    from recon.ingest import report as ingest_report
+
+    monkeypatch.setattr(ingest_report, "MAX_REPORTED_ROWS", 3)
     path = write(tmp_path, HEADER + "".join(f"R-{i},0,USD,2024-01-01,Payment\n" for i in range(10)))
     report = ingest_csv(path, debit_account, "TRANSACTION", db=db)
     assert (report.rejected_count, len(report.rejected)) == (10, 3)

@@ -112,11 +112,12 @@ def cmd_rule_create(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from recon.ingest.csv import ingest_csv
+    from recon.ingest.files import ingest_file
 
     _announce_database()
-    report = ingest_csv(args.file, args.account, args.mode, db=default_database(),
-                        progress=lambda p: print(f"  {p.line()}", file=sys.stderr))
+    report = ingest_file(args.file, args.account, args.mode, db=default_database(), file_format=args.format,
+                         order_id_pattern=args.order_id_pattern,
+                         progress=lambda p: print(f"  {p.line()}", file=sys.stderr))
     _print(report.to_dict(), args.json, "\n".join(report.summary_lines()))
     return 3 if report.rejected_count else 0
 
@@ -215,6 +216,8 @@ def cmd_airflow(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from recon.ingest import files as ingest_files
+
     parser = argparse.ArgumentParser(prog="recon", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
@@ -260,10 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--id", help="rule id (default: generated)")
     create.set_defaults(func=cmd_rule_create)
 
-    ingest = commands.add_parser("ingest", help="ingest a statement CSV as staging entries")
+    ingest = commands.add_parser("ingest", help="ingest a statement file (CSV, camt.053/054, MT940/942, BAI2)")
     ingest.add_argument("file")
     ingest.add_argument("--account", required=True)
     ingest.add_argument("--mode", required=True, choices=["TRANSACTION", "CONFIRMATION"])
+    ingest.add_argument("--format", default="auto", choices=ingest_files.FORMATS,
+                        help="the file's format (default: detected from its content)")
+    ingest.add_argument("--order-id-pattern", default=None,
+                        help="regular expression finding an order id in a bank line's remittance text"
+                             " (default: RECON_ORDER_ID_PATTERN)")
     ingest.add_argument("--json", action="store_true")
     ingest.set_defaults(func=cmd_ingest)
 

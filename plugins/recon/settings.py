@@ -147,6 +147,12 @@ def airflow_metadata_url() -> str | None:
     return _text_env("RECON_AIRFLOW_METADATA_URL")
 
 
+def order_id_pattern() -> str | None:
+    """RECON_ORDER_ID_PATTERN: a regular expression that finds an order id in a bank line's
+    remittance text (the group named `order_id`, else group 1, else the whole match); unset: none."""
+    return _text_env("RECON_ORDER_ID_PATTERN")
+
+
 def embedded_data_dir() -> Path:
     """Where the embedded PostgreSQL keeps its data (git-ignored)."""
     return Path(_text_env("RECON_EMBEDDED_DIR") or PROJECT_ROOT / ".recon" / "pgdata")

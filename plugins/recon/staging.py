@@ -30,6 +30,7 @@ from recon.money import parse_amount, parse_currency
 
 MAX_METADATA_BYTES = 16_384  # per entry; keeps a row small and a bad producer visible
 MAX_ORDER_ID_LENGTH = 255
+MAX_NATURAL_KEY_LENGTH = 1_000
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class NewStagingEntry:
     processing_mode: str
     effective_date: dt.datetime
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # a bank statement line's duplicate key, unique per account (None: no natural key, e.g. CSV)
+    natural_key: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.account_id, str) or not self.account_id:
@@ -64,10 +67,26 @@ class NewStagingEntry:
                 f"effective_date must be a timezone-aware datetime, got {self.effective_date!r}"
             )
         object.__setattr__(self, "metadata", _check_metadata(self.metadata))
+        if self.natural_key is not None and (
+            not isinstance(self.natural_key, str) or not 1 <= len(self.natural_key) <= MAX_NATURAL_KEY_LENGTH
+            or "\x00" in self.natural_key
+        ):
+            raise InvalidInputError(
+                f"natural_key must be a string of 1 to {MAX_NATURAL_KEY_LENGTH} characters without NUL,"
+                f" got {self.natural_key!r:.80}"
+            )
 
     @property
     def order_id(self) -> str | None:
         return self.metadata.get("order_id")
+
+
+def parse_processing_mode(mode: object) -> str:
+    """A processing mode as the user wrote it (any case, spaces around) -> TRANSACTION or CONFIRMATION."""
+    try:
+        return ProcessingMode(str(mode).strip().upper()).value
+    except ValueError:
+        raise InvalidInputError(f"mode {mode!r} must be TRANSACTION or CONFIRMATION") from None
 
 
 def _check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -112,18 +131,20 @@ _INSERT_ENTRIES_AND_TASKS = sa.text(
         SELECT recon_new_id('stg') AS staging_entry_id, i.* FROM unnest(
             CAST(:account_ids AS text[]), CAST(:entry_types AS text[]), CAST(:amounts AS numeric[]),
             CAST(:currencies AS text[]), CAST(:modes AS text[]), CAST(:dates AS timestamptz[]),
-            CAST(:metadata AS jsonb[])
+            CAST(:metadata AS jsonb[]), CAST(:natural_keys AS text[])
         ) WITH ORDINALITY AS i(account_id, entry_type, amount, currency, processing_mode,
-                                effective_date, metadata, n)
+                                effective_date, metadata, natural_key, n)
     ), new_entries AS (
         INSERT INTO staging_entries (staging_entry_id, account_id, entry_type, amount, currency,
-                                     processing_mode, effective_date, metadata)
+                                     processing_mode, effective_date, metadata, natural_key)
         SELECT staging_entry_id, account_id, entry_type, amount, currency, processing_mode,
-               effective_date, metadata
+               effective_date, metadata, natural_key
         FROM input ORDER BY n
+        -- a line whose natural key the account already has is a duplicate: no entry, no task
+        ON CONFLICT (account_id, natural_key) WHERE natural_key IS NOT NULL DO NOTHING
         RETURNING staging_entry_id
     ), new_tasks AS ({tracker.INSERT_TASKS_FOR_NEW_ENTRIES})
-    SELECT input.staging_entry_id, new_tasks.task_id
+    SELECT input.staging_entry_id, new_tasks.task_id, input.natural_key
     FROM input JOIN new_tasks USING (staging_entry_id)
     ORDER BY input.n
     """
@@ -134,10 +155,12 @@ _INSERT_ENTRIES_AND_TASKS = sa.text(
 class Created:
     staging_entry_id: str
     task_id: str
+    natural_key: str | None = None
 
 
 def insert_staging_entries(conn: Connection, entries: Sequence[NewStagingEntry]) -> list[Created]:
-    """Insert entries and their tasks on `conn` (the caller's transaction), in input order."""
+    """Insert entries and their tasks on `conn` (the caller's transaction), in input order; an
+    entry whose natural key its account already has is left out (a duplicate bank line)."""
     if not entries:
         return []
     rows = conn.execute(
@@ -150,9 +173,10 @@ def insert_staging_entries(conn: Connection, entries: Sequence[NewStagingEntry])
             "modes": [e.processing_mode for e in entries],
             "dates": [e.effective_date for e in entries],
             "metadata": [json.dumps(e.metadata) for e in entries],
+            "natural_keys": [e.natural_key for e in entries],
         },
     ).all()
-    return [Created(r.staging_entry_id, r.task_id) for r in rows]
+    return [Created(r.staging_entry_id, r.task_id, r.natural_key) for r in rows]
 
 
 def create_staging_entries(
@@ -219,6 +243,18 @@ _STAGED_ORDER_IDS = sa.text(
     GROUP BY order_id
     """
 )
+
+
+def staged_natural_keys(conn: Connection, account_id: str, natural_keys: Sequence[str]) -> dict[str, bool]:
+    """Which of these natural keys the account already has: key -> staged by this transaction."""
+    result = conn.execute(
+        sa.text(
+            "SELECT natural_key, created_at = now() AS from_this_file FROM staging_entries"
+            " WHERE account_id = :account_id AND natural_key = ANY(:keys)"
+        ),
+        {"account_id": account_id, "keys": list(natural_keys)},
+    )
+    return {key: from_this_file for key, from_this_file in result}
 
 
 def staged_order_ids(conn: Connection, account_id: str, mode: str, order_ids: Sequence[str]) -> dict[str, bool]:

@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import BinaryIO, Union
 
 from sqlalchemy.engine import Connection
@@ -42,7 +42,8 @@ from recon import staging
 from recon.accounts import get_account
 from recon.db import Database
 from recon.errors import InvalidInputError
-from recon.model import Account, AccountType, EntryType, ProcessingMode
+from recon.model import Account, AccountType, EntryType
+from recon.ingest.report import IngestReport, Progress
 from recon.staging import MAX_ORDER_ID_LENGTH, NewStagingEntry, insert_staging_entries
 from recon.money import parse_amount, parse_currency
 
@@ -54,7 +55,6 @@ MAX_COLUMNS = 100  # in the header
 # --- Tuning ----------------------------------------------------------------------------------
 BATCH_ROWS = 2_000  # rows per INSERT statement and per duplicate look-up
 PROGRESS_EVERY = 50_000  # rows between progress callbacks
-MAX_REPORTED_ROWS = 1_000  # rejected rows, duplicates and ids listed in the report (counts are exact)
 
 REQUIRED_COLUMNS = ("order_id", "amount", "currency", "transaction_date", "type")
 # Metadata keys written by this module or by the engine; a column with such a name would be
@@ -69,106 +69,6 @@ RESERVED_COLUMNS = frozenset(
 )
 
 CsvSource = Union[str, "os.PathLike[str]", BinaryIO]
-
-
-# --- Report ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RowError:
-    """A rejected row: its data-row number and every problem found, each naming field and value."""
-
-    row_number: int
-    errors: list[str]
-
-
-@dataclass(frozen=True)
-class DuplicateRow:
-    row_number: int
-    order_id: str
-    duplicate_of: str  # "earlier row of this file" or "existing staging entry"
-
-
-@dataclass(frozen=True)
-class Progress:
-    """Counts so far (not yet committed: the file commits as a whole at the end)."""
-
-    rows_read: int
-    ingested: int
-    rejected: int
-    duplicates: int
-    elapsed_seconds: float
-
-    @property
-    def rows_per_second(self) -> float:
-        return self.rows_read / self.elapsed_seconds if self.elapsed_seconds > 0 else 0.0
-
-    def line(self) -> str:
-        return (
-            f"{self.rows_read:,} rows read, {self.ingested:,} ingested, {self.rejected:,} rejected,"
-            f" {self.duplicates:,} duplicates ({self.rows_per_second:,.0f} rows/s)"
-        )
-
-
-@dataclass
-class IngestReport:
-    """The outcome of one file. Counts are exact; the lists hold at most MAX_REPORTED_ROWS items.
-
-    ``rows_read == ingested + rejected_count + duplicate_count`` (blank lines are skipped
-    but keep their row number, so row N is line N + 1 of a file without quoted line breaks).
-    """
-
-    account_id: str
-    processing_mode: str
-    source_file: str | None
-    rows_read: int = 0
-    ingested: int = 0
-    rejected_count: int = 0
-    duplicate_count: int = 0
-    rejected: list[RowError] = field(default_factory=list)
-    duplicates: list[DuplicateRow] = field(default_factory=list)
-    staging_entry_ids: list[str] = field(default_factory=list)  # the first MAX_REPORTED_ROWS
-    elapsed_seconds: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def progress(self) -> Progress:
-        return Progress(self.rows_read, self.ingested, self.rejected_count, self.duplicate_count,
-                        self.elapsed_seconds)
-
-    def summary_lines(self) -> list[str]:
-        """Human-readable outcome for the CLI: one headline, then the rejected and duplicate rows."""
-        name = self.source_file or "CSV stream"
-        lines = [
-            f"{name} -> account {self.account_id} ({self.processing_mode}): {self.rows_read:,} rows read,"
-            f" {self.ingested:,} ingested, {self.rejected_count:,} rejected,"
-            f" {self.duplicate_count:,} duplicates in {self.elapsed_seconds:.1f}s"
-        ]
-        if self.rejected:
-            lines.append("rejected rows:")
-            lines += [f"  row {r.row_number}: {'; '.join(r.errors)}" for r in self.rejected]
-            if self.rejected_count > len(self.rejected):
-                lines.append(f"  ... and {self.rejected_count - len(self.rejected):,} more rejected rows")
-        if self.duplicates:
-            lines.append("duplicate rows (not ingested):")
-            lines += [
-                f"  row {d.row_number}: order_id {_show(d.order_id)} duplicates an {d.duplicate_of}"
-                for d in sorted(self.duplicates, key=lambda d: d.row_number)
-            ]
-            if self.duplicate_count > len(self.duplicates):
-                lines.append(f"  ... and {self.duplicate_count - len(self.duplicates):,} more duplicates")
-        return lines
-
-    def _reject(self, row_number: int, errors: list[str]) -> None:
-        self.rejected_count += 1
-        if len(self.rejected) < MAX_REPORTED_ROWS:
-            self.rejected.append(RowError(row_number, errors))
-
-    def _duplicate(self, row_number: int, order_id: str, duplicate_of: str) -> None:
-        self.duplicate_count += 1
-        if len(self.duplicates) < MAX_REPORTED_ROWS:
-            self.duplicates.append(DuplicateRow(row_number, order_id, duplicate_of))
 
 
 # --- Entry point ----------------------------------------------------------------------------
@@ -198,7 +98,7 @@ def ingest_csv(
     started = time.monotonic()
     if not isinstance(account_id, str) or not account_id or "\x00" in account_id:
         raise InvalidInputError(f"account_id must be a non-empty string without NUL, got {_show(account_id)}")
-    mode = _parse_mode(mode)
+    mode = staging.parse_processing_mode(mode)
     if batch_rows < 1 or progress_every < 1:
         raise InvalidInputError("batch_rows and progress_every must be positive")
     if source_file is None:
@@ -223,7 +123,7 @@ def ingest_csv(
             if isinstance(parsed, NewStagingEntry):
                 batch.add(row_number, parsed)
             else:
-                report._reject(row_number, parsed)
+                report.reject(row_number, parsed)
             if len(batch) >= batch_rows:
                 batch.flush()
             if progress and report.rows_read >= next_progress:
@@ -234,13 +134,6 @@ def ingest_csv(
         batch.flush()
     report.elapsed_seconds = time.monotonic() - started
     return report
-
-
-def _parse_mode(mode: object) -> str:
-    try:
-        return ProcessingMode(str(mode).strip().upper()).value
-    except ValueError:
-        raise InvalidInputError(f"mode {mode!r} must be TRANSACTION or CONFIRMATION") from None
 
 
 def _file_name(source: object) -> str | None:
@@ -526,7 +419,7 @@ class _Batch:
         order_id = entry.order_id
         assert order_id is not None  # required by the CSV format
         if order_id in self._rows:
-            self._report._duplicate(row_number, order_id, "earlier row of this file")
+            self._report.duplicate(row_number, order_id, "earlier row of this file")
         else:
             self._rows[order_id] = (row_number, entry)
 
@@ -538,11 +431,9 @@ class _Batch:
         for order_id, (row_number, entry) in self._rows.items():
             if order_id in staged:
                 where = "earlier row of this file" if staged[order_id] else "existing staging entry"
-                self._report._duplicate(row_number, order_id, where)
+                self._report.duplicate(row_number, order_id, where)
             else:
                 entries.append(entry)
         created = insert_staging_entries(self._conn, entries)
-        self._report.ingested += len(created)
-        room = MAX_REPORTED_ROWS - len(self._report.staging_entry_ids)
-        self._report.staging_entry_ids += [c.staging_entry_id for c in created[:room]]
+        self._report.ingested_ids([c.staging_entry_id for c in created])
         self._rows.clear()

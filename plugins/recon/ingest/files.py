@@ -1,0 +1,119 @@
+"""Any statement file into staging entries: one entry point for every format.
+
+The format is named or detected from the file's first bytes; CSV goes to ``recon.ingest.csv``,
+bank statements (camt.053/054, MT940/942, BAI2) to their format module and then to
+``recon.ingest.bank_statement``. Either way a file is ingested in one database transaction,
+fully or not at all, and the same ``IngestReport`` comes back.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, Union
+
+from recon import settings, staging
+from recon.accounts import get_account
+from recon.db import Database
+from recon.errors import InvalidInputError
+from recon.ingest import bai2, camt, mt940
+from recon.ingest.bank_statement import write_lines
+from recon.ingest.csv import ingest_csv
+from recon.ingest.report import IngestReport, Progress
+from recon.ingest.statement import DETECT_BYTES, StatementLine, detect_format
+
+FileSource = Union[str, "os.PathLike[str]", BinaryIO]
+
+# bank formats: the function that reads a file of that format as checked lines
+_BANK_READERS: dict[str, Callable[..., Iterator[StatementLine]]] = {
+    "camt053": camt.iter_camt053_lines,
+    "camt054": camt.iter_camt054_lines,
+    "mt940": mt940.iter_mt940_lines,
+    "mt942": mt940.iter_mt942_lines,
+    "bai2": bai2.iter_bai2_lines,
+}
+FORMATS = ("auto", "csv", *_BANK_READERS)
+
+
+def ingest_file(
+    source: FileSource,
+    account_id: str,
+    mode: str,
+    *,
+    db: Database,
+    file_format: str = "auto",
+    order_id_pattern: str | re.Pattern[str] | None = None,
+    source_file: str | None = None,
+    progress: Callable[[Progress], None] | None = None,
+    progress_every: int = 50_000,
+) -> IngestReport:
+    """Ingest one statement file of any supported format into `account_id` in `mode`.
+
+    `order_id_pattern` (default RECON_ORDER_ID_PATTERN) finds an order id in a bank line's
+    remittance text. Raises InvalidInputError (bad file, format, figures that do not add up,
+    limits) or NotFoundError (unknown account), in which case nothing was written.
+    """
+    if file_format not in FORMATS:
+        raise InvalidInputError(f"format {file_format!r} is not one of {', '.join(FORMATS)}")
+    if source_file is None:
+        source_file = _file_name(source)
+    with _opened(source) as stream:
+        if file_format == "auto":
+            file_format = detect_format(stream.peek(DETECT_BYTES)[:DETECT_BYTES])
+        if file_format == "csv":
+            return ingest_csv(stream, account_id, mode, db, source_file, progress, progress_every=progress_every)
+        return _ingest_bank_statement(stream, account_id, mode, db, file_format,
+                                      order_id_pattern if order_id_pattern is not None else settings.order_id_pattern(),
+                                      source_file, progress, progress_every)
+
+
+def _ingest_bank_statement(
+    stream: BinaryIO, account_id: str, mode: str, db: Database, file_format: str,
+    order_id_pattern: str | re.Pattern[str] | None, source_file: str | None,
+    progress: Callable[[Progress], None] | None, progress_every: int,
+) -> IngestReport:
+    started = time.monotonic()
+    report = IngestReport(account_id, staging.parse_processing_mode(mode), source_file, file_format=file_format)
+    with db.begin() as conn:
+        staging.lock_for_ingest(conn, account_id, report.processing_mode)
+        account = get_account(account_id, conn)  # NotFoundError for an unknown account
+        lines = _BANK_READERS[file_format](stream, expected_currency=account.currency,
+                                           order_id_pattern=order_id_pattern)
+        write_lines(conn, lines, report, progress=progress, progress_every=progress_every)
+    report.elapsed_seconds = time.monotonic() - started
+    return report
+
+
+class _opened:
+    """A buffered binary view of a path or a binary stream (peekable, for detection); closes only
+    what it opened."""
+
+    def __init__(self, source: FileSource):
+        self._source = source
+        self._own: BinaryIO | None = None
+
+    def __enter__(self) -> io.BufferedReader:
+        source = self._source
+        if isinstance(source, io.TextIOBase):
+            raise InvalidInputError("expected a file path or a binary stream (open the file in 'rb' mode), got text")
+        if isinstance(source, (str, os.PathLike)):
+            try:
+                self._own = open(source, "rb")
+            except OSError as exc:
+                raise InvalidInputError(f"cannot open statement file {os.fspath(source)!r}: {exc.strerror}") from None
+            return self._own  # type: ignore[return-value]
+        if not hasattr(source, "read"):
+            raise InvalidInputError(f"expected a file path or a binary stream, got {type(source).__name__}")
+        return source if isinstance(source, io.BufferedReader) else io.BufferedReader(source)  # type: ignore[arg-type]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._own is not None:
+            self._own.close()
+
+
+def _file_name(source: object) -> str | None:
+    name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", None)
+    return os.path.basename(os.fspath(name)) if isinstance(name, (str, os.PathLike)) else None
