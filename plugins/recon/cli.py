@@ -19,6 +19,7 @@ import sqlalchemy.exc
 
 from recon import json_encoding, settings
 from recon.db import default_database, migrations, reset_default_database, stop_embedded_server
+from recon.db.engine import describe_error
 from recon.errors import ReconError
 
 
@@ -317,9 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     except ReconError as exc:  # bad input or configuration: the message says what to fix
         print(f"recon: error: {exc}", file=sys.stderr)
         return 2
-    except sqlalchemy.exc.OperationalError as exc:  # unreachable server, missing database, ...
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        print(f"recon: error: cannot use the database ({reason})", file=sys.stderr)
+    except sqlalchemy.exc.OperationalError as exc:  # unreachable server, missing database, a timeout, ...
+        print(f"recon: error: cannot use the database ({describe_error(exc)})", file=sys.stderr)
         return 2
     except sqlalchemy.exc.ProgrammingError as exc:
         if "does not exist" in str(exc.orig):

@@ -12,28 +12,44 @@ import os
 import threading
 import weakref
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
+from recon import settings
 from recon.db.resolve import resolve_database, to_sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
 
 class Database:
-    """A SQLAlchemy engine for one recon database, safe to use after fork()."""
+    """A SQLAlchemy engine for one recon database, safe to use after fork().
 
-    def __init__(self, url: str | URL, source: str = "explicit URL"):
+    Every connection carries ``timeouts`` (default: the engine's, ``settings.database_timeouts()``):
+    nothing waits forever on a server that does not answer, a locked table, or a runaway query.
+    """
+
+    def __init__(
+        self,
+        url: str | URL,
+        source: str = "explicit URL",
+        timeouts: settings.DatabaseTimeouts | None = None,
+        *,
+        pool_size: int = 5,
+        max_overflow: int = 5,
+        pool_timeout: float = 30,
+    ):
         self.url = to_sqlalchemy_url(url) if isinstance(url, str) else url
         self.source = source
+        self.timeouts = timeouts or settings.database_timeouts()
         self.engine: Engine = sa.create_engine(
-            self.url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+            self.url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout,
             # no server-side prepared statements: after 5 runs PostgreSQL may switch a prepared
             # statement to a generic plan, which guesses 10 rows for unnest() of an id array and
             # turns the engine's bulk statements into nested loops (bench/RESULTS.md)
-            connect_args={"prepare_threshold": None},
+            connect_args={"prepare_threshold": None, **_timeout_parameters(self.url, self.timeouts)},
         )
         # a forked child must not reuse the parent's sockets (Airflow's LocalExecutor forks)
         engine_ref = weakref.ref(self.engine)
@@ -51,6 +67,39 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# A server that vanishes mid-query (a partition, a dead host) sends no error: TCP keepalives
+# notice within idle + interval x count = 60 s (ignored on unix sockets, where it cannot happen).
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+def _timeout_parameters(url: URL, timeouts: settings.DatabaseTimeouts) -> dict[str, Any]:
+    """libpq parameters for the timeouts; the URL's own ``connect_timeout`` and ``options`` win
+    (its options come after ours, and PostgreSQL keeps the last ``-c`` of a setting)."""
+    options = f"-c statement_timeout={timeouts.statement * 1000} -c lock_timeout={timeouts.lock * 1000}"
+    extra = url.query.get("options")
+    if extra:
+        options += " " + (" ".join(extra) if isinstance(extra, tuple) else extra)
+    parameters: dict[str, Any] = {**_KEEPALIVES, "options": options}
+    if "connect_timeout" not in url.query:
+        parameters["connect_timeout"] = timeouts.connect
+    return parameters
+
+
+def describe_error(exc: BaseException, timeouts: settings.DatabaseTimeouts | None = None) -> str:
+    """One line for a user about a database error: the server's first line, and for a timeout the
+    setting that bounds it (never the URL or the SQL)."""
+    orig = getattr(exc, "orig", None) or exc
+    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    timeouts = timeouts or settings.database_timeouts()
+    if isinstance(orig, psycopg.errors.ConnectionTimeout):
+        return f"{reason} ({timeouts.setting('connect')}={timeouts.connect})"
+    if isinstance(orig, psycopg.errors.LockNotAvailable):
+        return f"{reason} ({timeouts.setting('lock')}={timeouts.lock})"
+    if isinstance(orig, psycopg.errors.QueryCanceled) and "statement timeout" in reason:
+        return f"{reason} ({timeouts.setting('statement')}={timeouts.statement})"
+    return reason
 
 
 def _dispose_in_child(engine_ref: "weakref.ref[Engine]") -> None:
