@@ -253,3 +253,9 @@ def answered_in(server: AirflowServer, path: str) -> tuple[int, object, float]:
     started = time.monotonic()
     status, body = server.request("GET", path)
     return status, body, time.monotonic() - started
+
+
+def test_the_generated_passwords_file_is_readable_by_its_owner_only(api_server: AirflowServer) -> None:
+    path = api_server.home / "simple_auth_manager_passwords.json.generated"
+    assert json.loads(path.read_text())["admin"]  # Airflow wrote the password into the file we created
+    assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)
