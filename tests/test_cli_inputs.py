@@ -67,6 +67,7 @@ def assert_refused(code: int, err: str, out: str, *expected: str) -> None:
     (["--chunk-size", "0"], "chunk_size must be an integer from 1 to"),
     (["--chunk-size", "-5"], "chunk_size must be an integer from 1 to"),
     (["--chunk-size", "100000000"], "chunk_size must be an integer from 1 to"),
+    (["--chunk-size", "100000"], "chunk_size must be an integer from 1 to 15,000, got 100000"),
     (["--batch-size", "0"], "batch_size must be an integer from 1 to 1,000,000"),
     (["--batch-size", "99999999999999999999"], "got 99999999999999999999"),
     (["--max-batches", "0"], "max_batches must be an integer of at least 1, got 0"),

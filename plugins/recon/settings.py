@@ -27,12 +27,14 @@ EMBEDDED_DATABASE_NAME = "recon"
 # ---- batch shape --------------------------------------------------------------------------------
 
 # Fewer, larger chunks: each chunk is three Airflow task instances, and a chunk's cost per entry
-# is flat from about 2,000 up. 12,500 keeps a worker under 450 MiB; a batch of two chunks lets
-# two workers share the CPUs (bench/RESULTS.md).
+# is flat from about 2,000 up; a batch of two chunks lets two workers share the CPUs. A chunk is
+# held in memory whole: a DAG worker's peak RSS was 421 MiB at 15,000 entries, 555 at 25,000,
+# 759 at 40,000 and 988 at 100,000 (about 13.6 KiB per entry), so the largest chunk allowed is
+# the largest measured to fit the ~450 MiB budget per worker (bench/RESULTS.md, issue 19).
 DEFAULT_BATCH_SIZE = 25_000
 DEFAULT_CHUNK_SIZE = 12_500
 MAX_BATCH_SIZE = 1_000_000
-MAX_CHUNK_SIZE = 100_000
+MAX_CHUNK_SIZE = 15_000
 MAX_CHUNKS = 1_024  # Airflow's [core] max_map_length
 
 
