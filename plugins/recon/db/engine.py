@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import psycopg
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
 
 from recon import settings
 from recon.db.resolve import resolve_database, to_sqlalchemy_url
@@ -51,6 +51,7 @@ class Database:
             # turns the engine's bulk statements into nested loops (bench/RESULTS.md)
             connect_args={"prepare_threshold": None, **_timeout_parameters(self.url, self.timeouts)},
         )
+        sa.event.listen(self.engine, "handle_error", self._name_the_database)
         # a forked child must not reuse the parent's sockets (Airflow's LocalExecutor forks)
         engine_ref = weakref.ref(self.engine)
         os.register_at_fork(after_in_child=lambda: _dispose_in_child(engine_ref))
@@ -58,6 +59,12 @@ class Database:
     @property
     def display(self) -> str:
         return f"{self.url.render_as_string(hide_password=True)} (from {self.source})"
+
+    def _name_the_database(self, context: ExceptionContext) -> None:
+        """A failed connection names the database and where its URL came from, in a note under the
+        traceback: a DAG task's log then says "from Airflow connection recon_db" (or the URL)."""
+        if context.sqlalchemy_exception is not None and (context.connection is None or context.is_disconnect):
+            context.sqlalchemy_exception.add_note(f"recon database: {self.display}")
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
