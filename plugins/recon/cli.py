@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any, NoReturn
 
 import sqlalchemy.exc
@@ -205,6 +206,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return local_airflow.standalone(port=args.port)
 
 
+def cmd_compose_env(args: argparse.Namespace) -> int:
+    """Strong random secrets for docker compose into .env (existing values kept)."""
+    from recon import compose_secrets
+
+    return compose_secrets.main(["--file", str(args.file)])
+
+
 def cmd_airflow(args: argparse.Namespace) -> int:
     """Any `airflow` command with this project's configuration (e.g. `dags list`)."""
     from recon import local_airflow
@@ -300,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=8080)
     ui.add_argument("--demo", action="store_true", help="watch the demo database that ./recon demo filled")
     ui.set_defaults(func=cmd_ui)
+
+    compose_env = commands.add_parser("compose-env", help="generate the docker compose secrets into .env")
+    compose_env.add_argument("--file", type=Path, default=settings.PROJECT_ROOT / ".env",
+                             help="the .env file (default: .env next to docker-compose.yaml)")
+    compose_env.set_defaults(func=cmd_compose_env)
 
     airflow = commands.add_parser("airflow", help="run an airflow CLI command with this project's configuration")
     airflow.add_argument("airflow_args", nargs=argparse.REMAINDER, metavar="ARGS")
