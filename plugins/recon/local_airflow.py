@@ -11,7 +11,8 @@ commands below do that). What it sets:
 - the connection ``recon_db`` (``AIRFLOW_CONN_RECON_DB``) pointing at the recon database the
   resolver in :mod:`recon.db` chooses;
 - one JWT secret shared by every Airflow process, kept in ``AIRFLOW_HOME/jwt_secret`` (0600);
-- the simple auth manager's passwords file created 0600 before Airflow writes a password into it.
+- the simple auth manager's passwords file created 0600 before Airflow writes a password into it;
+- the api-server listening on 127.0.0.1 only.
 
 Values already in the environment win, so a user can point any of them elsewhere.
 """
@@ -120,6 +121,8 @@ def airflow_environment(
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(home),
+        # a developer's UI: this machine only (Airflow's default is every interface)
+        "AIRFLOW__API__HOST": "127.0.0.1",
         # the UI is for watching and triggering: a new DAG runs without an extra click
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         # pick up edits to dags/ quickly on a developer machine
