@@ -90,6 +90,8 @@ def test_every_connection_carries_the_configured_timeouts_and_the_url_may_overri
     assert shown(Database(db_url)) == ("0", "7s")
     assert shown(Database(db_url, timeouts=settings.web_database_timeouts())) == ("10s", "2s")
     assert shown(Database(f"{db_url}&options=-c%20lock_timeout%3D3s")) == ("0", "3s")
+    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=4s")  # libpq's own variable is not hidden
+    assert shown(Database(f"{db_url}&options=-c%20lock_timeout%3D3s")) == ("4s", "3s")
 
 
 def test_a_bad_timeout_setting_names_the_variable(db_url, monkeypatch):

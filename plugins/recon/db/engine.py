@@ -82,12 +82,14 @@ _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10
 
 
 def _timeout_parameters(url: URL, timeouts: settings.DatabaseTimeouts) -> dict[str, Any]:
-    """libpq parameters for the timeouts; the URL's own ``connect_timeout`` and ``options`` win
-    (its options come after ours, and PostgreSQL keeps the last ``-c`` of a setting)."""
+    """libpq parameters for the timeouts. The user's own settings win: ``PGOPTIONS`` and the URL's
+    ``options`` come after ours (PostgreSQL keeps the last ``-c`` of a setting; an ``options``
+    parameter would otherwise hide PGOPTIONS), and the URL's ``connect_timeout`` is kept."""
     options = f"-c statement_timeout={timeouts.statement * 1000} -c lock_timeout={timeouts.lock * 1000}"
-    extra = url.query.get("options")
-    if extra:
-        options += " " + (" ".join(extra) if isinstance(extra, tuple) else extra)
+    from_url = url.query.get("options")
+    for extra in (os.environ.get("PGOPTIONS"), " ".join(from_url) if isinstance(from_url, tuple) else from_url):
+        if extra:
+            options += " " + extra
     parameters: dict[str, Any] = {**_KEEPALIVES, "options": options}
     if "connect_timeout" not in url.query:
         parameters["connect_timeout"] = timeouts.connect
