@@ -1,7 +1,11 @@
 #!/bin/bash
-# One-shot init service: migrate Airflow's metadata and the recon schema, create the recon_db
-# connection and the admin password; the long-running services start after it succeeds.
+# One-shot init service: check the secrets, migrate Airflow's metadata and the recon schema,
+# create the recon_db connection and the admin password; the long-running services start after
+# it succeeds.
 set -euo pipefail
+
+echo "airflow-init: checking the secrets (weak or known values stop the deployment here)"
+python -m recon.compose_secrets --check
 
 echo "airflow-init: migrating Airflow's metadata database"
 airflow db migrate

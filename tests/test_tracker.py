@@ -7,6 +7,8 @@ so every test is deterministic and fast.
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -641,6 +643,38 @@ def test_requeue_reopens_one_task_when_an_entry_has_several_failed_ones(tracker)
     assert tracker.requeue([first.task_id, second.task_id]) == [second.task_id]  # the newest
     assert tracker.get_task(first.task_id).status == "FAILED"
     assert tracker.requeue(created_to=dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)) == []
+
+
+def test_two_requeues_at_once_run_one_after_the_other_and_end_correct(tracker, db, db_url):
+    """The second requeue waits for the first on the requeue lock (not row by row on its rows, which
+    re-checked every locked row against the whole candidate set: quadratic), then finds nothing left."""
+    tasks = entry_tasks(tracker, 200)
+    fail_all(tracker, tasks)
+    doubled = tracker.create_task(T, {"staging_entry_id": "stg_0"})  # an entry with two FAILED tasks
+    fail_all(tracker, [doubled])
+    window_end = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    second: dict[str, list[str]] = {}
+    other = Database(db_url, "second requeue")
+    try:
+        with db.begin() as first:
+            first_requeued = tracker.requeue(created_to=window_end, conn=first)
+            thread = threading.Thread(target=lambda: second.update(
+                ids=ProcessTracker(other).requeue([t.task_id for t in tasks] + [doubled.task_id])))
+            thread.start()
+            deadline = time.monotonic() + 30
+            while not sql(db, "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                              " AND wait_event = 'advisory' AND datname = current_database()"):
+                assert time.monotonic() < deadline and thread.is_alive(), "the second requeue never waited its turn"
+                time.sleep(0.05)
+        thread.join(timeout=60)
+    finally:
+        other.dispose()
+    assert second == {"ids": []}  # the first committed them all; nothing left FAILED in its scope
+    assert sorted(first_requeued) == sorted([doubled.task_id] + [t.task_id for t in tasks[1:]])
+    open_per_entry = sql(db, "SELECT payload ->> 'staging_entry_id', count(*) FROM process_tracker"
+                             " WHERE status IN ('PENDING', 'PROCESSING', 'RETRY') GROUP BY 1")
+    assert len(open_per_entry) == 200 and {n for _, n in open_per_entry} == {1}
+    assert tracker.get_task(tasks[0].task_id).status == "FAILED"  # the newer task of stg_0 was reopened
 
 
 def test_requeue_needs_ids_or_a_window(offline_tracker):

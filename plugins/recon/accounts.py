@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 from recon.db import Database
 from recon.errors import InvalidInputError, NotFoundError
 from recon.model import Account, AccountType, ReconRule
-from recon.money import parse_amount, parse_currency
+from recon.money import parse_balance, parse_currency
 
 _ACCOUNT_COLUMNS = "account_id, merchant_id, account_name, account_type, currency, initial_balance"
 
@@ -23,8 +23,21 @@ def _name(value: str, field: str) -> str:
     return value.strip()
 
 
+def _chosen_id(value: str | None, field: str) -> str | None:
+    """An id the caller chose (None: the database generates one); it must be usable as a key."""
+    if value is None:
+        return None
+    if (not isinstance(value, str) or not value or len(value) > 255 or value != value.strip()
+            or not value.isprintable()):
+        raise InvalidInputError(
+            f"{field} must be 1 to 255 printable characters without surrounding spaces, got {value!r}"
+        )
+    return value
+
+
 def create_merchant(merchant_name: str, merchant_id: str | None = None, *, db: Database) -> str:
     name = _name(merchant_name, "merchant_name")
+    merchant_id = _chosen_id(merchant_id, "merchant_id")
     with db.begin() as conn:
         return conn.execute(
             sa.text(
@@ -46,6 +59,7 @@ def create_account(
     db: Database,
 ) -> str:
     name = _name(account_name, "account_name")
+    account_id = _chosen_id(account_id, "account_id")
     try:
         kind = AccountType(account_type)
     except ValueError:
@@ -53,7 +67,7 @@ def create_account(
             f"account_type {account_type!r} must be DEBIT_NORMAL or CREDIT_NORMAL"
         ) from None
     currency = parse_currency(currency)
-    balance = Decimal(0) if initial_balance in (0, "0") else _signed_amount(initial_balance)
+    balance = parse_balance(initial_balance, field="initial_balance")
     with db.begin() as conn:
         _require_merchant(conn, merchant_id)
         return conn.execute(
@@ -67,16 +81,9 @@ def create_account(
         ).scalar_one()
 
 
-def _signed_amount(value: Decimal | str | int) -> Decimal:
-    """An initial balance may be negative (an overdrawn account); reuse the amount checks on |value|."""
-    text = str(value).strip()
-    negative = text.startswith("-")
-    amount = parse_amount(text.lstrip("-") if negative else value, field="initial_balance")
-    return -amount if negative else amount
-
-
 def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | None = None, *, db: Database) -> str:
     """A rule maps account_one (where entries arrive) to its contra account_two."""
+    rule_id = _chosen_id(rule_id, "rule id")
     if account_one_id == account_two_id:
         raise InvalidInputError(f"a recon rule needs two distinct accounts, got {account_one_id!r} twice")
     with db.begin() as conn:

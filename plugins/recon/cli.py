@@ -13,12 +13,14 @@ import logging
 import os
 import sys
 import traceback
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import sqlalchemy.exc
 
 from recon import json_encoding, settings
 from recon.db import default_database, migrations, reset_default_database, stop_embedded_server
+from recon.db.engine import describe_error
 from recon.errors import ReconError
 
 
@@ -205,6 +207,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return local_airflow.standalone(port=args.port)
 
 
+def cmd_compose_env(args: argparse.Namespace) -> int:
+    """Strong random secrets for docker compose into .env (existing values kept)."""
+    from recon import compose_secrets
+
+    return compose_secrets.main(["--file", str(args.file)])
+
+
 def cmd_airflow(args: argparse.Namespace) -> int:
     """Any `airflow` command with this project's configuration (e.g. `dags list`)."""
     from recon import local_airflow
@@ -215,10 +224,17 @@ def cmd_airflow(args: argparse.Namespace) -> int:
 # ---- parser ---------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: `recon <command>: error: ...`, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from recon.ingest import files as ingest_files
 
-    parser = argparse.ArgumentParser(prog="recon", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="recon", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -301,6 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--demo", action="store_true", help="watch the demo database that ./recon demo filled")
     ui.set_defaults(func=cmd_ui)
 
+    compose_env = commands.add_parser("compose-env", help="generate the docker compose secrets into .env")
+    compose_env.add_argument("--file", type=Path, default=settings.PROJECT_ROOT / ".env",
+                             help="the .env file (default: .env next to docker-compose.yaml)")
+    compose_env.set_defaults(func=cmd_compose_env)
+
     airflow = commands.add_parser("airflow", help="run an airflow CLI command with this project's configuration")
     airflow.add_argument("airflow_args", nargs=argparse.REMAINDER, metavar="ARGS")
     airflow.set_defaults(func=cmd_airflow)
@@ -318,9 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     except ReconError as exc:  # bad input or configuration: the message says what to fix
         print(f"recon: error: {exc}", file=sys.stderr)
         return 2
-    except sqlalchemy.exc.OperationalError as exc:  # unreachable server, missing database, ...
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
-        print(f"recon: error: cannot use the database ({reason})", file=sys.stderr)
+    except sqlalchemy.exc.OperationalError as exc:  # unreachable server, missing database, a timeout, ...
+        print(f"recon: error: cannot use the database ({describe_error(exc)})", file=sys.stderr)
         return 2
     except sqlalchemy.exc.ProgrammingError as exc:
         if "does not exist" in str(exc.orig):

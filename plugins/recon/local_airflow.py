@@ -10,7 +10,9 @@ commands below do that). What it sets:
 - ``dags/`` and ``plugins/`` of this project, no example DAGs, LocalExecutor;
 - the connection ``recon_db`` (``AIRFLOW_CONN_RECON_DB``) pointing at the recon database the
   resolver in :mod:`recon.db` chooses;
-- one JWT secret shared by every Airflow process, kept in ``AIRFLOW_HOME/jwt_secret``.
+- one JWT secret shared by every Airflow process, kept in ``AIRFLOW_HOME/jwt_secret`` (0600);
+- the simple auth manager's passwords file created 0600 before Airflow writes a password into it;
+- the api-server listening on 127.0.0.1 only.
 
 Values already in the environment win, so a user can point any of them elsewhere.
 """
@@ -81,6 +83,19 @@ def _jwt_secret(home: Path) -> str:
     return path.read_text().strip()
 
 
+def _private_passwords_file(env: Mapping[str, str], home: Path) -> None:
+    """Create the simple auth manager's passwords file readable by its owner only (0600).
+
+    Airflow writes the generated admin password into it with the process umask (usually 0644:
+    readable by every local user); it opens an existing file for appending, which keeps its mode.
+    """
+    path = Path(env.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
+                or home / "simple_auth_manager_passwords.json.generated")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)  # an older file, written before this existed
+
+
 def airflow_environment(
     home: Path | None = None,
     metadata_url: str | None = None,
@@ -106,6 +121,8 @@ def airflow_environment(
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(home),
+        # a developer's UI: this machine only (Airflow's default is every interface)
+        "AIRFLOW__API__HOST": "127.0.0.1",
         # the UI is for watching and triggering: a new DAG runs without an extra click
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         # pick up edits to dags/ quickly on a developer machine
@@ -131,6 +148,7 @@ def airflow_environment(
         if key in forced or key not in env:
             env[key] = value
     env["PYTHONPATH"] = os.pathsep.join(pythonpath)
+    _private_passwords_file(env, home)
     # `airflow standalone` starts its components as `airflow ...` from PATH: use this interpreter's
     bin_dir = str(Path(sys.executable).parent)
     path = [p for p in env.get("PATH", "").split(os.pathsep) if p and p != bin_dir]

@@ -65,9 +65,16 @@ def peek(batch_size: int, task_type: str = TaskType.PROCESS_STAGING_ENTRY, *, db
 
 
 def check_chunk_size(chunk_size: int) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 1 <= chunk_size <= settings.MAX_CHUNK_SIZE:
-        raise InvalidInputError(f"chunk_size must be an integer from 1 to {settings.MAX_CHUNK_SIZE:,}, got {chunk_size!r}")
-    return chunk_size
+    return _check_count("chunk_size", chunk_size, settings.MAX_CHUNK_SIZE)
+
+
+def _check_count(name: str, value: int, maximum: int | None = None) -> int:
+    """A positive integer, at most `maximum`: checked before anything is claimed or written."""
+    too_large = maximum is not None and isinstance(value, int) and value > maximum
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or too_large:
+        limits = f"from 1 to {maximum:,}" if maximum is not None else "of at least 1"
+        raise InvalidInputError(f"{name} must be an integer {limits}, got {value!r}")
+    return value
 
 
 def split_into_chunks(task_ids: Sequence[str], chunk_size: int) -> list[list[str]]:
@@ -145,6 +152,15 @@ def requeue_scope(created_from: dt.datetime | str | None = None, created_to: dt.
     created_from, created_to = _as_time(created_from), _as_time(created_to)
     if task_ids is None and created_from is None and created_to is None:
         raise InvalidInputError("reprocess needs created_from/created_to or task_ids")
+    if created_from is not None and created_to is not None and created_from >= created_to:
+        raise InvalidInputError(
+            f"created_from {created_from.isoformat()} must be before created_to {created_to.isoformat()}"
+            " (the window is [created_from, created_to))"
+        )
+    if task_ids is not None:
+        task_ids = list(task_ids)
+        if not task_ids or not all(isinstance(t, str) and t.strip() for t in task_ids):
+            raise InvalidInputError(f"task_ids must be a non-empty list of task ids, got {task_ids!r}")
     tracker = ProcessTracker(db)
     with db.begin() as conn:
         requeued = tracker.requeue(task_ids, created_from, created_to, conn)
@@ -177,8 +193,9 @@ def process_queue(
     chunk_size = settings.chunk_size() if chunk_size is None else chunk_size
     parse_task_type(task_type)
     check_chunk_size(chunk_size)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= settings.MAX_BATCH_SIZE:
-        raise InvalidInputError(f"batch_size must be an integer from 1 to {settings.MAX_BATCH_SIZE:,}, got {batch_size!r}")
+    _check_count("batch_size", batch_size, settings.MAX_BATCH_SIZE)
+    if max_batches is not None:
+        _check_count("max_batches", max_batches)
     started = time.time()
     results: list[dict[str, Any]] = []
     claimed_total = 0
@@ -211,8 +228,8 @@ def _as_time(value: dt.datetime | str | None) -> dt.datetime | None:
         parsed = value
     else:
         try:
-            parsed = dt.datetime.fromisoformat(value)
-        except ValueError:
+            parsed = dt.datetime.fromisoformat(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
             raise InvalidInputError(f"not an ISO 8601 timestamp: {value!r}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 

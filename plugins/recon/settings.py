@@ -27,12 +27,14 @@ EMBEDDED_DATABASE_NAME = "recon"
 # ---- batch shape --------------------------------------------------------------------------------
 
 # Fewer, larger chunks: each chunk is three Airflow task instances, and a chunk's cost per entry
-# is flat from about 2,000 up. 12,500 keeps a worker under 450 MiB; a batch of two chunks lets
-# two workers share the CPUs (bench/RESULTS.md).
+# is flat from about 2,000 up; a batch of two chunks lets two workers share the CPUs. A chunk is
+# held in memory whole: a DAG worker's peak RSS was 421 MiB at 15,000 entries, 555 at 25,000,
+# 759 at 40,000 and 988 at 100,000 (about 13.6 KiB per entry), so the largest chunk allowed is
+# the largest measured to fit the ~450 MiB budget per worker (bench/RESULTS.md, issue 19).
 DEFAULT_BATCH_SIZE = 25_000
 DEFAULT_CHUNK_SIZE = 12_500
 MAX_BATCH_SIZE = 1_000_000
-MAX_CHUNK_SIZE = 100_000
+MAX_CHUNK_SIZE = 15_000
 MAX_CHUNKS = 1_024  # Airflow's [core] max_map_length
 
 
@@ -156,3 +158,69 @@ def order_id_pattern() -> str | None:
 def embedded_data_dir() -> Path:
     """Where the embedded PostgreSQL keeps its data (git-ignored)."""
     return Path(_text_env("RECON_EMBEDDED_DIR") or PROJECT_ROOT / ".recon" / "pgdata")
+
+
+# ---- database timeouts --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatabaseTimeouts:
+    """How long a recon database connection may wait, in seconds (0: no limit).
+
+    ``connect``: to open a connection (libpq connect_timeout; psycopg's own default is 130 s);
+    ``statement``: for one statement (PostgreSQL statement_timeout, which also ends a query whose
+    client went away); ``lock``: for one lock (lock_timeout: a statement queued behind a locked
+    table fails instead of hanging). Each comes from ``<prefix>_<KIND>_TIMEOUT_SECONDS``.
+    """
+
+    connect: int
+    statement: int
+    lock: int
+    prefix: str = "RECON_DB"
+
+    def setting(self, kind: str) -> str:
+        """The environment variable of one timeout (kind: connect, statement or lock)."""
+        return f"{self.prefix}_{kind.upper()}_TIMEOUT_SECONDS"
+
+    @classmethod
+    def from_env(cls, prefix: str, connect: int, statement: int, lock: int) -> "DatabaseTimeouts":
+        defaults = cls(connect, statement, lock, prefix)
+        return cls(*(int_env(defaults.setting(k), getattr(defaults, k)) for k in ("connect", "statement", "lock")),
+                   prefix=prefix)
+
+
+def database_timeouts() -> DatabaseTimeouts:
+    """The engine's timeouts (CLI, DAG tasks, library): RECON_DB_CONNECT_TIMEOUT_SECONDS (10),
+    RECON_DB_STATEMENT_TIMEOUT_SECONDS (300), RECON_DB_LOCK_TIMEOUT_SECONDS (60).
+
+    The largest single statement measured is a maximum-size chunk's write on tables of a million
+    rows: seconds, not minutes (bench/RESULTS.md), so 300 s leaves room for a loaded machine yet
+    ends a runaway query. 60 s for a lock outlasts another worker's chunk transaction holding a
+    row this chunk needs (seconds each). Migrations lift both for their own session.
+    """
+    return DatabaseTimeouts.from_env("RECON_DB", connect=10, statement=300, lock=60)
+
+
+def web_database_timeouts() -> DatabaseTimeouts:
+    """The Recon view's timeouts (API server, run-note listener): RECON_WEB_DB_CONNECT_TIMEOUT_SECONDS
+    (3), RECON_WEB_DB_STATEMENT_TIMEOUT_SECONDS (10), RECON_WEB_DB_LOCK_TIMEOUT_SECONDS (2).
+
+    Every query of the view is one indexed read or aggregate (well under a second on a million
+    rows); a view that waits longer only holds a thread of Airflow's API server.
+    """
+    return DatabaseTimeouts.from_env("RECON_WEB_DB", connect=3, statement=10, lock=2)
+
+
+# ---- the Recon view -----------------------------------------------------------------------------
+
+
+def web_threads() -> int:
+    """RECON_WEB_THREADS (4): Recon view requests whose database work runs at once, on threads of
+    the view's own; never on the API server's shared thread pool, which Airflow's endpoints need."""
+    return int_env("RECON_WEB_THREADS", 4, minimum=1, maximum=64)
+
+
+def web_request_timeout_seconds() -> int:
+    """RECON_WEB_REQUEST_TIMEOUT_SECONDS (15): longest a Recon view request waits for a thread and its
+    queries; past it the answer is 503 (a slow or overloaded recon database), not a hung request."""
+    return int_env("RECON_WEB_REQUEST_TIMEOUT_SECONDS", 15, minimum=1)

@@ -117,6 +117,8 @@ def test_schedule_is_configurable():
         ("batch_size", 0),
         ("batch_size", "many"),
         ("chunk_size", -1),
+        ("chunk_size", 100_000),  # 988 MiB in one worker: the maximum is what fits ~450 MiB (15,000)
+        ("chunk_size", 15_001),
         ("task_type", "SOMETHING_ELSE"),
         ("reprocess", {}),
         ("reprocess", {"created_since": "2026-11-01T00:00:00Z"}),

@@ -40,6 +40,7 @@ def test_environment_points_airflow_at_this_project(tmp_path: Path):
     assert env["RECON_AIRFLOW_METADATA_URL"] == env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     assert env["AIRFLOW_CONN_RECON_DB"] == "postgresql://r@/recon"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://localhost:18123/execution/"
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"  # not every interface, Airflow's default
     assert env["PYTHONPATH"].split(os.pathsep)[:2] == [str(PROJECT / "plugins"), str(PROJECT)]
     # one JWT secret for every process, stable across calls
     again = local_airflow.airflow_environment(home=tmp_path, metadata_url="x", recon_url="y", base=base)
@@ -50,9 +51,9 @@ def test_environment_points_airflow_at_this_project(tmp_path: Path):
 
 def test_user_settings_win(tmp_path: Path):
     base = {"AIRFLOW__CORE__LOAD_EXAMPLES": "True", "RECON_DATABASE_URL": "postgresql://mine@/db",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://meta@/m"}
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql+psycopg2://meta@/m", "AIRFLOW__API__HOST": "0.0.0.0"}
     env = local_airflow.airflow_environment(home=tmp_path, base=base)
-    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "True"
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "True" and env["AIRFLOW__API__HOST"] == "0.0.0.0"
     assert "AIRFLOW_CONN_RECON_DB" not in env  # RECON_DATABASE_URL decides
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == "postgresql+psycopg2://meta@/m"
     assert local_airflow.recon_url_of(env) == "postgresql://mine@/db"

@@ -11,12 +11,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.parse
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Iterator
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from recon import ledger
 from recon.settings import PROJECT_ROOT
@@ -189,3 +194,68 @@ def test_an_unmigrated_database_gets_a_clear_503(api_server: AirflowServer, seed
         with seeded.db.begin() as c:
             c.exec_driver_sql("ALTER TABLE run_summaries_hidden RENAME TO run_summaries")
     assert api_server.request("GET", "/recon/api/throughput")[0] == 200
+
+
+@pytest.mark.parametrize("path", [
+    "/recon/api/exceptions?order_id=a%00b",
+    "/recon/api/overview?q=%00",
+    "/recon/?error_type=Mismatch%00Error",
+    "/recon/api/runs/recon_process_tracker/run%00id",
+    "/recon/runs/recon_process%00tracker/manual__seed-2",
+])
+def test_a_nul_byte_in_a_filter_or_run_id_is_a_422(api_server: AirflowServer, path: str) -> None:
+    status, body = api_server.request("GET", path)
+    assert status == 422, (path, status, body)
+
+
+def test_a_locked_recon_database_costs_the_view_503s_never_airflows_own_api(
+    api_server: AirflowServer, seeded: SeededBooks
+) -> None:
+    """45 concurrent Recon requests against a locked process_tracker: each gets a 503 within its
+    deadline (lock timeout, or the request deadline while queued for the view's few threads), and
+    /api/v2/version keeps answering meanwhile: the view never holds the API server's shared threads."""
+    with psycopg.connect(seeded.url) as holder, ThreadPoolExecutor(max_workers=45) as pool:
+        holder.execute("LOCK TABLE process_tracker IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        recon = [pool.submit(answered_in, api_server, "/recon/api/queue") for _ in range(45)]
+        version_answers = []
+        while not all(f.done() for f in recon):
+            version_answers.append(answered_in(api_server, "/api/v2/version"))
+            time.sleep(0.25)  # pacing the probe, not waiting for a condition
+        results = [f.result() for f in recon]
+        held_for = time.monotonic() - started
+    assert Counter(status for status, _, _ in results) == {503: 45}, results
+    assert all("try again later" in body["detail"] for _, body, _ in results), results[:3]
+    assert max(seconds for _, _, seconds in results) < 15 + 10  # the request deadline (default) + slack
+    assert len(version_answers) >= 5 and held_for > 3, (version_answers, held_for)  # probed while blocked
+    assert {status for status, _, _ in version_answers} == {200}
+    assert max(seconds for _, _, seconds in version_answers) < 3, version_answers
+    assert api_server.request("GET", "/recon/api/queue")[0] == 200  # the lock is gone: the view is back
+
+
+def test_a_database_that_refuses_connections_is_a_503(
+    api_server: AirflowServer, seeded: SeededBooks, pg_admin_url: str
+) -> None:
+    name = seeded.db.url.database
+    with psycopg.connect(pg_admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+        try:  # the view's pooled connections go too: it must open new ones, which are refused
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+            for path in ("/recon/api/queue", "/recon/"):
+                status, body = api_server.request("GET", path)
+                assert status == 503 and "cannot be reached" in json.dumps(body), (path, status, body)
+        finally:
+            admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
+    assert api_server.request("GET", "/recon/api/queue")[0] == 200
+
+
+def answered_in(server: AirflowServer, path: str) -> tuple[int, object, float]:
+    started = time.monotonic()
+    status, body = server.request("GET", path)
+    return status, body, time.monotonic() - started
+
+
+def test_the_generated_passwords_file_is_readable_by_its_owner_only(api_server: AirflowServer) -> None:
+    path = api_server.home / "simple_auth_manager_passwords.json.generated"
+    assert json.loads(path.read_text())["admin"]  # Airflow wrote the password into the file we created
+    assert path.stat().st_mode & 0o777 == 0o600, oct(path.stat().st_mode)

@@ -12,29 +12,46 @@ import os
 import threading
 import weakref
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
+import psycopg
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
 
+from recon import settings
 from recon.db.resolve import resolve_database, to_sqlalchemy_url
 
 log = logging.getLogger(__name__)
 
 
 class Database:
-    """A SQLAlchemy engine for one recon database, safe to use after fork()."""
+    """A SQLAlchemy engine for one recon database, safe to use after fork().
 
-    def __init__(self, url: str | URL, source: str = "explicit URL"):
+    Every connection carries ``timeouts`` (default: the engine's, ``settings.database_timeouts()``):
+    nothing waits forever on a server that does not answer, a locked table, or a runaway query.
+    """
+
+    def __init__(
+        self,
+        url: str | URL,
+        source: str = "explicit URL",
+        timeouts: settings.DatabaseTimeouts | None = None,
+        *,
+        pool_size: int = 5,
+        max_overflow: int = 5,
+        pool_timeout: float = 30,
+    ):
         self.url = to_sqlalchemy_url(url) if isinstance(url, str) else url
         self.source = source
+        self.timeouts = timeouts or settings.database_timeouts()
         self.engine: Engine = sa.create_engine(
-            self.url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+            self.url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout,
             # no server-side prepared statements: after 5 runs PostgreSQL may switch a prepared
             # statement to a generic plan, which guesses 10 rows for unnest() of an id array and
             # turns the engine's bulk statements into nested loops (bench/RESULTS.md)
-            connect_args={"prepare_threshold": None},
+            connect_args={"prepare_threshold": None, **_timeout_parameters(self.url, self.timeouts)},
         )
+        sa.event.listen(self.engine, "handle_error", self._name_the_database)
         # a forked child must not reuse the parent's sockets (Airflow's LocalExecutor forks)
         engine_ref = weakref.ref(self.engine)
         os.register_at_fork(after_in_child=lambda: _dispose_in_child(engine_ref))
@@ -42,6 +59,12 @@ class Database:
     @property
     def display(self) -> str:
         return f"{self.url.render_as_string(hide_password=True)} (from {self.source})"
+
+    def _name_the_database(self, context: ExceptionContext) -> None:
+        """A failed connection names the database and where its URL came from, in a note under the
+        traceback: a DAG task's log then says "from Airflow connection recon_db" (or the URL)."""
+        if context.sqlalchemy_exception is not None and (context.connection is None or context.is_disconnect):
+            context.sqlalchemy_exception.add_note(f"recon database: {self.display}")
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
@@ -51,6 +74,41 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# A server that vanishes mid-query (a partition, a dead host) sends no error: TCP keepalives
+# notice within idle + interval x count = 60 s (ignored on unix sockets, where it cannot happen).
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+def _timeout_parameters(url: URL, timeouts: settings.DatabaseTimeouts) -> dict[str, Any]:
+    """libpq parameters for the timeouts. The user's own settings win: ``PGOPTIONS`` and the URL's
+    ``options`` come after ours (PostgreSQL keeps the last ``-c`` of a setting; an ``options``
+    parameter would otherwise hide PGOPTIONS), and the URL's ``connect_timeout`` is kept."""
+    options = f"-c statement_timeout={timeouts.statement * 1000} -c lock_timeout={timeouts.lock * 1000}"
+    from_url = url.query.get("options")
+    for extra in (os.environ.get("PGOPTIONS"), " ".join(from_url) if isinstance(from_url, tuple) else from_url):
+        if extra:
+            options += " " + extra
+    parameters: dict[str, Any] = {**_KEEPALIVES, "options": options}
+    if "connect_timeout" not in url.query:
+        parameters["connect_timeout"] = timeouts.connect
+    return parameters
+
+
+def describe_error(exc: BaseException, timeouts: settings.DatabaseTimeouts | None = None) -> str:
+    """One line for a user about a database error: the server's first line, and for a timeout the
+    setting that bounds it (never the URL or the SQL)."""
+    orig = getattr(exc, "orig", None) or exc
+    reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    timeouts = timeouts or settings.database_timeouts()
+    if isinstance(orig, psycopg.errors.ConnectionTimeout):
+        return f"{reason} ({timeouts.setting('connect')}={timeouts.connect})"
+    if isinstance(orig, psycopg.errors.LockNotAvailable):
+        return f"{reason} ({timeouts.setting('lock')}={timeouts.lock})"
+    if isinstance(orig, psycopg.errors.QueryCanceled) and "statement timeout" in reason:
+        return f"{reason} ({timeouts.setting('statement')}={timeouts.statement})"
+    return reason
 
 
 def _dispose_in_child(engine_ref: "weakref.ref[Engine]") -> None:

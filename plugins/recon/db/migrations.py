@@ -67,6 +67,10 @@ def migrate(db: Database, sql_dir: Path = SQL_DIR) -> list[str]:
     migrations = load_migrations(sql_dir)
     applied: list[str] = []
     with db.engine.connect() as conn:
+        # no statement or lock timeout for this session: an index on a large table takes as long
+        # as it takes, and a second migrator waits for the first however long it runs
+        conn.execute(sa.text("SET statement_timeout = 0"))
+        conn.execute(sa.text("SET lock_timeout = 0"))
         conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         conn.commit()
         try:
@@ -77,6 +81,8 @@ def migrate(db: Database, sql_dir: Path = SQL_DIR) -> list[str]:
         finally:
             conn.rollback()  # a failed file leaves its transaction aborted
             conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            conn.execute(sa.text("RESET statement_timeout"))  # back to the connection's own timeouts
+            conn.execute(sa.text("RESET lock_timeout"))
             conn.commit()
     return applied
 

@@ -110,16 +110,17 @@ def _check_connection_json(env_name: str, value: str) -> None:
     """Refuse a JSON-form connection that Airflow would silently ignore or half-read."""
     if not value.startswith("{"):
         return  # a URI: its scheme and parts are checked once it is a URL
+    name = f"the Airflow connection {settings.AIRFLOW_CONNECTION_ID!r} ({env_name})"
     try:
         fields = json.loads(value)
     except json.JSONDecodeError:
-        raise DatabaseConfigError(f"{env_name} is neither a URI nor valid JSON") from None
+        raise DatabaseConfigError(f"{name} is neither a URI nor valid JSON") from None
     extra = fields.get("extra") if isinstance(fields, dict) else None
     if isinstance(extra, str) and extra.strip():
         try:
             json.loads(extra)
         except json.JSONDecodeError:
-            raise DatabaseConfigError(f"{env_name}: 'extra' is not valid JSON") from None
+            raise DatabaseConfigError(f"{name}: 'extra' is not valid JSON") from None
 
 
 def resolve_database(allow_embedded: bool = True) -> ResolvedDatabase:

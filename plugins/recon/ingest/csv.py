@@ -30,6 +30,7 @@ import csv
 import datetime as dt
 import io
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -182,13 +183,20 @@ def _open_text(source: CsvSource) -> Iterator[io.TextIOWrapper]:
         raw = source
     else:
         raise InvalidInputError(f"expected a file path or a binary stream, got {type(source).__name__}")
-    text = io.TextIOWrapper(io.BufferedReader(_SizeLimited(raw)), encoding="utf-8-sig", newline="")
+    # surrogateescape: an undecodable byte arrives as a lone surrogate in the line it is on, so
+    # _Lines can name that line (a strict decoder fails on the whole 8 KiB chunk, i.e. early)
+    text = io.TextIOWrapper(io.BufferedReader(_SizeLimited(raw)), encoding="utf-8-sig", errors="surrogateescape",
+                            newline="")
     try:
         yield text
     finally:
         text.close()  # closes the wrappers, not the caller's stream
         if raw is not source:
             raw.close()
+
+
+# a NUL, or a byte the UTF-8 decoder could not read (surrogateescape turns byte b into U+DC00 + b)
+_UNREADABLE = re.compile("[\x00\udc80-\udcff]")
 
 
 class _Lines:
@@ -204,20 +212,20 @@ class _Lines:
 
     def __next__(self) -> str:
         budget = MAX_ROW_CHARS - self.record_chars
-        try:
-            line = self._text.readline(budget + 1)
-        except UnicodeDecodeError as exc:
-            raise InvalidInputError(
-                f"line {self.line_number + 1}: the file is not UTF-8 text (byte"
-                f" 0x{exc.object[exc.start]:02x} cannot be decoded): save it as UTF-8 CSV; binary files are not accepted"
-            ) from None
+        line = self._text.readline(budget + 1)
         if not line:
             raise StopIteration
         self.line_number += 1
-        if "\x00" in line:
+        unreadable = _UNREADABLE.search(line)
+        if unreadable and unreadable.group() == "\x00":
             raise InvalidInputError(
                 f"line {self.line_number} contains a NUL byte: this is not a CSV text file"
                 " (binary data, or UTF-16 text?)"
+            )
+        if unreadable:
+            raise InvalidInputError(
+                f"line {self.line_number}: the file is not UTF-8 text (byte 0x{ord(unreadable.group()) - 0xDC00:02x}"
+                " cannot be decoded): save it as UTF-8 CSV; binary files are not accepted"
             )
         self.record_chars += len(line)
         if self.record_chars > MAX_ROW_CHARS:

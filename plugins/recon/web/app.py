@@ -1,8 +1,8 @@
 """The Recon view's FastAPI app: built once per process, in the API server only.
 
 It answers these failures itself: a browser without a session goes to Airflow's login
-(:mod:`recon.web.access`); a database that is not migrated, not reachable or not configured
-gets a 503 that says so, without the URL or the SQL.
+(:mod:`recon.web.access`); a database that is not migrated, not reachable, too slow (a
+timeout) or not configured gets a 503 that says so, without the URL or the SQL.
 """
 
 from __future__ import annotations
@@ -10,13 +10,17 @@ from __future__ import annotations
 import logging
 import threading
 
+import psycopg
 import sqlalchemy.exc as sa_exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse, Response
 
+from recon import settings
+from recon.db.engine import describe_error
 from recon.errors import DatabaseConfigError
 from recon.web.access import login_for_browsers
+from recon.web.database import ReconViewTimeout
 from recon.web.routes import router
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,10 @@ def build_app() -> FastAPI:
     )
     app.add_exception_handler(HTTPException, login_for_browsers)
     app.add_exception_handler(sa_exc.ProgrammingError, database_unusable)
-    app.add_exception_handler(sa_exc.OperationalError, database_unusable)
+    app.add_exception_handler(sa_exc.OperationalError, database_unusable)  # unreachable, timeouts
+    app.add_exception_handler(sa_exc.InterfaceError, database_unusable)  # a connection that broke
+    app.add_exception_handler(sa_exc.TimeoutError, database_unusable)  # no connection free in the pool
+    app.add_exception_handler(ReconViewTimeout, database_unusable)  # no answer within the request deadline
     app.add_exception_handler(DatabaseConfigError, database_not_configured)
     app.add_api_route("/static/recon.svg", navigation_icon, methods=["GET"], include_in_schema=False)
     app.include_router(router)
@@ -57,15 +64,17 @@ def build_app() -> FastAPI:
 
 
 async def database_unusable(request: Request, exc: Exception) -> JSONResponse:
-    """Missing table (not migrated) or unreachable database: say so, without the URL or SQL."""
-    log.warning("recon view: database error: %s", str(exc).splitlines()[0][:300])
-    missing = "UndefinedTable" in type(getattr(exc, "orig", None)).__name__
-    detail = (
-        "the recon database is not migrated: run `./recon db migrate` (python -m recon db migrate)"
-        if missing
-        else "the recon database cannot be reached; see the API server log"
-    )
-    return JSONResponse({"detail": detail}, status_code=503)
+    """Missing table (not migrated), unreachable or too slow database: 503 that says which, without
+    the URL or the SQL; the client may try again later."""
+    reason = describe_error(exc, settings.web_database_timeouts())
+    log.warning("recon view: database error: %s", reason[:300])
+    if isinstance(getattr(exc, "orig", None), psycopg.errors.UndefinedTable):
+        detail = "the recon database is not migrated: run `./recon db migrate` (python -m recon db migrate)"
+    elif isinstance(exc, ReconViewTimeout) or "timeout" in reason:
+        detail = f"the recon database is too slow to answer now: {reason}; try again later"
+    else:
+        detail = "the recon database cannot be reached; see the API server log"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "10"})
 
 
 async def database_not_configured(request: Request, exc: Exception) -> JSONResponse:

@@ -8,96 +8,120 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from recon.db import Database
 from recon.json_encoding import jsonable
 from recon.reporting import monitoring, run_summaries
 from recon.web.access import can_read_recon_runs
 from recon.web.chart import throughput_chart
-from recon.web.database import recon_database
+from recon.web.database import read_recon
 from recon.web.rendering import markdown_html, render
 from recon.web.urls import page_links
 from recon.settings import DAG_ID
 
 router = APIRouter(dependencies=[Depends(can_read_recon_runs)])
 
+# PostgreSQL text cannot hold a NUL: a filter with one is bad input (422), not a database error (500)
+NO_NUL = r"^[^\x00]*$"
+
 
 def filters(
-    error_type: str | None = Query(None, max_length=200),
-    account_id: str | None = Query(None, max_length=200),
-    order_id: str | None = Query(None, max_length=200),
-    q: str | None = Query(None, max_length=200),
+    error_type: str | None = Query(None, max_length=200, pattern=NO_NUL),
+    account_id: str | None = Query(None, max_length=200, pattern=NO_NUL),
+    order_id: str | None = Query(None, max_length=200, pattern=NO_NUL),
+    q: str | None = Query(None, max_length=200, pattern=NO_NUL),
     limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT),
 ) -> dict[str, Any]:
     """The manual-review filters and the list limit, shared by the view and its JSON."""
     return {"error_type": error_type, "account_id": account_id, "order_id": order_id, "q": q, "limit": limit}
 
 
+def run_ids(
+    dag_id: str = Path(max_length=250, pattern=NO_NUL), run_id: str = Path(max_length=250, pattern=NO_NUL)
+) -> tuple[str, str]:
+    """A run's ids from the path (Airflow's own limit is 250 characters)."""
+    return dag_id, run_id
+
+
 def as_json(data: Any) -> JSONResponse:
     return JSONResponse(jsonable(data))
 
+
+# Every route reads through recon.web.database.read_recon: the queries run on the view's own
+# threads within a deadline, never on the API server's shared thread pool.
 
 # -- JSON ------------------------------------------------------------------------------------
 
 
 @router.get("/api/queue")
-def api_queue(limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT)) -> JSONResponse:
-    return as_json(monitoring.queue(recon_database(), limit))
+async def api_queue(limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT)) -> JSONResponse:
+    return as_json(await read_recon(lambda db: monitoring.queue(db, limit)))
 
 
 @router.get("/api/throughput")
-def api_throughput(limit: int = Query(30, ge=1, le=monitoring.MAX_LIMIT)) -> JSONResponse:
-    return as_json(monitoring.throughput(recon_database(), limit))
+async def api_throughput(limit: int = Query(30, ge=1, le=monitoring.MAX_LIMIT)) -> JSONResponse:
+    return as_json(await read_recon(lambda db: monitoring.throughput(db, limit)))
 
 
 @router.get("/api/exceptions")
-def api_exceptions(f: dict = Depends(filters)) -> JSONResponse:
+async def api_exceptions(f: dict = Depends(filters)) -> JSONResponse:
     limit = f.pop("limit")
-    return as_json(monitoring.exceptions(recon_database(), limit=limit, **f))
+    return as_json(await read_recon(lambda db: monitoring.exceptions(db, limit=limit, **f)))
 
 
 @router.get("/api/ledger")
-def api_ledger(limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT)) -> JSONResponse:
-    return as_json(monitoring.ledger_overview(recon_database(), limit))
+async def api_ledger(limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT)) -> JSONResponse:
+    return as_json(await read_recon(lambda db: monitoring.ledger_overview(db, limit)))
 
 
 @router.get("/api/overview")
-def api_overview(f: dict = Depends(filters)) -> JSONResponse:
-    return as_json(monitoring.overview(recon_database(), **f))
+async def api_overview(f: dict = Depends(filters)) -> JSONResponse:
+    return as_json(await read_recon(lambda db: monitoring.overview(db, **f)))
 
 
 @router.get("/api/runs/{dag_id}/{run_id}")
-def api_run(dag_id: str, run_id: str) -> JSONResponse:
-    row = run_summaries.run_summary(run_id, recon_database(), dag_id=dag_id)
+async def api_run(ids: tuple[str, str] = Depends(run_ids)) -> JSONResponse:
+    dag_id, run_id = ids
+    row = await read_recon(lambda db: run_summaries.run_summary(run_id, db, dag_id=dag_id))
     if row is None:
         return JSONResponse({"detail": f"no recon summary for run {run_id!r} of {dag_id!r}"}, status_code=404)
     return as_json({**row, "markdown": run_summaries.summary_markdown(row["summary"], run_id)})
 
 
-# -- HTML ------------------------------------------------------------------------------------
+# -- HTML (queried and rendered on the view's threads: a large page is CPU work too) -------------
 
 
 @router.get("/", response_class=HTMLResponse)
-def view(request: Request, f: dict = Depends(filters)) -> HTMLResponse:
-    data = monitoring.overview(recon_database(), **f)
-    review = data["exceptions"]["manual_review"]
-    context = {
-        **page_links(request),
-        "data": data,
-        "filters": {k: v for k, v in f.items() if k != "limit" and v},
-        "limit": f["limit"],
-        "chart": throughput_chart(data["throughput"]["runs"]),
-        "reprocess_conf": monitoring.reprocess_conf(review["reprocess_task_ids"]),
-        "window_conf": monitoring.reprocess_window_conf(7),
-    }
-    return HTMLResponse(render("recon_view.html", context))
+async def view(request: Request, f: dict = Depends(filters)) -> HTMLResponse:
+    links = page_links(request)
+
+    def page(db: Database) -> str:
+        data = monitoring.overview(db, **f)
+        review = data["exceptions"]["manual_review"]
+        return render("recon_view.html", {
+            **links,
+            "data": data,
+            "filters": {k: v for k, v in f.items() if k != "limit" and v},
+            "limit": f["limit"],
+            "chart": throughput_chart(data["throughput"]["runs"]),
+            "reprocess_conf": monitoring.reprocess_conf(review["reprocess_task_ids"]),
+            "window_conf": monitoring.reprocess_window_conf(7),
+        })
+
+    return HTMLResponse(await read_recon(page))
 
 
 @router.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, dag_id: str, run_id: str) -> HTMLResponse:
-    row = run_summaries.run_summary(run_id, recon_database(), dag_id=dag_id)
-    context = {**page_links(request), "dag_id": dag_id, "run_id": run_id, "run": row, "is_recon_dag": dag_id == DAG_ID}
-    if row is not None:
-        context["summary_html"] = markdown_html(run_summaries.summary_markdown(row["summary"], run_id))
-    return HTMLResponse(render("recon_run.html", context))
+async def run_page(request: Request, ids: tuple[str, str] = Depends(run_ids)) -> HTMLResponse:
+    dag_id, run_id = ids
+    context = {**page_links(request), "dag_id": dag_id, "run_id": run_id, "is_recon_dag": dag_id == DAG_ID}
+
+    def page(db: Database) -> str:
+        row = run_summaries.run_summary(run_id, db, dag_id=dag_id)
+        if row is not None:
+            context["summary_html"] = markdown_html(run_summaries.summary_markdown(row["summary"], run_id))
+        return render("recon_run.html", {**context, "run": row})
+
+    return HTMLResponse(await read_recon(page))
