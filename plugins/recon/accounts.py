@@ -6,12 +6,13 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Sequence
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from recon.db import Database
-from recon.errors import InvalidInputError, NotFoundError
-from recon.model import Account, AccountType, ReconRule
+from recon.errors import ConflictError, InvalidInputError, NotFoundError
+from recon.model import Account, AccountType, Merchant, ReconRule
 from recon.money import parse_balance, parse_currency
 
 _ACCOUNT_COLUMNS = "account_id, merchant_id, account_name, account_type, currency, initial_balance"
@@ -39,13 +40,17 @@ def create_merchant(merchant_name: str, merchant_id: str | None = None, *, db: D
     name = _name(merchant_name, "merchant_name")
     merchant_id = _chosen_id(merchant_id, "merchant_id")
     with db.begin() as conn:
-        return conn.execute(
+        created = conn.execute(
             sa.text(
                 "INSERT INTO merchant_accounts (merchant_id, merchant_name)"
-                " VALUES (coalesce(:id, recon_new_id('mer')), :name) RETURNING merchant_id"
+                " VALUES (coalesce(:id, recon_new_id('mer')), :name)"
+                " ON CONFLICT (merchant_id) DO NOTHING RETURNING merchant_id"
             ),
             {"id": merchant_id, "name": name},
-        ).scalar_one()
+        ).scalar()
+    if created is None:
+        raise ConflictError(f"merchant_id {merchant_id!r} is already taken", field="merchant_id")
+    return created
 
 
 def create_account(
@@ -70,15 +75,18 @@ def create_account(
     balance = parse_balance(initial_balance, field="initial_balance")
     with db.begin() as conn:
         _require_merchant(conn, merchant_id)
-        return conn.execute(
+        created = conn.execute(
             sa.text(
                 "INSERT INTO accounts (account_id, merchant_id, account_name, account_type, currency,"
                 " initial_balance) VALUES (coalesce(:id, recon_new_id('acc')), :merchant, :name, :type,"
-                " :currency, :balance) RETURNING account_id"
+                " :currency, :balance) ON CONFLICT (account_id) DO NOTHING RETURNING account_id"
             ),
             {"id": account_id, "merchant": merchant_id, "name": name, "type": kind.value,
              "currency": currency, "balance": balance},
-        ).scalar_one()
+        ).scalar()
+    if created is None:
+        raise ConflictError(f"account_id {account_id!r} is already taken", field="account_id")
+    return created
 
 
 def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | None = None, *, db: Database) -> str:
@@ -104,14 +112,18 @@ def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | N
             {"a": account_one_id, "b": account_two_id},
         ).scalar()
         if existing:
-            raise InvalidInputError(f"recon rule {existing} already maps {account_one_id} to {account_two_id}")
-        return conn.execute(
+            raise ConflictError(f"recon rule {existing} already maps {account_one_id} to {account_two_id}")
+        created = conn.execute(
             sa.text(
                 "INSERT INTO recon_rules (id, merchant_id, account_one_id, account_two_id)"
-                " VALUES (coalesce(:id, recon_new_id('rule')), :m, :a, :b) RETURNING id"
+                " VALUES (coalesce(:id, recon_new_id('rule')), :m, :a, :b)"
+                " ON CONFLICT (id) DO NOTHING RETURNING id"
             ),
             {"id": rule_id, "m": one.merchant_id, "a": account_one_id, "b": account_two_id},
-        ).scalar_one()
+        ).scalar()
+    if created is None:
+        raise ConflictError(f"rule id {rule_id!r} is already taken", field="rule_id")
+    return created
 
 
 def get_account(account_id: str, conn: Connection) -> Account:
@@ -158,8 +170,101 @@ def load_rules(conn: Connection, account_ids: Sequence[str]) -> list[ReconRule]:
 
 
 def _require_merchant(conn: Connection, merchant_id: str) -> None:
-    found = conn.execute(
-        sa.text("SELECT 1 FROM merchant_accounts WHERE merchant_id = :id"), {"id": merchant_id}
+    get_merchant(merchant_id, conn)
+
+
+# ---- reads and changes for the REST API: one page at a time, in key order ---------------------------
+
+
+def get_merchant(merchant_id: str, conn: Connection) -> Merchant:
+    row = conn.execute(
+        sa.text("SELECT merchant_id, merchant_name, created_at FROM merchant_accounts WHERE merchant_id = :id"),
+        {"id": merchant_id},
     ).first()
-    if not found:
+    if row is None:
         raise NotFoundError(f"no merchant with merchant_id {merchant_id!r}")
+    return Merchant(*row)
+
+
+def merchants_page(conn: Connection, after: str | None, limit: int) -> list[Merchant]:
+    """Merchants in id order after `after` (None: from the start), at most `limit`."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT merchant_id, merchant_name, created_at FROM merchant_accounts"
+            " WHERE CAST(:after AS text) IS NULL OR merchant_id > :after ORDER BY merchant_id LIMIT :limit"
+        ),
+        {"after": after, "limit": limit},
+    )
+    return [Merchant(*r) for r in rows]
+
+
+def accounts_page(conn: Connection, merchant_id: str | None, after: str | None, limit: int) -> list[Account]:
+    """Accounts (of one merchant, or all) in id order after `after`, at most `limit`."""
+    rows = conn.execute(
+        sa.text(
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts"
+            " WHERE (CAST(:merchant AS text) IS NULL OR merchant_id = :merchant)"
+            " AND (CAST(:after AS text) IS NULL OR account_id > :after)"
+            " ORDER BY account_id LIMIT :limit"
+        ),
+        {"merchant": merchant_id, "after": after, "limit": limit},
+    )
+    return [Account(*r) for r in rows]  # selected in field order
+
+
+def rename_account(account_id: str, account_name: str, *, db: Database) -> Account:
+    name = _name(account_name, "account_name")
+    with db.begin() as conn:
+        row = conn.execute(
+            sa.text(f"UPDATE accounts SET account_name = :name WHERE account_id = :id RETURNING {_ACCOUNT_COLUMNS}"),
+            {"id": account_id, "name": name},
+        ).first()
+    if row is None:
+        raise NotFoundError(f"no account with account_id {account_id!r}")
+    return Account(*row)
+
+
+# what refers to an account, by the table the database names in a foreign key violation
+_REFERRERS = {"entries": "ledger entries", "staging_entries": "staging entries", "recon_rules": "recon rules"}
+
+
+def delete_account(account_id: str, *, db: Database) -> None:
+    """Delete an account nothing refers to. Its foreign keys decide, in the same statement, so an
+    entry booked concurrently either waits for the delete (and fails) or makes it fail."""
+    try:
+        with db.begin() as conn:
+            deleted = conn.execute(
+                sa.text("DELETE FROM accounts WHERE account_id = :id RETURNING account_id"), {"id": account_id}
+            ).first()
+    except sa.exc.IntegrityError as exc:
+        if not isinstance(exc.orig, psycopg.errors.ForeignKeyViolation):
+            raise
+        table = exc.orig.diag.table_name or "another table"
+        raise ConflictError(
+            f"account {account_id} cannot be deleted: {_REFERRERS.get(table, table)} refer to it"
+        ) from None
+    if deleted is None:
+        raise NotFoundError(f"no account with account_id {account_id!r}")
+
+
+_RULE_COLUMNS = "id, merchant_id, account_one_id, account_two_id"
+
+
+def get_rule(rule_id: str, conn: Connection) -> ReconRule:
+    row = conn.execute(sa.text(f"SELECT {_RULE_COLUMNS} FROM recon_rules WHERE id = :id"), {"id": rule_id}).first()
+    if row is None:
+        raise NotFoundError(f"no recon rule with id {rule_id!r}")
+    return ReconRule(*row)
+
+
+def rules_page(conn: Connection, merchant_id: str | None, after: str | None, limit: int) -> list[ReconRule]:
+    """Rules (of one merchant, or all) in id order after `after`, at most `limit`."""
+    rows = conn.execute(
+        sa.text(
+            f"SELECT {_RULE_COLUMNS} FROM recon_rules"
+            " WHERE (CAST(:merchant AS text) IS NULL OR merchant_id = :merchant)"
+            " AND (CAST(:after AS text) IS NULL OR id > :after) ORDER BY id LIMIT :limit"
+        ),
+        {"merchant": merchant_id, "after": after, "limit": limit},
+    )
+    return [ReconRule(*r) for r in rows]

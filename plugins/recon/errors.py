@@ -39,9 +39,23 @@ class ReconError(Exception):
 
 
 class InvalidInputError(ReconError, ValueError):
-    """Bad input from a producer, the CLI or a DAG param; nothing was written."""
+    """Bad input from a producer, the CLI or a DAG param; nothing was written.
+
+    ``field`` names the offending input when the raiser knows it (the REST API reports it).
+    """
 
     error_type = "InvalidInputError"
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class ConflictError(InvalidInputError):
+    """Valid input that conflicts with what exists (an id already taken, an account the ledger
+    still refers to); nothing was written."""
+
+    error_type = "ConflictError"
 
 
 class NotFoundError(ReconError, LookupError):

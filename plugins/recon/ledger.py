@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from recon import accounts
 from recon.db import Database, json_rows
 from recon.errors import LedgerInvariantError
-from recon.model import ExpectedLeg, PostedLeg
+from recon.model import Account, ExpectedLeg, PostedLeg
 
 
 _RANDOM_HEX: list[str] = []  # 128-bit random ids drawn 1,024 at a time (one urandom call)
@@ -240,7 +240,13 @@ _NO_ENTRIES = _SideSums()
 
 
 def balances(account_ids: list[str] | None = None, *, db: Database) -> list[Balance]:
-    """Posted, pending and available balance per account, in its currency (ARCHIVED excluded).
+    """Posted, pending and available balance per account (all, or these), by merchant and name."""
+    with db.begin() as conn:
+        return balances_of(conn, accounts.list_accounts(conn, account_ids))
+
+
+def balances_of(conn: Connection, listed: Sequence[Account]) -> list[Balance]:
+    """Posted, pending and available balance of each of these accounts, in its currency (ARCHIVED excluded).
 
     Debit-normal accounts grow with debits, credit-normal ones with credits:
       posted    = initial + normal-side POSTED - other-side POSTED
@@ -248,9 +254,10 @@ def balances(account_ids: list[str] | None = None, *, db: Database) -> list[Bala
       available = posted - other-side EXPECTED (money promised away is not available,
                   money promised in is not yet available)
     """
-    with db.begin() as conn:
-        listed = accounts.list_accounts(conn, account_ids)
-        sums = {(r.account_id, r.currency): r for r in conn.execute(_SIDE_SUMS, {"ids": account_ids})}
+    if not listed:
+        return []
+    ids = [a.account_id for a in listed]
+    sums = {(r.account_id, r.currency): r for r in conn.execute(_SIDE_SUMS, {"ids": ids})}
     result = []
     for a in listed:
         r = sums.get((a.account_id, a.currency), _NO_ENTRIES)  # entries in another currency are not this account's
@@ -427,3 +434,124 @@ def mismatch_transactions(conn: Connection, limit: int) -> tuple[int, list[Any]]
         {"limit": limit},
     ).all()
     return count, rows
+
+
+# ---- read models: the REST API (a page at a time, in key order) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One leg of a transaction version, as the REST API shows it."""
+
+    entry_id: str
+    account_id: str
+    transaction_id: str
+    entry_type: str
+    amount: Decimal
+    currency: str
+    status: str
+    effective_date: dt.datetime
+    metadata: dict[str, Any]
+    order_id: str | None
+    fulfilled_expected_entry_id: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class TransactionVersion:
+    transaction_id: str
+    logical_transaction_id: str
+    version: int
+    amount: Decimal
+    currency: str
+    merchant_id: str
+    status: str
+    metadata: dict[str, Any]
+    source_staging_entry_id: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    entries: list[LedgerEntry] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LogicalTransaction:
+    """A transaction with every version it went through (ARCHIVED ones included), oldest first."""
+
+    logical_transaction_id: str
+    versions: list[TransactionVersion]
+
+
+# in the dataclasses' field order: rows are unpacked positionally
+_LEDGER_ENTRY_COLUMNS = (
+    "entry_id, account_id, transaction_id, entry_type, amount, currency, status, effective_date, metadata,"
+    " order_id, fulfilled_expected_entry_id, created_at"
+)
+_VERSION_COLUMNS = (
+    "transaction_id, logical_transaction_id, version, amount, currency, merchant_id, status, metadata,"
+    " source_staging_entry_id, created_at, updated_at"
+)
+
+
+def logical_transactions_page(
+    conn: Connection, merchant_id: str | None, account_id: str | None, after: str | None, limit: int
+) -> list[LogicalTransaction]:
+    """Logical transactions (of a merchant, touching an account, or all) in id order after `after`,
+    at most `limit`, each with all its versions and their entries: three statements per page
+    (the page's ids along transactions' (logical_transaction_id, version) index, then their
+    versions, then their entries)."""
+    logical_ids = list(conn.execute(
+        sa.text(
+            """
+            SELECT DISTINCT t.logical_transaction_id FROM transactions t
+            WHERE (CAST(:merchant AS text) IS NULL OR t.merchant_id = :merchant)
+              AND (CAST(:account AS text) IS NULL OR EXISTS (
+                   SELECT 1 FROM entries e WHERE e.transaction_id = t.transaction_id AND e.account_id = :account))
+              AND (CAST(:after AS text) IS NULL OR t.logical_transaction_id > :after)
+            ORDER BY t.logical_transaction_id
+            LIMIT :limit
+            """
+        ),
+        {"merchant": merchant_id, "account": account_id, "after": after, "limit": limit},
+    ).scalars())
+    if not logical_ids:
+        return []
+    versions = [TransactionVersion(*r) for r in conn.execute(
+        sa.text(f"SELECT {_VERSION_COLUMNS} FROM transactions WHERE logical_transaction_id = ANY(:ids)"
+                " ORDER BY logical_transaction_id, version"),
+        {"ids": logical_ids},
+    )]
+    by_transaction = {v.transaction_id: v for v in versions}
+    for row in conn.execute(
+        sa.text(f"SELECT {_LEDGER_ENTRY_COLUMNS} FROM entries WHERE transaction_id = ANY(:ids)"
+                " ORDER BY transaction_id, entry_id"),
+        {"ids": list(by_transaction)},
+    ):
+        by_transaction[row.transaction_id].entries.append(LedgerEntry(*row))
+    grouped: dict[str, list[TransactionVersion]] = {i: [] for i in logical_ids}
+    for version in versions:
+        grouped[version.logical_transaction_id].append(version)
+    return [LogicalTransaction(i, grouped[i]) for i in logical_ids]
+
+
+def entries_page(
+    conn: Connection, account_id: str | None, status: str | None, order_id: str | None,
+    after: str | None, limit: int,
+) -> list[LedgerEntry]:
+    """Entries (of an account, in a status, for an order) in id order after `after`, at most `limit`
+    (entries_account_status_idx or entries_expected_order_idx find an account's; the primary key
+    otherwise)."""
+    rows = conn.execute(
+        sa.text(
+            f"""
+            SELECT {_LEDGER_ENTRY_COLUMNS} FROM entries
+            WHERE (CAST(:account AS text) IS NULL OR account_id = :account)
+              AND (CAST(:status AS text) IS NULL OR status = :status)
+              AND (CAST(:order_id AS text) IS NULL OR order_id = :order_id)
+              AND (CAST(:after AS text) IS NULL OR entry_id > :after)
+            ORDER BY entry_id
+            LIMIT :limit
+            """
+        ),
+        {"account": account_id, "status": status, "order_id": order_id, "after": after, "limit": limit},
+    )
+    return [LedgerEntry(*r) for r in rows]

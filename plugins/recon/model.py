@@ -52,6 +52,13 @@ class TaskStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Merchant:
+    merchant_id: str
+    merchant_name: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
 class Account:
     account_id: str
     merchant_id: str

@@ -224,3 +224,33 @@ def web_request_timeout_seconds() -> int:
     """RECON_WEB_REQUEST_TIMEOUT_SECONDS (15): longest a Recon view request waits for a thread and its
     queries; past it the answer is 503 (a slow or overloaded recon database), not a hung request."""
     return int_env("RECON_WEB_REQUEST_TIMEOUT_SECONDS", 15, minimum=1)
+
+
+# ---- the REST API (/recon/api/v1) -----------------------------------------------------------------
+
+MAX_API_UPLOAD_BYTES = 2 * 1024**3  # the CLI's own limit on a statement file (recon.ingest.csv.MAX_FILE_BYTES)
+
+
+def api_write_threads() -> int:
+    """RECON_API_WRITE_THREADS (2): REST API writes (creations, uploads) running at once, on threads of
+    their own beside the view's readers, so a long upload never takes a reader's thread. A write
+    that waits longer than RECON_WEB_REQUEST_TIMEOUT_SECONDS for one gets a 503."""
+    return int_env("RECON_API_WRITE_THREADS", 2, minimum=1, maximum=64)
+
+
+def api_max_body_bytes() -> int:
+    """RECON_API_MAX_BODY_BYTES (32 MiB): largest JSON request body. A batch of 10,000 staging entries
+    with a little metadata each is about 3 MiB; a larger body is refused (413) before it is parsed."""
+    return int_env("RECON_API_MAX_BODY_BYTES", 32 * 1024**2, minimum=1024)
+
+
+def api_max_upload_bytes() -> int:
+    """RECON_API_MAX_UPLOAD_BYTES (256 MiB, at most the CLI's 2 GiB): largest statement upload. The file
+    streams to a temporary file as it arrives and is refused (413) once it passes the limit."""
+    return int_env("RECON_API_MAX_UPLOAD_BYTES", 256 * 1024**2, minimum=1024, maximum=MAX_API_UPLOAD_BYTES)
+
+
+def api_idempotency_retention_hours() -> int:
+    """RECON_API_IDEMPOTENCY_RETENTION_HOURS (24): how long an Idempotency-Key's answer is kept for
+    replays; the maintenance DAG forgets older ones."""
+    return int_env("RECON_API_IDEMPOTENCY_RETENTION_HOURS", 24, minimum=1)

@@ -217,7 +217,7 @@ def create_staging_entry(
 def _require_accounts(conn: Connection, account_ids: set[str]) -> None:
     missing = sorted(account_ids - set(accounts.load_accounts(conn, sorted(account_ids))))
     if missing:
-        raise InvalidInputError(f"unknown account_id(s): {', '.join(missing)}")
+        raise InvalidInputError(f"unknown account_id(s): {', '.join(missing)}", field="account_id")
 
 
 # ---- ingest: one file at a time per account and mode, duplicates by order id ------------------------
@@ -553,3 +553,81 @@ def reviews_of_transactions(conn: Connection, transaction_ids: Sequence[str]) ->
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
+
+
+# ---- read models: the REST API -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StagingEntryRow:
+    """A staging entry as the REST API shows it: every column."""
+
+    staging_entry_id: str
+    account_id: str
+    entry_type: str
+    amount: Decimal
+    currency: str
+    status: str
+    processing_mode: str
+    effective_date: dt.datetime
+    metadata: dict[str, Any]
+    order_id: str | None
+    natural_key: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+_ROW_COLUMNS = (  # in StagingEntryRow's field order: rows are unpacked positionally
+    "staging_entry_id, account_id, entry_type, amount, currency, status, processing_mode, effective_date,"
+    " metadata, order_id, natural_key, created_at, updated_at"
+)
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    """The REST API's staging-entry filters; None means "any". The created window is [from, to)."""
+
+    account_id: str | None = None
+    status: str | None = None
+    processing_mode: str | None = None
+    order_id: str | None = None
+    created_from: dt.datetime | None = None
+    created_to: dt.datetime | None = None
+
+
+def get_staging_entry(conn: Connection, staging_entry_id: str) -> StagingEntryRow | None:
+    row = conn.execute(
+        sa.text(f"SELECT {_ROW_COLUMNS} FROM staging_entries WHERE staging_entry_id = :id"), {"id": staging_entry_id}
+    ).first()
+    return StagingEntryRow(*row) if row is not None else None
+
+
+def staging_entries_page(
+    conn: Connection, where: EntryFilter, after: tuple[dt.datetime, str] | None, limit: int
+) -> list[StagingEntryRow]:
+    """Matching entries in creation order (created_at, then id) after the key `after`, at most `limit`:
+    staging_entries_account_created_idx with an account, staging_entries_created_at_idx without."""
+    rows = conn.execute(
+        sa.text(
+            f"""
+            SELECT {_ROW_COLUMNS} FROM staging_entries
+            WHERE (CAST(:account_id AS text) IS NULL OR account_id = :account_id)
+              AND (CAST(:status AS text) IS NULL OR status = :status)
+              AND (CAST(:mode AS text) IS NULL OR processing_mode = :mode)
+              AND (CAST(:order_id AS text) IS NULL OR order_id = :order_id)
+              AND (CAST(:created_from AS timestamptz) IS NULL OR created_at >= :created_from)
+              AND (CAST(:created_to AS timestamptz) IS NULL OR created_at < :created_to)
+              AND (CAST(:after_created AS timestamptz) IS NULL
+                   OR (created_at, staging_entry_id) > (:after_created, CAST(:after_id AS text)))
+            ORDER BY created_at, staging_entry_id
+            LIMIT :limit
+            """
+        ),
+        {
+            "account_id": where.account_id, "status": where.status, "mode": where.processing_mode,
+            "order_id": where.order_id, "created_from": where.created_from, "created_to": where.created_to,
+            "after_created": after[0] if after else None, "after_id": after[1] if after else None,
+            "limit": limit,
+        },
+    )
+    return [StagingEntryRow(*r) for r in rows]

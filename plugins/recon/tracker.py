@@ -725,6 +725,16 @@ def _check_positive(name: str, value: int) -> None:
 # ---- module-level seed API on the default database (library entry points) -----------------------
 
 
+def tasks_of_entry(conn: Connection, staging_entry_id: str) -> list[Task]:
+    """Every task that processed or will process this staging entry, oldest first
+    (process_tracker_staging_entry_idx)."""
+    return Task.from_rows(conn.execute(
+        sa.text(f"SELECT {_COLUMNS} FROM process_tracker WHERE payload ->> 'staging_entry_id' = :id"
+                " ORDER BY created_at, task_id"),
+        {"id": staging_entry_id},
+    ))
+
+
 def create_task(task_type: str | TaskType, payload: Mapping[str, Any]) -> Task:
     return ProcessTracker(default_database()).create_task(task_type, payload)
 

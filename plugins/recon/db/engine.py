@@ -76,6 +76,30 @@ class Database:
         self.engine.dispose()
 
 
+class JoinedTransaction(Database):
+    """A Database inside a transaction already open on `conn`: each begin() is a savepoint of it, so a
+    library function that opens its own transaction commits or rolls back with the caller's.
+
+    The REST API stores an Idempotency-Key's answer this way, in the same transaction as the effect
+    it answers (a staging batch, an ingested file): both are committed, or neither.
+    """
+
+    def __init__(self, conn: Connection, database: Database):  # no engine of its own
+        self.conn = conn
+        self.url = database.url
+        self.source = database.source
+        self.timeouts = database.timeouts
+        self.engine = database.engine
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        with self.conn.begin_nested():
+            yield self.conn
+
+    def dispose(self) -> None:
+        """The connection and its engine belong to the caller."""
+
+
 # A server that vanishes mid-query (a partition, a dead host) sends no error: TCP keepalives
 # notice within idle + interval x count = 60 s (ignored on unix sockets, where it cannot happen).
 _KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}

@@ -10,17 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 
-import psycopg
 import sqlalchemy.exc as sa_exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse, Response
 
-from recon import settings
-from recon.db.engine import describe_error
 from recon.errors import DatabaseConfigError
 from recon.web.access import login_for_browsers
-from recon.web.database import ReconViewTimeout
+from recon.web.api.app import MOUNT_PATH as API_MOUNT_PATH, build_api_app
+from recon.web.database import RETRY_AFTER_SECONDS, ReconViewTimeout, describe_unusable_database
 from recon.web.routes import router
 
 log = logging.getLogger(__name__)
@@ -59,6 +57,7 @@ def build_app() -> FastAPI:
     app.add_exception_handler(ReconViewTimeout, database_unusable)  # no answer within the request deadline
     app.add_exception_handler(DatabaseConfigError, database_not_configured)
     app.add_api_route("/static/recon.svg", navigation_icon, methods=["GET"], include_in_schema=False)
+    app.mount(API_MOUNT_PATH, build_api_app())  # the REST API: its own app, errors and OpenAPI document
     app.include_router(router)
     return app
 
@@ -66,15 +65,8 @@ def build_app() -> FastAPI:
 async def database_unusable(request: Request, exc: Exception) -> JSONResponse:
     """Missing table (not migrated), unreachable or too slow database: 503 that says which, without
     the URL or the SQL; the client may try again later."""
-    reason = describe_error(exc, settings.web_database_timeouts())
-    log.warning("recon view: database error: %s", reason[:300])
-    if isinstance(getattr(exc, "orig", None), psycopg.errors.UndefinedTable):
-        detail = "the recon database is not migrated: run `./recon db migrate` (python -m recon db migrate)"
-    elif isinstance(exc, ReconViewTimeout) or "timeout" in reason:
-        detail = f"the recon database is too slow to answer now: {reason}; try again later"
-    else:
-        detail = "the recon database cannot be reached; see the API server log"
-    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "10"})
+    detail = describe_unusable_database(exc)
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
 
 
 async def database_not_configured(request: Request, exc: Exception) -> JSONResponse:

@@ -1,0 +1,35 @@
+"""The REST API in-process on a real PostgreSQL: the app as the API server builds it, with Airflow's
+authentication replaced by a fixed user (the live tests, tests/api/test_api_live.py, use the real one).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from recon.db import Database
+from recon.web import access, database
+from recon.settings import WEB_URL_PREFIX
+from recon.web.api.app import MOUNT_PATH, build_api_app
+
+PRINCIPAL = "producer-1"
+
+
+@pytest.fixture
+def api(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """A client of the API app on this test's database, as a user who may read and write."""
+    monkeypatch.setattr(database, "_database", db)
+    for limiter in ("_limiter", "_write_slots", "_write_threads"):  # bound to the client's event loop
+        monkeypatch.setattr(database, limiter, None)
+    app = build_api_app()
+    app.dependency_overrides[access.can_read_recon_runs] = lambda: None
+    app.dependency_overrides[access.can_edit_recon_dag] = lambda: None
+    app.dependency_overrides[access.caller] = lambda: PRINCIPAL
+    server = FastAPI()  # mounted where Airflow's API server has it
+    server.mount(WEB_URL_PREFIX + MOUNT_PATH, app)
+    with TestClient(server, base_url=f"http://testserver{WEB_URL_PREFIX}{MOUNT_PATH}",
+                    raise_server_exceptions=False) as client:
+        yield client
