@@ -3,6 +3,7 @@ while ledger entries, staging entries or rules refer to the account)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
@@ -32,7 +33,7 @@ class NewAccount(BaseModel):
     account_name: Name
     account_type: Literal["DEBIT_NORMAL", "CREDIT_NORMAL"]
     currency: Currency
-    initial_balance: Balance = "0"  # type: ignore[assignment]  # parsed into a Decimal
+    initial_balance: Balance = Decimal(0)
     account_id: Text | None = None  # None: the database draws one (acc_...)
 
 
