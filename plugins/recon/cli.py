@@ -221,6 +221,22 @@ def cmd_airflow(args: argparse.Namespace) -> int:
     return local_airflow.airflow_cli(args.airflow_args)
 
 
+def cmd_api_spec(args: argparse.Namespace) -> int:
+    """Write the REST API's OpenAPI document (docs/openapi.json), or check that it is current."""
+    from recon.web.api.app import openapi_text
+
+    text = openapi_text()
+    if args.check:
+        if not args.output.exists() or args.output.read_text() != text:
+            print(f"recon: error: {args.output} is not current: run `./recon api-spec`", file=sys.stderr)
+            return 1
+        print(f"{args.output} is current")
+        return 0
+    args.output.write_text(text)
+    print(f"wrote {args.output}")
+    return 0
+
+
 # ---- parser ---------------------------------------------------------------------------------
 
 
@@ -321,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     compose_env.add_argument("--file", type=Path, default=settings.PROJECT_ROOT / ".env",
                              help="the .env file (default: .env next to docker-compose.yaml)")
     compose_env.set_defaults(func=cmd_compose_env)
+
+    api_spec = commands.add_parser("api-spec", help="write the REST API's OpenAPI document (docs/openapi.json)")
+    api_spec.add_argument("--output", type=Path, default=settings.PROJECT_ROOT / "docs" / "openapi.json")
+    api_spec.add_argument("--check", action="store_true", help="exit 1 unless the file is current")
+    api_spec.set_defaults(func=cmd_api_spec)
 
     airflow = commands.add_parser("airflow", help="run an airflow CLI command with this project's configuration")
     airflow.add_argument("airflow_args", nargs=argparse.REMAINDER, metavar="ARGS")

@@ -63,3 +63,10 @@ def openapi_document(app: FastAPI) -> dict[str, Any]:
         schemas["ProblemDetails"] = problem
         app.openapi_schema = document
     return app.openapi_schema
+
+
+def openapi_text() -> str:
+    """The OpenAPI document as committed in docs/openapi.json (`./recon api-spec` writes it)."""
+    import json
+
+    return json.dumps(build_api_app().openapi(), indent=2, ensure_ascii=False) + "\n"
