@@ -6,6 +6,7 @@ Daily housekeeping for the recon engine and for Airflow itself.
 | task | what it does |
 | --- | --- |
 | `prune_tracker` | deletes COMPLETED Process Tracker rows finished more than `tracker_retention_days` ago (FAILED and open tasks are kept) |
+| `forget_idempotency_keys` | forgets the REST API's `Idempotency-Key` answers stored more than `RECON_API_IDEMPOTENCY_RETENTION_HOURS` (24) ago: a replay after that is a new request |
 | `clean_airflow_metadata` | `airflow db clean` of runs, task instances, XComs and logs older than `airflow_retention_days`: `recon_process_tracker` runs every minute, 1,440 runs a day |
 
 Airflow 3 does not let task code reach Airflow's own database, so `clean_airflow_metadata`
@@ -82,7 +83,17 @@ def recon_maintenance():
             f"--clean-before-timestamp {shlex.quote(before.isoformat())} --skip-archive --yes"
         )
 
+    @task(multiple_outputs=False)
+    def forget_idempotency_keys() -> int:
+        """Forget old Idempotency-Key answers of the REST API (the table would grow forever)."""
+        from recon.db import default_database
+        from recon.web.api import idempotency
+
+        age = timedelta(hours=settings.api_idempotency_retention_hours())
+        return idempotency.forget_older_than(default_database(allow_embedded=False), age)
+
     prune_tracker() >> clean_airflow_metadata()
+    forget_idempotency_keys()
 
 
 recon_maintenance()

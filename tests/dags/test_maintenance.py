@@ -1,4 +1,5 @@
-"""recon_maintenance with dag.test(): tracker pruning on PostgreSQL and `airflow db clean` on the metadata DB."""
+"""recon_maintenance with dag.test(): tracker and Idempotency-Key pruning on PostgreSQL and `airflow db clean`
+on the metadata DB."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ def test_structure(maintenance_dag):
     assert {t.task_id: set(t.upstream_task_ids) for t in maintenance_dag.tasks} == {
         "prune_tracker": set(),
         "clean_airflow_metadata": {"prune_tracker"},
+        "forget_idempotency_keys": set(),
     }
     assert maintenance_dag.schedule == "@daily" and maintenance_dag.catchup is False
     assert maintenance_dag.params.get_param("tracker_retention_days").resolve(30) == 30
@@ -38,6 +40,10 @@ def test_prunes_old_completed_tasks_and_old_airflow_runs(airflow_metadata, track
         c.execute("UPDATE process_tracker SET status = 'FAILED', completed_at = now() - interval '90 days'"
                   " WHERE task_id = %s", (ids["failed"],))
 
+        c.execute("INSERT INTO api_idempotency_keys (principal, idempotency_key, request_hash, status_code, response,"
+                  " created_at) VALUES ('u', 'old', 'h', 201, '{}', now() - interval '25 hours'),"
+                  " ('u', 'recent', 'h', 201, '{}', now() - interval '23 hours')")
+
     long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=20)
     old_run = tracker_dag.test(logical_date=long_ago, run_after=long_ago, run_conf={"dry_run": True})
     maintenance = maintenance_dag.test(run_conf={"tracker_retention_days": 30, "airflow_retention_days": 7})
@@ -45,6 +51,7 @@ def test_prunes_old_completed_tasks_and_old_airflow_runs(airflow_metadata, track
     assert maintenance.state == "success", task_instances(maintenance.run_id)
     remaining = {row[0] for row in seed.all("SELECT task_id FROM process_tracker")}
     assert remaining == {ids["recent"], ids["failed"]}
+    assert [r[0] for r in seed.all("SELECT idempotency_key FROM api_idempotency_keys")] == ["recent"]
     with create_session() as session:
         run_ids = {r.run_id for r in session.query(DagRun).all()}
     assert old_run.run_id not in run_ids
