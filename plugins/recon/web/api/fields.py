@@ -50,18 +50,36 @@ Amount = Annotated[
     Decimal,
     PlainValidator(parse_amount),  # exact: a float (a JSON number with a fraction) is refused
     PlainSerializer(_decimal_text, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": DECIMAL_PATTERN, "maxLength": 64, "examples": ["120.00"],
+    WithJsonSchema({"type": "string", "maxLength": 64, "examples": ["120.00"],
                     "description": "a positive decimal as a string: at most 4 decimal places, 16 integer digits"}),
 ]
 Balance = Annotated[
     Decimal,
     PlainValidator(lambda value: parse_balance(value, field="initial_balance")),
     PlainSerializer(_decimal_text, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": DECIMAL_PATTERN, "maxLength": 64, "examples": ["0.00"],
+    WithJsonSchema({"type": "string", "maxLength": 64, "examples": ["0.00"],
                     "description": "a decimal as a string (zero or negative allowed): at most 4 decimal places"}),
 ]
 Currency = Annotated[
     str, Field(min_length=3, max_length=3, examples=["EUR"], description="ISO 4217: three upper-case letters"),
     AfterValidator(parse_currency),
 ]
-Timestamp = Annotated[AwareDatetime, Field(description="RFC 3339 with a time zone", examples=["2026-11-02T09:30:00Z"])]
+EARLIEST = dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc)
+LATEST = dt.datetime(3000, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _plausible(value: dt.datetime) -> dt.datetime:
+    """Within 1900-2999 UTC: every time stored must read back as a Python datetime in UTC."""
+    try:
+        plausible = EARLIEST <= value < LATEST
+    except OverflowError:  # year 1 with a positive offset is before year 1 in UTC
+        plausible = False
+    if not plausible:
+        raise ValueError(f"{value.isoformat()} is outside the years 1900 to 2999")
+    return value
+
+
+Timestamp = Annotated[
+    AwareDatetime, AfterValidator(_plausible),
+    Field(description="RFC 3339 with a time zone, years 1900 to 2999", examples=["2026-11-02T09:30:00Z"]),
+]
