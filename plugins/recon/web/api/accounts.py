@@ -15,7 +15,7 @@ from recon import accounts, ledger
 from recon.db import Database
 from recon.errors import NotFoundError
 from recon.web.access import READERS, WRITERS, caller
-from recon.web.api.fields import NO_NUL, Balance, Currency, DecimalString, Name, Text
+from recon.web.api.fields import ID_IN_PATH, NO_NUL, Balance, Currency, DecimalString, Name, Text
 from recon.web.api.idempotency import IdempotencyKey, answer_once
 from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_cursor, page
 from recon.web.api.problems import INVALID_INPUT, Problem, problem_responses
@@ -23,7 +23,7 @@ from recon.web.database import query_recon, write_recon
 
 router = APIRouter(prefix="/accounts", tags=["accounts"])
 
-AccountId = Annotated[str, Path(min_length=1, max_length=255, pattern=NO_NUL)]
+AccountId = Annotated[str, Path(min_length=1, max_length=255, pattern=ID_IN_PATH)]
 
 
 class NewAccount(BaseModel):

@@ -19,6 +19,9 @@ from recon.money import parse_amount, parse_balance, parse_currency
 NO_NUL = r"^[^\x00]*$"
 
 DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+# an id in a path: printable (the library's ids are), so that the path routes at all (a line break
+# in a path matches no route of Airflow's, which answers its own 404 before the API sees it)
+ID_IN_PATH = r"^[^\x00-\x1f\x7f]+$"
 
 
 def _decimal_text(value: Decimal) -> str:

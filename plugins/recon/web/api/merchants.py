@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from recon import accounts
 from recon.db import Database
 from recon.web.access import READERS, WRITERS, caller
-from recon.web.api.fields import NO_NUL, Name, Text, UtcTimestamp
+from recon.web.api.fields import ID_IN_PATH, NO_NUL, Name, Text, UtcTimestamp
 from recon.web.api.idempotency import IdempotencyKey, answer_once
 from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_cursor, page
 from recon.web.api.problems import problem_responses
@@ -19,7 +19,7 @@ from recon.web.database import query_recon
 
 router = APIRouter(prefix="/merchants", tags=["merchants"])
 
-MerchantId = Annotated[str, Path(min_length=1, max_length=255, pattern=NO_NUL)]
+MerchantId = Annotated[str, Path(min_length=1, max_length=255, pattern=ID_IN_PATH)]
 
 
 class NewMerchant(BaseModel):

@@ -14,7 +14,7 @@ from recon.db import Database
 from recon.errors import NotFoundError
 from recon.model import ReconRule
 from recon.web.access import READERS, WRITERS, caller
-from recon.web.api.fields import NO_NUL, Text
+from recon.web.api.fields import ID_IN_PATH, NO_NUL, Text
 from recon.web.api.idempotency import IdempotencyKey, answer_once
 from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_cursor, page
 from recon.web.api.problems import INVALID_INPUT, Problem, problem_responses
@@ -22,7 +22,7 @@ from recon.web.database import query_recon
 
 router = APIRouter(prefix="/rules", tags=["rules"])
 
-RuleId = Annotated[str, Path(min_length=1, max_length=255, pattern=NO_NUL)]
+RuleId = Annotated[str, Path(min_length=1, max_length=255, pattern=ID_IN_PATH)]
 
 
 class NewRule(BaseModel):

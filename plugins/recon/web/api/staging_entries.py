@@ -16,7 +16,7 @@ from recon.db import Database
 from recon.errors import ConflictError, NotFoundError
 from recon.staging import NewStagingEntry
 from recon.web.access import READERS, WRITERS, caller
-from recon.web.api.fields import NO_NUL, Amount, Currency, DecimalString, Text, Timestamp, UtcTimestamp
+from recon.web.api.fields import ID_IN_PATH, NO_NUL, Amount, Currency, DecimalString, Text, Timestamp, UtcTimestamp
 from recon.web.api.idempotency import IdempotencyKey, answer_once
 from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_cursor, page, timestamp
 from recon.web.api.problems import problem_responses
@@ -194,7 +194,7 @@ async def list_staging_entries(
 @router.get("/{staging_entry_id}", response_model=StagingEntryDetail, dependencies=READERS,
             responses=problem_responses(404))
 async def get_staging_entry(
-    staging_entry_id: Annotated[str, Path(min_length=1, max_length=255, pattern=NO_NUL)],
+    staging_entry_id: Annotated[str, Path(min_length=1, max_length=255, pattern=ID_IN_PATH)],
 ) -> StagingEntryDetail:
     def read(conn: Connection) -> StagingEntryDetail:
         entry = staging.get_staging_entry(conn, staging_entry_id)
