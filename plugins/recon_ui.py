@@ -2,13 +2,14 @@
 
 Registers, in the API server:
 - a FastAPI app under ``/recon`` (``recon.web``): the view (``/recon/``), one run's summary
-  (``/recon/runs/{dag_id}/{run_id}``) and the same data as JSON (``/recon/api/...``);
+  (``/recon/runs/{dag_id}/{run_id}``), the same data as JSON (``/recon/api/...``) and the REST API
+  for producers and tools (``/recon/api/v1``, ``recon.web.api``);
 - a "Recon" entry in the navigation (an external view embedded in the UI at ``/plugin/recon``);
 - a "Recon summary" tab on every DAG run page;
 - a listener that, when a run of the DAG ends, writes its recon summary as the run's note.
 
 Access follows Airflow's own authentication and authorization (``recon.web.access``): reading
-the view is reading runs of the recon DAG.
+the view is reading runs of the recon DAG; writing through the REST API is editing the DAG.
 
 Airflow imports this file in every process (scheduler, workers, ...), so it holds only the
 plugin class and the listener: FastAPI, the templates and the recon library are imported when

@@ -1,6 +1,7 @@
-"""The Recon view's FastAPI app: built once per process, in the API server only.
+"""The Recon view's FastAPI app: built once per process, in the API server only. It mounts the REST
+API (``recon.web.api``, its own app with its own error shape) at ``/api/v1``.
 
-It answers these failures itself: a browser without a session goes to Airflow's login
+The view answers these failures itself: a browser without a session goes to Airflow's login
 (:mod:`recon.web.access`); a database that is not migrated, not reachable, too slow (a
 timeout) or not configured gets a 503 that says so, without the URL or the SQL.
 """
