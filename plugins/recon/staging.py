@@ -605,8 +605,10 @@ def get_staging_entry(conn: Connection, staging_entry_id: str) -> StagingEntryRo
 def staging_entries_page(
     conn: Connection, where: EntryFilter, after: tuple[dt.datetime, str] | None, limit: int
 ) -> list[StagingEntryRow]:
-    """Matching entries in creation order (created_at, then id) after the key `after`, at most `limit`:
-    staging_entries_account_created_idx with an account, staging_entries_created_at_idx without."""
+    """Matching entries in creation order (created_at, then id) after the key `after`, at most `limit`,
+    along staging_entries_created_at_idx. No index of its own by account: the engine's status change
+    of every entry would pay for it (a (account_id, created_at, id) index made PENDING -> PROCESSED of
+    50,000 entries 70% slower), so a page of a rare account walks further along created_at."""
     rows = conn.execute(
         sa.text(
             f"""

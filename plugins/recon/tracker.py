@@ -726,11 +726,21 @@ def _check_positive(name: str, value: int) -> None:
 
 
 def tasks_of_entry(conn: Connection, staging_entry_id: str) -> list[Task]:
-    """Every task that processed or will process this staging entry, oldest first
-    (process_tracker_staging_entry_idx)."""
+    """Every task that processed or will process this staging entry, oldest first: the open one
+    through process_tracker_one_open_task_per_entry_uq, finished ones through
+    process_tracker_finished_entry_idx."""
     return Task.from_rows(conn.execute(
-        sa.text(f"SELECT {_COLUMNS} FROM process_tracker WHERE payload ->> 'staging_entry_id' = :id"
-                " ORDER BY created_at, task_id"),
+        sa.text(
+            f"""
+            SELECT {_COLUMNS} FROM process_tracker
+            WHERE payload ->> 'staging_entry_id' = :id AND payload ? 'staging_entry_id'
+              AND status IN ('PENDING', 'PROCESSING', 'RETRY')
+            UNION ALL
+            SELECT {_COLUMNS} FROM process_tracker
+            WHERE payload ->> 'staging_entry_id' = :id AND status IN ('COMPLETED', 'FAILED')
+            ORDER BY created_at, task_id
+            """
+        ),
         {"id": staging_entry_id},
     ))
 

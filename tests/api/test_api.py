@@ -203,6 +203,7 @@ def test_a_batch_with_one_bad_line_is_refused_whole_naming_the_line_and_field(ap
     ({"effective_date": "2026-11-02T10:30:00"}, "effective_date"),  # no time zone
     ({"metadata": {"order_id": 7}}, "body"),
     ({"metadata": {"note": "a\u0000b"}}, "body"),
+    ({"metadata": {"order_id": "ORD-1", "match_type": "Phase2_Fulfilled"}}, "body"),  # the engine's own key
 ])
 def test_a_bad_entry_is_refused_naming_the_field(api: TestClient, db: Database, change: dict[str, Any], field: str) -> None:
     b = books(api)

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Connection
 from recon import staging, tracker
 from recon.db import Database
 from recon.errors import ConflictError, NotFoundError
+from recon.ingest.csv import RESERVED_COLUMNS  # the metadata keys the engine writes
 from recon.staging import NewStagingEntry
 from recon.web.access import READERS, WRITERS, caller
 from recon.web.api.fields import ID_IN_PATH, NO_NUL, Amount, Currency, DecimalString, Text, Timestamp, UtcTimestamp
@@ -48,6 +49,9 @@ class NewEntry(BaseModel):
 
     @model_validator(mode="after")
     def _valid_for_the_library(self) -> "NewEntry":
+        reserved = sorted(RESERVED_COLUMNS & set(self.metadata))
+        if reserved:  # the engine writes these (an outcome, a transaction id): a producer may not
+            raise ValueError(f"metadata keys {', '.join(reserved)} are the engine's own")
         self.as_new_staging_entry()  # metadata size and order_id, NUL, ...: the library's own checks
         return self
 
@@ -201,7 +205,8 @@ async def get_staging_entry(
         if entry is None:
             raise NotFoundError(f"no staging entry with staging_entry_id {staging_entry_id!r}")
         tasks = tracker.tasks_of_entry(conn, staging_entry_id)
-        outcome = Outcome(status=entry.status, **{k: entry.metadata.get(k) for k in Outcome.model_fields if k != "status"})
+        written = {k: v for k in Outcome.model_fields if k != "status" and isinstance(v := entry.metadata.get(k), str)}
+        outcome = Outcome(status=entry.status, **written)
         return StagingEntryDetail(**vars(entry), tasks=[Task.model_validate(t, from_attributes=True) for t in tasks],
                                   outcome=outcome)
 
