@@ -250,6 +250,21 @@ def delete_account(account_id: str, *, db: Database) -> None:
 _RULE_COLUMNS = "id, merchant_id, account_one_id, account_two_id"
 
 
+def delete_recon_rule(rule_id: str, *, db: Database) -> None:
+    """Delete a rule no ledger row refers to (an expected leg names the rule that booked it in its
+    metadata.recon_rule_id). The rule row is locked first, so two changes of one rule take turns."""
+    from recon import ledger  # here, not at the top: the ledger reads accounts for its balances
+
+    with db.begin() as conn:
+        found = conn.execute(sa.text("SELECT id FROM recon_rules WHERE id = :id FOR UPDATE"), {"id": rule_id}).first()
+        if found is None:
+            raise NotFoundError(f"no recon rule with id {rule_id!r}")
+        if ledger.rule_is_referenced(conn, rule_id):
+            raise ConflictError(f"recon rule {rule_id} is referenced by ledger entries (metadata.recon_rule_id)"
+                                " and cannot be deleted")
+        conn.execute(sa.text("DELETE FROM recon_rules WHERE id = :id"), {"id": rule_id})
+
+
 def get_rule(rule_id: str, conn: Connection) -> ReconRule:
     row = conn.execute(sa.text(f"SELECT {_RULE_COLUMNS} FROM recon_rules WHERE id = :id"), {"id": rule_id}).first()
     if row is None:

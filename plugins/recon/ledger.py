@@ -408,6 +408,16 @@ def fulfilled_orders(conn: Connection, keys: Sequence[tuple[str, str]]) -> set[t
     return {(r.account_id, r.order_id) for r in rows}
 
 
+def rule_is_referenced(conn: Connection, rule_id: str) -> bool:
+    """Does any entry, archived history included, name this rule in metadata.recon_rule_id (an
+    expected leg the rule booked)? A sequential read of entries: rules are deleted rarely, and an
+    index for it would cost every booking a write."""
+    return bool(conn.execute(
+        sa.text("SELECT EXISTS (SELECT 1 FROM entries WHERE metadata ->> 'recon_rule_id' = :rule_id)"),
+        {"rule_id": rule_id},
+    ).scalar())
+
+
 # ---- read models: the report and the Recon view ------------------------------------------------------
 
 

@@ -148,6 +148,19 @@ def test_rules_are_created_listed_and_refused_with_the_field(api: TestClient, db
     assert count(db, "recon_rules") == 1
 
 
+def test_a_rule_the_ledger_refers_to_is_not_deleted(api: TestClient, db: Database) -> None:
+    b = books(api)
+    assert api.post("/staging-entries", json=entry(b["orders"], "ORD-1")).status_code == 201
+    pipeline.process_queue(db=db)  # booked under the rule
+    assert "referenced by ledger entries" in assert_problem(api.delete(f"/rules/{b['rule']}"), 409, "conflict")["detail"]
+    unused = api.post("/accounts", json={"merchant_id": b["merchant"], "account_name": "Spare", "currency": "USD",
+                                         "account_type": "CREDIT_NORMAL"}).json()["account_id"]
+    spare = api.post("/rules", json={"account_one_id": b["bank"], "account_two_id": unused}).json()["rule_id"]
+    assert api.delete(f"/rules/{spare}").status_code == 204
+    assert_problem(api.delete(f"/rules/{spare}"), 404, "not-found")
+    assert count(db, "recon_rules") == 1
+
+
 # ---- staging entries ----------------------------------------------------------------------------------
 
 

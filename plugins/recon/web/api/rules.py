@@ -1,11 +1,12 @@
-"""Recon rules: create (idempotent), list, get. A rule maps account_one (where TRANSACTION lines
+"""Recon rules: create (idempotent), list, get, delete (refused with a 409 while the ledger refers to
+the rule). A rule maps account_one (where TRANSACTION lines
 arrive) to its contra account_two (where their confirmations arrive)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
@@ -18,7 +19,7 @@ from recon.web.api.fields import ID_IN_PATH, NO_NUL, Text
 from recon.web.api.idempotency import IdempotencyKey, answer_once
 from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_cursor, page
 from recon.web.api.problems import INVALID_INPUT, Problem, problem_responses
-from recon.web.database import query_recon
+from recon.web.database import query_recon, write_recon
 
 router = APIRouter(prefix="/rules", tags=["rules"])
 
@@ -75,3 +76,10 @@ async def list_rules(
 @router.get("/{rule_id}", response_model=Rule, dependencies=READERS, responses=problem_responses(404))
 async def get_rule(rule_id: RuleId) -> Rule:
     return _rule(await query_recon(lambda conn: accounts.get_rule(rule_id, conn)))
+
+
+@router.delete("/{rule_id}", status_code=204, response_class=Response, dependencies=WRITERS,
+               responses=problem_responses(404, 409))
+async def delete_rule(rule_id: RuleId) -> Response:
+    await write_recon(lambda db: accounts.delete_recon_rule(rule_id, db=db))
+    return Response(status_code=204)
