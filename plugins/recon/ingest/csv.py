@@ -44,6 +44,7 @@ from recon.accounts import get_account
 from recon.db import Database
 from recon.errors import InvalidInputError
 from recon.model import Account, AccountType, EntryType
+from recon.ingest.reading import open_binary
 from recon.ingest.report import IngestReport, Progress
 from recon.staging import MAX_ORDER_ID_LENGTH, NewStagingEntry, insert_staging_entries
 from recon.money import parse_amount, parse_currency
@@ -145,54 +146,17 @@ def _file_name(source: object) -> str | None:
 # --- Reading: bytes -> checked lines -> CSV records -------------------------------------------
 
 
-class _SizeLimited(io.RawIOBase):
-    """Counts the bytes read from the caller's stream and stops at MAX_FILE_BYTES."""
-
-    def __init__(self, raw: BinaryIO):
-        self._raw = raw
-        self.bytes_read = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self._raw.read(len(buffer))
-        if isinstance(data, str):
-            raise InvalidInputError("expected a binary stream (open the file in 'rb' mode), got text")
-        n = len(data)
-        self.bytes_read += n
-        if self.bytes_read > MAX_FILE_BYTES:
-            raise InvalidInputError(
-                f"the file is larger than {MAX_FILE_BYTES:,} bytes (MAX_FILE_BYTES); split it"
-            )
-        buffer[:n] = data
-        return n
-
-
 @contextmanager
 def _open_text(source: CsvSource) -> Iterator[io.TextIOWrapper]:
-    """A strict UTF-8 text view (BOM skipped) of a path or a binary stream; closes only what it opened."""
-    if isinstance(source, io.TextIOBase):
-        raise InvalidInputError("expected a file path or a binary stream (open the file in 'rb' mode), got text")
-    if isinstance(source, (str, os.PathLike)):
+    """A UTF-8 text view (BOM skipped) of a path or a binary stream; closes only what it opened."""
+    with open_binary(source, "CSV", MAX_FILE_BYTES) as binary:
+        # surrogateescape: an undecodable byte arrives as a lone surrogate in the line it is on, so
+        # _Lines can name that line (a strict decoder fails on the whole 8 KiB chunk, i.e. early)
+        text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
         try:
-            raw = open(source, "rb")
-        except OSError as exc:
-            raise InvalidInputError(f"cannot open CSV file {os.fspath(source)!r}: {exc.strerror}") from None
-    elif hasattr(source, "read"):
-        raw = source
-    else:
-        raise InvalidInputError(f"expected a file path or a binary stream, got {type(source).__name__}")
-    # surrogateescape: an undecodable byte arrives as a lone surrogate in the line it is on, so
-    # _Lines can name that line (a strict decoder fails on the whole 8 KiB chunk, i.e. early)
-    text = io.TextIOWrapper(io.BufferedReader(_SizeLimited(raw)), encoding="utf-8-sig", errors="surrogateescape",
-                            newline="")
-    try:
-        yield text
-    finally:
-        text.close()  # closes the wrappers, not the caller's stream
-        if raw is not source:
-            raw.close()
+            yield text
+        finally:
+            text.detach()  # the caller's stream stays open; open_binary closes what it opened
 
 
 # a NUL, or a byte the UTF-8 decoder could not read (surrogateescape turns byte b into U+DC00 + b)
