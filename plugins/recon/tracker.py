@@ -16,11 +16,12 @@ that inserts staging entries and their tasks at once (``recon.staging``) takes t
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -36,23 +37,25 @@ class TaskNotFoundError(NotFoundError):
     """No tracker task has the given id."""
 
 
+E = TypeVar("E", bound=enum.Enum)
+
 MAX_ERROR_LENGTH = 4000  # last_error is for humans; a full traceback belongs in the logs
 
 
 def parse_task_type(value: str | TaskType) -> TaskType:
-    try:
-        return TaskType(value)
-    except ValueError:
-        known = ", ".join(t.value for t in TaskType)
-        raise InvalidInputError(f"unknown task_type {value!r}; known task types: {known}") from None
+    return _parse(TaskType, value, "task_type", "task types")
 
 
 def parse_task_status(value: str | TaskStatus) -> TaskStatus:
+    return _parse(TaskStatus, value, "task status", "statuses")
+
+
+def _parse(kind: type[E], value: object, name: str, plural: str) -> E:
     try:
-        return TaskStatus(value)
+        return kind(value)
     except ValueError:
-        known = ", ".join(s.value for s in TaskStatus)
-        raise InvalidInputError(f"unknown task status {value!r}; known statuses: {known}") from None
+        known = ", ".join(member.value for member in kind)
+        raise InvalidInputError(f"unknown {name} {value!r}; known {plural}: {known}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,12 @@ closed only when it was opened here. Every format module reads its input through
 from __future__ import annotations
 
 import codecs
+import csv
 import io
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO, Union
+from typing import BinaryIO, Protocol, Union
 
 from recon.errors import InvalidInputError
 
@@ -118,3 +119,27 @@ class _CheckedReader(io.RawIOBase):
                 " be decoded): the format requires UTF-8"
             ) from None
         self._line += data.count(b"\n")
+
+
+class CsvLines(Protocol):
+    """Physical lines fed to csv.reader that know where they are and bound each record's size."""
+
+    line_number: int
+
+    def record_done(self) -> None:
+        """A record ended: the next one starts counting its size from zero."""
+
+
+def csv_records(reader: Iterator[list[str]], lines: CsvLines) -> Iterator[list[str]]:
+    """csv records, with file-level errors (an open quote at the end...) turned into
+    InvalidInputError naming the line."""
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            hint = ": the file ends inside a quoted cell, is it cut short?" if "unexpected end" in str(exc) else ""
+            raise InvalidInputError(f"line {lines.line_number}: not valid CSV ({exc}){hint}") from None
+        lines.record_done()
+        yield values

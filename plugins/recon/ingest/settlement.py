@@ -51,7 +51,7 @@ from decimal import Decimal
 from typing import BinaryIO, TypeVar, Union
 
 from recon.errors import InvalidInputError
-from recon.ingest.reading import open_binary
+from recon.ingest.reading import csv_records, open_binary
 from recon.money import MAX_INTEGER_DIGITS, SCALE
 
 # --- Limits (each one is named in the error it causes) ------------------------------------
@@ -481,7 +481,7 @@ def read_report_rows(source: ReportSource, format_name: str, required_columns: I
     required = tuple(required_columns)
     with open_binary(source, "report", MAX_FILE_BYTES) as binary:
         lines = _Lines(binary)
-        records = _records(csv.reader(lines, strict=True), lines)
+        records = csv_records(csv.reader(lines, strict=True), lines)
         header = _read_header(records, format_name, required)
         position = 0
         for values in records:
@@ -538,7 +538,7 @@ class _Lines:
     def __init__(self, binary: io.BufferedReader):
         self._binary = binary
         self.line_number = 0
-        self.record_bytes = 0  # reset by _records after each record
+        self.record_bytes = 0  # reset after each record
 
     def __iter__(self) -> "_Lines":
         return self
@@ -571,16 +571,5 @@ class _Lines:
             )
         return line
 
-
-def _records(reader, lines: _Lines) -> Iterator[list[str]]:
-    """csv records with file-level errors turned into InvalidInputError naming the line."""
-    while True:
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            hint = ": the file ends inside a quoted cell, is it cut short?" if "unexpected end" in str(exc) else ""
-            raise InvalidInputError(f"line {lines.line_number}: not valid CSV ({exc}){hint}") from None
-        lines.record_bytes = 0
-        yield values
+    def record_done(self) -> None:
+        self.record_bytes = 0
