@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from sqlalchemy.engine import Connection
 
 from recon import staging
-from recon.ingest.report import IngestReport, Progress
+from recon.ingest.report import IngestReport, Pacing, Progress
 from recon.ingest.statement import StatementLine
 from recon.staging import NewStagingEntry, insert_staging_entries
 
@@ -33,22 +33,15 @@ def write_lines(
     batch_rows: int = BATCH_ROWS,
 ) -> None:
     """Write `lines` to `report.account_id` on `conn` (the caller's transaction), counting into `report`."""
-    started = time.monotonic() - report.elapsed_seconds
     batch = _Batch(conn, report)
-    next_progress = progress_every
+    pacing = Pacing(report, progress, progress_every, batch_rows, time.monotonic() - report.elapsed_seconds)
     for line in lines:
         report.rows_read += 1
         if not line.booked:
             report.pending_skipped += 1
         else:
             batch.add(report.rows_read, _entry(line, report))
-        if len(batch) >= batch_rows:
-            batch.flush()
-        if progress and report.rows_read >= next_progress:
-            batch.flush()  # so that `ingested` is up to date
-            report.elapsed_seconds = time.monotonic() - started
-            progress(report.progress())
-            next_progress += progress_every
+        pacing.after_row(batch)
     batch.flush()
 
 

@@ -44,7 +44,8 @@ from recon.accounts import get_account
 from recon.db import Database
 from recon.errors import InvalidInputError
 from recon.model import Account, AccountType, EntryType
-from recon.ingest.report import IngestReport, Progress
+from recon.ingest.reading import csv_records, open_binary
+from recon.ingest.report import IngestReport, Pacing, Progress
 from recon.staging import MAX_ORDER_ID_LENGTH, NewStagingEntry, insert_staging_entries
 from recon.money import parse_amount, parse_currency
 
@@ -113,9 +114,9 @@ def ingest_csv(
         header = _read_header(reader, lines)
         entry_types = _entry_types(account.account_type)
         batch = _Batch(conn, account, mode, report)
-        next_progress = progress_every
+        pacing = Pacing(report, progress, progress_every, batch_rows, started)
         row_number = 0
-        for values in _records(reader, lines):
+        for values in csv_records(reader, lines):
             row_number += 1
             if not any(v.strip() for v in values):
                 continue  # a blank line: skipped, but it keeps its row number
@@ -125,13 +126,7 @@ def ingest_csv(
                 batch.add(row_number, parsed)
             else:
                 report.reject(row_number, parsed)
-            if len(batch) >= batch_rows:
-                batch.flush()
-            if progress and report.rows_read >= next_progress:
-                batch.flush()  # so that `ingested` is up to date
-                report.elapsed_seconds = time.monotonic() - started
-                progress(report.progress())
-                next_progress += progress_every
+            pacing.after_row(batch)
         batch.flush()
     report.elapsed_seconds = time.monotonic() - started
     return report
@@ -145,54 +140,17 @@ def _file_name(source: object) -> str | None:
 # --- Reading: bytes -> checked lines -> CSV records -------------------------------------------
 
 
-class _SizeLimited(io.RawIOBase):
-    """Counts the bytes read from the caller's stream and stops at MAX_FILE_BYTES."""
-
-    def __init__(self, raw: BinaryIO):
-        self._raw = raw
-        self.bytes_read = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self._raw.read(len(buffer))
-        if isinstance(data, str):
-            raise InvalidInputError("expected a binary stream (open the file in 'rb' mode), got text")
-        n = len(data)
-        self.bytes_read += n
-        if self.bytes_read > MAX_FILE_BYTES:
-            raise InvalidInputError(
-                f"the file is larger than {MAX_FILE_BYTES:,} bytes (MAX_FILE_BYTES); split it"
-            )
-        buffer[:n] = data
-        return n
-
-
 @contextmanager
 def _open_text(source: CsvSource) -> Iterator[io.TextIOWrapper]:
-    """A strict UTF-8 text view (BOM skipped) of a path or a binary stream; closes only what it opened."""
-    if isinstance(source, io.TextIOBase):
-        raise InvalidInputError("expected a file path or a binary stream (open the file in 'rb' mode), got text")
-    if isinstance(source, (str, os.PathLike)):
+    """A UTF-8 text view (BOM skipped) of a path or a binary stream; closes only what it opened."""
+    with open_binary(source, "CSV", MAX_FILE_BYTES) as binary:
+        # surrogateescape: an undecodable byte arrives as a lone surrogate in the line it is on, so
+        # _Lines can name that line (a strict decoder fails on the whole 8 KiB chunk, i.e. early)
+        text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
         try:
-            raw = open(source, "rb")
-        except OSError as exc:
-            raise InvalidInputError(f"cannot open CSV file {os.fspath(source)!r}: {exc.strerror}") from None
-    elif hasattr(source, "read"):
-        raw = source
-    else:
-        raise InvalidInputError(f"expected a file path or a binary stream, got {type(source).__name__}")
-    # surrogateescape: an undecodable byte arrives as a lone surrogate in the line it is on, so
-    # _Lines can name that line (a strict decoder fails on the whole 8 KiB chunk, i.e. early)
-    text = io.TextIOWrapper(io.BufferedReader(_SizeLimited(raw)), encoding="utf-8-sig", errors="surrogateescape",
-                            newline="")
-    try:
-        yield text
-    finally:
-        text.close()  # closes the wrappers, not the caller's stream
-        if raw is not source:
-            raw.close()
+            yield text
+        finally:
+            text.detach()  # the caller's stream stays open; open_binary closes what it opened
 
 
 # a NUL, or a byte the UTF-8 decoder could not read (surrogateescape turns byte b into U+DC00 + b)
@@ -205,7 +163,7 @@ class _Lines:
     def __init__(self, text: io.TextIOWrapper):
         self._text = text
         self.line_number = 0
-        self.record_chars = 0  # reset by _records after each record
+        self.record_chars = 0  # reset after each record
 
     def __iter__(self) -> "_Lines":
         return self
@@ -235,18 +193,8 @@ class _Lines:
             )
         return line
 
-
-def _records(reader, lines: _Lines) -> Iterator[list[str]]:
-    """csv records with file-level errors turned into InvalidInputError naming the line."""
-    while True:
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            raise InvalidInputError(f"line {lines.line_number}: not valid CSV ({exc})") from None
-        lines.record_chars = 0
-        yield values
+    def record_done(self) -> None:
+        self.record_chars = 0
 
 
 @dataclass(frozen=True)
@@ -258,7 +206,7 @@ class _Header:
 
 def _read_header(reader, lines: _Lines) -> _Header:
     expected = ",".join(REQUIRED_COLUMNS)
-    row = next((r for r in _records(reader, lines) if any(v.strip() for v in r)), None)
+    row = next((r for r in csv_records(reader, lines) if any(v.strip() for v in r)), None)
     if row is None:
         raise InvalidInputError(f"the file is empty: expected a header line {expected}")
     if len(row) > MAX_COLUMNS:

@@ -3,7 +3,10 @@ their position and reasons, duplicates, and (bank statements) pending lines left
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 MAX_REPORTED_ROWS = 1_000  # rejected rows, duplicates and ids listed in the report (counts are exact)
 
@@ -124,3 +127,32 @@ def _what(duplicate: DuplicateRow) -> str:
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "...'"
+
+
+class Batch(Protocol):
+    def __len__(self) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class Pacing:
+    """When a reader's batch is written (full, or before progress is told) and when the caller
+    hears how far the file has got (every `every` rows, counts including what was written)."""
+
+    def __init__(self, report: IngestReport, progress: Callable[[Progress], None] | None, every: int,
+                 batch_rows: int, started: float):
+        self._report = report
+        self._progress = progress
+        self._every = every
+        self._batch_rows = batch_rows
+        self._started = started
+        self._next = every
+
+    def after_row(self, batch: Batch) -> None:
+        if len(batch) >= self._batch_rows:
+            batch.flush()
+        if self._progress and self._report.rows_read >= self._next:
+            batch.flush()  # so that `ingested` is up to date
+            self._report.elapsed_seconds = time.monotonic() - self._started
+            self._progress(self._report.progress())
+            self._next += self._every

@@ -46,12 +46,12 @@ import io
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import BinaryIO, TypeVar, Union
 
 from recon.errors import InvalidInputError
+from recon.ingest.reading import csv_records, open_binary
 from recon.money import MAX_INTEGER_DIGITS, SCALE
 
 # --- Limits (each one is named in the error it causes) ------------------------------------
@@ -479,9 +479,9 @@ class ReportRow:
 def read_report_rows(source: ReportSource, format_name: str, required_columns: Iterable[str]) -> Iterator[ReportRow]:
     """The data rows of a CSV report, header checked; blank lines are skipped but keep their number."""
     required = tuple(required_columns)
-    with _open_binary(source) as binary:
+    with open_binary(source, "report", MAX_FILE_BYTES) as binary:
         lines = _Lines(binary)
-        records = _records(csv.reader(lines, strict=True), lines)
+        records = csv_records(csv.reader(lines, strict=True), lines)
         header = _read_header(records, format_name, required)
         position = 0
         for values in records:
@@ -531,51 +531,6 @@ def _read_header(records: Iterator[list[str]], format_name: str, required: tuple
     return ReportHeader(names, index)
 
 
-class _SizeLimited(io.RawIOBase):
-    """Counts the bytes read from the caller's stream and stops at MAX_FILE_BYTES."""
-
-    def __init__(self, raw: BinaryIO):
-        self._raw = raw
-        self.bytes_read = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self._raw.read(len(buffer))
-        if isinstance(data, str):
-            raise InvalidInputError("expected a binary stream (open the file in 'rb' mode), got text")
-        n = len(data)
-        self.bytes_read += n
-        if self.bytes_read > MAX_FILE_BYTES:
-            raise InvalidInputError(f"the file is larger than {MAX_FILE_BYTES:,} bytes (MAX_FILE_BYTES); split it")
-        buffer[:n] = data
-        return n
-
-
-@contextmanager
-def _open_binary(source: ReportSource) -> Iterator[io.BufferedReader]:
-    """A size-limited buffered view of a path or a binary stream; closes only what it opened."""
-    if isinstance(source, io.TextIOBase):
-        raise InvalidInputError("expected a file path or a binary stream (open the file in 'rb' mode), got text")
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            raw = open(source, "rb")
-        except OSError as exc:
-            raise InvalidInputError(f"cannot open report file {os.fspath(source)!r}: {exc.strerror}") from None
-    elif hasattr(source, "read"):
-        raw = source
-    else:
-        raise InvalidInputError(f"expected a file path or a binary stream, got {type(source).__name__}")
-    binary = io.BufferedReader(_SizeLimited(raw))
-    try:
-        yield binary
-    finally:
-        binary.close()  # closes the wrapper, not the caller's stream
-        if raw is not source:
-            raw.close()
-
-
 class _Lines:
     """Physical lines for csv.reader, decoded one at a time as strict UTF-8 (BOM skipped), so that a
     bad byte is reported on its line; NULs and over-long records are refused before buffering them."""
@@ -583,7 +538,7 @@ class _Lines:
     def __init__(self, binary: io.BufferedReader):
         self._binary = binary
         self.line_number = 0
-        self.record_bytes = 0  # reset by _records after each record
+        self.record_bytes = 0  # reset after each record
 
     def __iter__(self) -> "_Lines":
         return self
@@ -616,16 +571,5 @@ class _Lines:
             )
         return line
 
-
-def _records(reader, lines: _Lines) -> Iterator[list[str]]:
-    """csv records with file-level errors turned into InvalidInputError naming the line."""
-    while True:
-        try:
-            values = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            hint = ": the file ends inside a quoted cell, is it cut short?" if "unexpected end" in str(exc) else ""
-            raise InvalidInputError(f"line {lines.line_number}: not valid CSV ({exc}){hint}") from None
-        lines.record_bytes = 0
-        yield values
+    def record_done(self) -> None:
+        self.record_bytes = 0

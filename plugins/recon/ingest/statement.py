@@ -21,19 +21,18 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import codecs
 import datetime as dt
 import io
-import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import BinaryIO, Literal, Union
+from typing import Literal
 
 from recon.errors import InvalidInputError
+from recon.ingest import reading
 from recon.money import parse_amount, parse_currency
 
 # --- Limits (each one is named in the error it causes) ------------------------------------
@@ -45,7 +44,7 @@ FORMATS = ("camt053", "camt054", "mt940", "mt942", "bai2", "csv")
 DEBIT, CREDIT = "DEBIT", "CREDIT"
 BOOKED, PENDING = "booked", "pending"
 
-StatementSource = Union[bytes, str, "os.PathLike[str]", BinaryIO]  # bytes are the content, str a path
+StatementSource = reading.FileSource
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -419,108 +418,13 @@ def _show_bytes(data: bytes) -> str:
 # --- Reading a source ------------------------------------------------------------------------
 
 
-@contextmanager
-def open_utf8_stream(source: StatementSource, what: str) -> Iterator[io.BufferedReader]:
-    """A buffered binary stream of the source that refuses bytes that are not UTF-8 and files
-    over MAX_FILE_BYTES as it reads; closes only what it opened. `what` names the file kind."""
-    raw, opened = _open_binary(source, what)
-    stream = io.BufferedReader(_Utf8CheckedReader(raw, what), buffer_size=DETECT_BYTES)
-    try:
-        yield stream
-    finally:
-        if opened:
-            raw.close()
+def open_utf8_stream(source: StatementSource, what: str) -> ContextManager[io.BufferedReader]:
+    """A buffered binary stream of the source that refuses bytes that are not UTF-8 (naming their
+    line) and files over MAX_FILE_BYTES as it reads (camt: streamed)."""
+    return reading.open_binary(source, what, MAX_FILE_BYTES, utf8_only=True, buffer_size=DETECT_BYTES)
 
 
 def read_text(source: StatementSource, what: str, encoding: str = "utf-8") -> str:
-    """The whole source as text (up to MAX_TEXT_FILE_BYTES), strictly decoded; a UTF-8 BOM is dropped.
-
-    For formats whose parser package needs the whole text. A byte that is not `encoding`
-    is an error naming its line, so a Latin-1 file is never read as garbage.
-    """
-    try:
-        codec = codecs.lookup(encoding)
-    except LookupError:
-        raise InvalidInputError(f"unknown encoding {encoding!r}") from None
-    raw, opened = _open_binary(source, what)
-    try:
-        data = raw.read(MAX_TEXT_FILE_BYTES + 1)
-    finally:
-        if opened:
-            raw.close()
-    if isinstance(data, str):
-        raise InvalidInputError(f"expected a binary stream of the {what} file (open it in 'rb' mode), got text")
-    if len(data) > MAX_TEXT_FILE_BYTES:
-        raise InvalidInputError(
-            f"the {what} file is larger than {MAX_TEXT_FILE_BYTES:,} bytes (MAX_TEXT_FILE_BYTES); split it"
-        )
-    if b"\x00" in data:
-        line = data[: data.index(b"\x00")].count(b"\n") + 1
-        raise InvalidInputError(
-            f"line {line} of the {what} file contains a NUL byte: it is binary or UTF-16 text, not a {what} file"
-        )
-    if codec.name == "utf-8":
-        data = data.removeprefix(_UTF8_BOM)
-    try:
-        return data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise InvalidInputError(
-            f"line {line} of the {what} file is not {encoding} text (byte 0x{data[exc.start]:02x} cannot be"
-            f" decoded); if the bank sends another encoding, name it (e.g. encoding='latin-1')"
-        ) from None
-
-
-def _open_binary(source: StatementSource, what: str) -> tuple[BinaryIO, bool]:
-    """(stream, opened here) for bytes, a path or a binary stream."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return io.BytesIO(bytes(source)), True
-    if isinstance(source, io.TextIOBase):
-        raise InvalidInputError(f"expected the {what} file's path or a binary stream (open it in 'rb' mode), got text")
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            return open(source, "rb"), True
-        except OSError as exc:
-            raise InvalidInputError(f"cannot open {what} file {os.fspath(source)!r}: {exc.strerror}") from None
-    if hasattr(source, "read"):
-        return source, False
-    raise InvalidInputError(f"expected the {what} file's bytes, path or binary stream, got {type(source).__name__}")
-
-
-class _Utf8CheckedReader(io.RawIOBase):
-    """Passes the caller's bytes through, refusing non-UTF-8 bytes (naming the line) and size over the limit."""
-
-    def __init__(self, raw: BinaryIO, what: str):
-        self._raw = raw
-        self._what = what
-        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
-        self._bytes_read = 0
-        self._line = 1
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self._raw.read(len(buffer))
-        if isinstance(data, str):
-            raise InvalidInputError(f"expected a binary stream of the {self._what} file (open it in 'rb' mode), got text")
-        self._bytes_read += len(data)
-        if self._bytes_read > MAX_FILE_BYTES:
-            raise InvalidInputError(f"the {self._what} file is larger than {MAX_FILE_BYTES:,} bytes (MAX_FILE_BYTES); split it")
-        self._check_utf8(data)
-        buffer[: len(data)] = data
-        return len(data)
-
-    def _check_utf8(self, data: bytes) -> None:
-        pending = len(self._decoder.getstate()[0])
-        try:
-            self._decoder.decode(data, final=not data)
-        except UnicodeDecodeError as exc:
-            offset = max(exc.start - pending, 0)
-            line = self._line + data[:offset].count(b"\n")
-            bad = exc.object[exc.start]
-            raise InvalidInputError(
-                f"line {line} of the {self._what} file is not UTF-8 text (byte 0x{bad:02x} cannot be decoded):"
-                " the format requires UTF-8"
-            ) from None
-        self._line += data.count(b"\n")
+    """The whole source as text, up to MAX_TEXT_FILE_BYTES (MT940/942 and BAI2: their parser
+    packages need the whole text), strictly decoded."""
+    return reading.read_text(source, what, MAX_TEXT_FILE_BYTES, limit_name="MAX_TEXT_FILE_BYTES", encoding=encoding)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict
-from typing import Any, Mapping
+from typing import Any
 
 from recon import accounts, ledger, settings, staging
 from recon.db import Database
