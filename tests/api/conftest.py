@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from recon.db import Database
 from recon.web import access, database
+from recon import settings
 from recon.settings import WEB_URL_PREFIX
 from recon.web.api.app import MOUNT_PATH, build_api_app
 
@@ -21,7 +22,9 @@ PRINCIPAL = "producer-1"
 @pytest.fixture
 def api(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     """A client of the API app on this test's database, as a user who may read and write."""
-    monkeypatch.setattr(database, "_database", db)
+    # the API server's own connections: the web timeouts (a lock is waited for 2 s, not a minute)
+    served = Database(db.url, "the test database", settings.web_database_timeouts())
+    monkeypatch.setattr(database, "_database", served)
     for limiter in ("_limiter", "_write_slots", "_write_threads"):  # bound to the client's event loop
         monkeypatch.setattr(database, limiter, None)
     app = build_api_app()
@@ -33,3 +36,4 @@ def api(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     with TestClient(server, base_url=f"http://testserver{WEB_URL_PREFIX}{MOUNT_PATH}",
                     raise_server_exceptions=False) as client:
         yield client
+    served.dispose()

@@ -7,6 +7,7 @@ Authentication is Airflow's and is tested against a real API server in test_api_
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,13 @@ from fastapi.testclient import TestClient
 
 from recon import ledger, pipeline
 from recon.db import Database
+from recon.settings import DatabaseTimeouts
 from recon.web import database
+from recon.web.api import idempotency
 from recon.web.api.problems import PROBLEM_JSON, TYPE_PREFIX
+from recon.web.api.staging_entries import NewEntry
+from tests.api.conftest import PRINCIPAL
+from tests.reliability.helpers import wait_until
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -283,6 +289,49 @@ def test_a_refused_request_stores_no_answer_so_its_key_can_be_used_again(api: Te
     good = api.post("/staging-entries", json=entry(b["orders"], "ORD-1"), headers={"Idempotency-Key": "k1"})
     assert good.status_code == 201 and count(db, "staging_entries") == 1
     assert count(db, "api_idempotency_keys") == 1
+
+
+def test_a_key_whose_first_request_is_still_running_is_a_409_then_its_answer_is_replayed(
+    api: TestClient, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests with one key at once: the second waits for the first's transaction (here the
+    test's, holding the key uncommitted), gets a 409 while it runs past the lock timeout, and the
+    first's answer once it has committed; nothing is written twice."""
+    b = books(api)
+    body = entry(b["orders"], "ORD-1")
+    fingerprint = idempotency.request_hash("POST", "/recon/api/v1/staging-entries",
+                                           NewEntry.model_validate(body).model_dump(mode="json"))
+    first_answer = {"staging_entry_id": "stg_first", "task_id": "task_first"}
+    holder = db.engine.connect()
+    patient = Database(db.url, "patient", DatabaseTimeouts(connect=3, statement=30, lock=30, prefix="RECON_WEB_DB"))
+    try:
+        with holder.begin():
+            holder.execute(sa.text(
+                "INSERT INTO api_idempotency_keys (principal, idempotency_key, request_hash, status_code, response)"
+                " VALUES (:p, 'racing', :h, 201, CAST(:r AS json))"), {"p": PRINCIPAL, "h": fingerprint, "r": json.dumps(first_answer)})
+            busy = api.post("/staging-entries", json=body, headers={"Idempotency-Key": "racing"})
+            assert_problem(busy, 409, "idempotency-key-in-progress", field="Idempotency-Key")
+            assert busy.headers["retry-after"]
+
+            monkeypatch.setattr(database, "_database", patient)  # waits for the key as long as the test needs
+            with ThreadPoolExecutor(1) as pool:  # sent while the first still runs, answered once it commits
+                waiting = pool.submit(api.post, "/staging-entries", json=body, headers={"Idempotency-Key": "racing"})
+                wait_until(lambda: waiting_for_a_lock(db), "the second request to wait for the key")
+                holder.commit()
+                replayed = waiting.result(timeout=30)
+    finally:
+        holder.close()
+        patient.dispose()
+    assert replayed.status_code == 201 and replayed.json() == first_answer, replayed.text
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert count(db, "staging_entries") == 0  # the waiting request's own effect was rolled back
+
+
+def waiting_for_a_lock(db: Database) -> bool:
+    with db.begin() as conn:
+        return bool(conn.execute(sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )).scalar())
 
 
 def test_cursors_are_checked(api: TestClient) -> None:
