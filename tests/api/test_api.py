@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from recon import ledger, pipeline
+from recon import ledger, pipeline, staging
 from recon.db import Database
 from recon.settings import DatabaseTimeouts
 from recon.web import database
@@ -418,6 +418,19 @@ def test_a_bank_statement_upload_is_detected_and_replayed_by_its_key(api: TestCl
     again = send("camt-2")  # a new key: ingested again, every line a duplicate by its natural key
     assert again.json()["ingested"] == 0 and again.json()["duplicate_count"] == first.json()["ingested"]
     assert count(db, "staging_entries") == first.json()["ingested"]
+
+
+def test_a_second_upload_to_the_same_account_and_mode_at_once_is_a_503_naming_the_wait(
+    api: TestClient, db: Database
+) -> None:
+    b = books(api)
+    with db.begin() as holder:  # another ingest of this account and mode is running
+        staging.lock_for_ingest(holder, b["orders"], "TRANSACTION")
+        response = api.post("/uploads", data={"account_id": b["orders"], "processing_mode": "TRANSACTION"},
+                            files={"file": ("valid.csv", (DATA / "valid.csv").read_bytes())})
+    body = assert_problem(response, 503, "database-unavailable")
+    assert "RECON_WEB_DB_LOCK_TIMEOUT_SECONDS" in body["detail"] and response.headers["retry-after"]
+    assert count(db, "staging_entries") == 0
 
 
 @pytest.mark.parametrize("form, file, field", [
