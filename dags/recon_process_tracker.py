@@ -47,15 +47,27 @@ locks, before anything is written; results never depend on chunking or on which 
 - **Dry run**: `dry_run = true` peeks at the due tasks without claiming them and runs
   `decide` and `validate` only; nothing is written.
 
+## When it runs
+
+Work starts it. The asset `recon_due_work` has a watcher running in Airflow's **triggerer**:
+every statement that inserts or updates Process Tracker rows notifies it (PostgreSQL `NOTIFY`),
+and it fires when something is due that no run has been asked to do yet (a new task, a RETRY
+whose `run_after` arrived, an expired lease for `reap`). A backlog drains back to back: each
+run's claim queues the next run, which starts as soon as a slot under `max_active_runs` frees.
+An empty queue starts nothing. A slow safety-net schedule also runs it, for a triggerer that is
+down. Manual triggers (backfill, dry run) work at any time.
+
 ## Configuration
 
 The recon database is the Airflow connection **`recon_db`** (Postgres), or the
-`RECON_DATABASE_URL` environment variable, which wins when set. Environment variables read
-when the DAG file is parsed: `RECON_SCHEDULE` (cron, default every minute; `none` for
-manual runs only), `RECON_MAX_ACTIVE_RUNS` (default 1; claims stay safe with more),
-`RECON_BATCH_SIZE` and `RECON_CHUNK_SIZE` (param defaults), `RECON_TASK_RETRIES` and
-`RECON_TASK_RETRY_DELAY_SECONDS` (retries of infrastructure errors: connection loss,
-timeouts; a bug or a constraint violation fails at once).
+`RECON_DATABASE_URL` environment variable, which wins when set (the triggerer needs it too).
+Environment variables read when the DAG file is parsed: `RECON_SCHEDULE` (`event`, the default:
+as above; a cron for time-only runs; `none` for manual runs only), `RECON_SAFETY_NET_SCHEDULE`
+(default `0 */2 * * *`; `none` for none), `RECON_WAKE_DEBOUNCE_SECONDS` (default 0.5: a burst of
+inserts is one look at the queue), `RECON_MAX_ACTIVE_RUNS` (default 2; claims stay safe with
+more), `RECON_BATCH_SIZE` and `RECON_CHUNK_SIZE` (param defaults), `RECON_TASK_RETRIES` and
+`RECON_TASK_RETRY_DELAY_SECONDS` (retries of infrastructure errors: connection loss, timeouts; a
+bug or a constraint violation fails at once).
 """
 
 from __future__ import annotations
@@ -105,6 +117,27 @@ def _recon_db():
     return default_database(allow_embedded=False)
 
 
+def _schedule():
+    """RECON_SCHEDULE as Airflow wants it: in `event` mode the due-work asset (its watcher runs in
+    the triggerer), or'ed with the safety-net cron when there is one."""
+    mode = settings.schedule()
+    if mode != settings.EVENT_SCHEDULE:
+        return mode  # a cron, or None for manual runs only
+    from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable
+
+    from recon.due_work_trigger import DueWorkTrigger
+
+    due_work = Asset(
+        settings.DUE_WORK_ASSET,
+        watchers=[AssetWatcher(name="recon_due_work_watcher",
+                               trigger=DueWorkTrigger(debounce_seconds=settings.wake_debounce_seconds()))],
+    )
+    safety_net = settings.safety_net_schedule()
+    if safety_net is None:
+        return [due_work]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(safety_net, timezone="UTC"), assets=[due_work])
+
+
 def _label_chunk(task_ids: list[str]) -> None:
     """Name this mapped instance in the Grid: `chunk 3 · 500 tasks` (rendered by map_index_template)."""
     context = get_current_context()
@@ -137,7 +170,7 @@ def _validation_totals(ti) -> dict:
 
 @dag(
     dag_id=settings.DAG_ID,
-    schedule=settings.schedule(),
+    schedule=_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=settings.max_active_runs(),
