@@ -6,7 +6,7 @@ Daily housekeeping for the recon engine and for Airflow itself.
 | task | what it does |
 | --- | --- |
 | `prune_tracker` | deletes COMPLETED Process Tracker rows finished more than `tracker_retention_days` ago (FAILED and open tasks are kept) |
-| `clean_airflow_metadata` | `airflow db clean` of runs, task instances, XComs and logs older than `airflow_retention_days`: `recon_process_tracker` runs every minute, 1,440 runs a day |
+| `clean_airflow_metadata` | `airflow db clean` of runs, task instances, XComs and logs older than `airflow_retention_days`: runs of `recon_process_tracker` (one per batch of new work, more while a backlog drains) pile up otherwise |
 
 Airflow 3 does not let task code reach Airflow's own database, so `clean_airflow_metadata`
 needs the metadata URL in the worker's environment as `RECON_AIRFLOW_METADATA_URL` (set by

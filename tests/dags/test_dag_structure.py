@@ -11,15 +11,13 @@ import pytest
 from tests.dags.conftest import PROJECT
 
 TRACKER_EDGES = {
-    "reap": set(),
-    "requeue": {"reap"},
-    "claim": {"requeue"},
-    "split": {"claim"},
-    "chunk.decide": {"split"},
+    "reap": set(),  # beside the claim
+    "claim": set(),  # the first step: new work is claimed one scheduler round trip after the run starts
+    "chunk.decide": {"claim"},
     "chunk.validate": {"chunk.decide"},
     "chunk.run": {"chunk.validate", "claim"},
     "write_back": {"chunk.run", "claim"},
-    "summary": {"chunk.run", "split", "claim", "write_back"},
+    "summary": {"chunk.run", "claim", "write_back"},
 }
 
 
@@ -61,7 +59,7 @@ def test_write_back_and_summary_run_whatever_happened(tracker_dag):
     rules = {t.task_id: t.trigger_rule for t in tracker_dag.tasks}
     assert rules["write_back"] == "all_done"
     assert rules["summary"] == "all_done"
-    assert {rules[t] for t in ("reap", "claim", "split", "chunk.decide", "chunk.run")} == {"all_success"}
+    assert {rules[t] for t in ("reap", "claim", "chunk.decide", "chunk.run")} == {"all_success"}
 
 
 def test_chunk_tasks_are_mapped_and_labelled(tracker_dag):
@@ -89,7 +87,7 @@ def test_schedule_and_run_settings(tracker_dag):
     assert isinstance(watcher.trigger, DueWorkTrigger)
     assert watcher.trigger.serialize() == (
         "recon.due_work_trigger.DueWorkTrigger",
-        {"channel": "recon_due_work", "debounce_seconds": 0.5, "recheck_seconds": 60.0},
+        {"channel": "recon_due_work", "debounce_seconds": 0.2, "recheck_seconds": 60.0},
     )
     assert tracker_dag.catchup is False
     assert tracker_dag.max_active_runs == 2
