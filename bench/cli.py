@@ -53,6 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also measure cost per entry with 1,000,000 rows already in the tables vs 10,000 (slow)")
     p.add_argument("--scale-history", type=int, nargs=2, default=[10_000, 1_000_000], metavar=("SMALL", "LARGE"))
     p.add_argument("--scale-entries", type=int, default=20_000, help="entries processed on top of each history")
+    p.add_argument("--scheduler", action="store_true",
+                   help="also run the DAG under a real Airflow (airflow standalone: scheduler, triggerer, ...),"
+                        " started by the due-work watcher: drain entries/s, ingest-to-claim delay, idle cost")
+    p.add_argument("--probes", type=int, default=7,
+                   help="--scheduler: small ingests into the idle system for the ingest-to-claim median (default 7)")
+    p.add_argument("--idle-minutes", type=float, default=5,
+                   help="--scheduler: how long to count task instances with nothing due (default 5)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--server-url", help="PostgreSQL server for the benchmark databases (default: the resolved"
                                         " recon database's server; the user's own database is never touched)")
@@ -276,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
             best = max(runs, key=lambda r: r["entries_per_s"] if not r["problems"] else -1)
             best["rounds"] = [round(r["entries_per_s"]) for r in runs]
             results["modes"][mode] = best
+        if args.scheduler:
+            from bench import scheduler
+
+            results["scheduler"] = scheduler.run(bench, template, load)
         if not args.skip_serial:
             serial_template, serial_load = (
                 (template, load) if args.serial_entries == args.entries
@@ -299,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(results))
     print(f"\nJSON: {args.json}")
     problems = {m: r["problems"] for m, r in results["modes"].items() if r.get("problems")}
+    if results.get("scheduler", {}).get("problems"):
+        problems["scheduler"] = results["scheduler"]["problems"]
     if problems:
         print(f"\nPROBLEMS (the books did not end as the workload says): {problems}", file=sys.stderr)
         return 1
