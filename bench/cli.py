@@ -270,23 +270,33 @@ def main(argv: list[str] | None = None) -> int:
         results["workload"] = {"entries": load.entries, "transactions": load.transactions,
                                "confirmations": load.confirmations, "mix": load.mix, "expected": load.expected}
         rounds: dict[str, list[dict[str, Any]]] = {}
-        for n in range(args.rounds):  # interleaved, so a burst of other load hits every mode alike
-            tag = f"-{n + 1}" if args.rounds > 1 else ""
-            if args.rounds > 1:
-                bench.log(f"round {n + 1} of {args.rounds}")
-            for mode in ROUND_MODES:
-                if getattr(args, f"skip_{mode}"):
-                    continue
-                run = bench.run_dag(template, load, tag) if mode == "dag" else bench.run_mode(mode, template, load, tag)
-                rounds.setdefault(mode, []).append(run)
+        airflow = None
+        if args.scheduler:  # one real Airflow for every round's drain, then the probes and the idle window
+            from bench import scheduler
+
+            airflow = scheduler.start(bench, template)
+        try:
+            for n in range(args.rounds):  # interleaved, so a burst of other load hits every mode alike
+                tag = f"-{n + 1}" if args.rounds > 1 else ""
+                if args.rounds > 1:
+                    bench.log(f"round {n + 1} of {args.rounds}")
+                for mode in ROUND_MODES:
+                    if not getattr(args, f"skip_{mode}"):
+                        run = (bench.run_dag(template, load, tag) if mode == "dag"
+                               else bench.run_mode(mode, template, load, tag))
+                        rounds.setdefault(mode, []).append(run)
+                    if mode == "dag" and airflow is not None:  # right after it: the same load on the machine
+                        rounds.setdefault("scheduler", []).append(airflow.drain(bench, template, load))
+        except BaseException:
+            if airflow is not None:
+                airflow.stop(bench)
+            raise
+        if airflow is not None:
+            results["scheduler"] = scheduler.finish(airflow, bench, rounds.pop("scheduler"))
         for mode, runs in rounds.items():
             best = max(runs, key=lambda r: r["entries_per_s"] if not r["problems"] else -1)
             best["rounds"] = [round(r["entries_per_s"]) for r in runs]
             results["modes"][mode] = best
-        if args.scheduler:
-            from bench import scheduler
-
-            results["scheduler"] = scheduler.run(bench, template, load)
         if not args.skip_serial:
             serial_template, serial_load = (
                 (template, load) if args.serial_entries == args.entries

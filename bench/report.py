@@ -151,6 +151,8 @@ def table(results: dict[str, Any]) -> str:
     if scheduled:
         idle = scheduled["idle"]
         ok = "" if not scheduled.get("problems") else "  PROBLEMS"
+        if len(scheduled.get("rounds", [])) > 1:
+            ok += f"  (best of rounds: {', '.join(f'{x:,}' for x in scheduled['rounds'])})"
         lines.append(
             f"(s) DAG under the real scheduler (airflow standalone, started by the due-work watcher):"
             f" {scheduled['processed']:,} entries in {scheduled['seconds']:.1f}s = {scheduled['entries_per_s']:,.0f}"

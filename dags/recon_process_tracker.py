@@ -158,6 +158,14 @@ def _requeue(params) -> dict:
     )
 
 
+def _claimed(ti, key: str):
+    """One of claim's own XComs (lease_owner, count), None when the claim did not get that far.
+
+    write_back and summary run whatever happened, so they read these in their body: as task
+    arguments a missing one would fail them before they start."""
+    return ti.xcom_pull(task_ids="claim", key=key)
+
+
 def _label_chunk(task_ids: list[str]) -> None:
     """Name this mapped instance in the Grid: `chunk 3 · 500 tasks` (rendered by map_index_template)."""
     context = get_current_context()
@@ -319,24 +327,24 @@ def recon_process_tracker():
         return run(validate(decide(task_ids)), lease_owner)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
-    def write_back(chunks: list[list[str]] | None, lease_owner: str | None) -> dict:
+    def write_back(chunks: list[list[str]] | None, ti=None) -> dict:
         """Whatever happened to the chunks, no claimed task stays PROCESSING after this run."""
         from recon import pipeline
 
         task_ids = [task_id for chunk in chunks or [] for task_id in chunk]
+        lease_owner = _claimed(ti, "lease_owner")
         if not lease_owner or not task_ids:
             return {"leftover": 0, "retried": 0, "failed": 0}
         return pipeline.write_back(task_ids, lease_owner, _recon_db())
 
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
-    def summary(
-        chunk_results, chunks, claimed: int | None, written_back: dict | None, dag_run=None, params=None, ti=None
-    ) -> dict:
+    def summary(chunk_results, chunks, written_back: dict | None, dag_run=None, params=None, ti=None) -> dict:
         """Log and return the run's counts; fail the run when a chunk did not finish."""
         from recon import pipeline
         from recon.reporting import run_summaries
 
         results = _chunk_results(chunk_results)
+        claimed = _claimed(ti, "count")
         if params["dry_run"]:
             counts = pipeline.summarize([], 0, dag_run.start_date.timestamp())
             counts.update(dry_run=True, due=claimed or 0, **_validation_totals(ti))
@@ -361,9 +369,9 @@ def recon_process_tracker():
     claimed = claim()
     chunks = claimed  # the return value: a list of chunks
     chunk_results = process_chunk.partial(lease_owner=claimed["lease_owner"]).expand(task_ids=chunks)
-    written_back = write_back(chunks, claimed["lease_owner"])
+    written_back = write_back(chunks)
     chunk_results >> written_back
-    summary(chunk_results, chunks, claimed["count"], written_back)
+    summary(chunk_results, chunks, written_back)
 
 
 recon_process_tracker()

@@ -9,6 +9,7 @@ on one recon database; each starts from an idle system (nothing due, no run acti
 - an ingest into an idle system is processed by asset-triggered runs alone;
 - a task put to RETRY with run_after 20 s ahead is processed when it comes due, not before;
 - killing the triggerer (SIGKILL) while work arrives and starting it again loses nothing;
+- a manual trigger (a dry run) works beside the event schedule;
 - a few minutes of idleness create no DAG run.
 """
 
@@ -186,6 +187,15 @@ def test_killing_and_restarting_the_triggerer_while_work_arrives_loses_nothing(a
                                " WHERE task_id = ANY(:ids) GROUP BY 1", ids=batches)) == {"COMPLETED/1": 30}
     assert_books_consistent(recon_db)
     _wait_for_watcher(airflow, recon_db)
+
+
+def test_manual_triggers_work_as_before(airflow, recon_db):
+    """A dry run triggered by hand (the trigger form, the REST API) runs beside the event schedule."""
+    before = _wait_until_idle(airflow, recon_db)
+    run = airflow.call("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": {"dry_run": True}})
+    finished = airflow.wait_for_run(DAG_ID, run["dag_run_id"], PROCESS_TIMEOUT_S)
+    assert finished["state"] == "success" and finished["run_type"] == "manual", finished
+    assert [r["dag_run_id"] for r in _new(_wait_until_idle(airflow, recon_db), before)] == [run["dag_run_id"]]
 
 
 def test_an_idle_period_creates_no_dag_run(airflow, recon_db):
