@@ -45,7 +45,7 @@ class DueWorkTrigger(BaseEventTrigger):
     def __init__(
         self,
         channel: str = settings.DUE_WORK_CHANNEL,
-        debounce_seconds: float = 0.5,
+        debounce_seconds: float = settings.DEFAULT_WAKE_DEBOUNCE_SECONDS,
         recheck_seconds: float = RECHECK_SECONDS,
     ):
         super().__init__()
@@ -85,11 +85,13 @@ class DueWorkTrigger(BaseEventTrigger):
                             last_fired = work.work_key
                             yield TriggerEvent(_event_payload(work))
                         await self._wait(conn, work.seconds_until_change())
-            except (psycopg.OperationalError, DatabaseConfigError) as exc:
+            except (psycopg.Error, DatabaseConfigError) as exc:
+                # never give up: the database comes back, a connection gets defined, a schema gets
+                # migrated; a watcher that died would leave new work to the safety net
                 failures += 1
                 delay = min(RECONNECT_MAX_SECONDS, 2.0 ** failures)
-                self.log.warning("recon database unavailable (%s: %s); trying again in %.0f s",
-                                 type(exc).__name__, exc, delay)
+                log = self.log.warning if isinstance(exc, psycopg.OperationalError) else self.log.error
+                log("cannot watch the recon database (%s: %s); trying again in %.0f s", type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
 
     async def _wait(self, conn: Any, seconds_until_change: float | None) -> None:

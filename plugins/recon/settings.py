@@ -30,6 +30,7 @@ DUE_WORK_CHANNEL = "recon_due_work"
 DUE_WORK_ASSET = "recon_due_work"  # the Airflow asset whose watcher starts the tracker DAG
 DUE_WORK_WATCHER_NAME = "recon due-work watcher"  # its connection's application_name (pg_stat_activity)
 EVENT_SCHEDULE = "event"  # RECON_SCHEDULE value: due work wakes the DAG (plus a safety-net schedule)
+DEFAULT_WAKE_DEBOUNCE_SECONDS = 0.2
 
 # ---- batch shape --------------------------------------------------------------------------------
 
@@ -137,15 +138,15 @@ def schedule() -> str | None:
 
 def safety_net_schedule() -> str | None:
     """The cron that also starts the tracker DAG in ``event`` mode, for a triggerer that is down;
-    ``none`` for none. An empty run costs about nine task instances, so every two hours keeps an
-    idle deployment under five task instances an hour."""
+    ``none`` for none. A run on an empty queue is 7 task instances, so every two hours keeps an
+    idle deployment under four task instances an hour."""
     return _schedule_env("RECON_SAFETY_NET_SCHEDULE", "0 */2 * * *")
 
 
 def wake_debounce_seconds() -> float:
     """How long the due-work watcher gathers further notifications after the first one before it
-    looks at the queue: one look (and at most one DAG run) for a burst of small inserts."""
-    return float_env("RECON_WAKE_DEBOUNCE_SECONDS", 0.5, maximum=60.0)
+    looks at the queue: one look for a burst of small inserts. It adds to the time to the first claim."""
+    return float_env("RECON_WAKE_DEBOUNCE_SECONDS", DEFAULT_WAKE_DEBOUNCE_SECONDS, maximum=60.0)
 
 
 def max_active_runs() -> int:
