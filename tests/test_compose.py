@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
+from cryptography.fernet import Fernet
 
 from recon import settings
 from recon.db import Database
@@ -123,7 +124,14 @@ def test_docker_compose_config_validates():
     env = resolved["services"]["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "True"  # the service's own addition survives the merge
-    assert env["RECON_SCHEDULE"] == "* * * * *"
+    assert env["RECON_SCHEDULE"] == "event"
+    triggerer = resolved["services"]["airflow-triggerer"]  # runs the due-work watcher the event schedule needs
+    assert triggerer["command"] in (["triggerer"], "triggerer")
+    # one Fernet key everywhere: what the dag-processor and the init service encrypt, the triggerer reads
+    keys = {name: service["environment"].get("AIRFLOW__CORE__FERNET_KEY")
+            for name, service in resolved["services"].items() if name.startswith("airflow")}
+    assert len(set(keys.values())) == 1, keys
+    Fernet(next(iter(keys.values())).encode())
     assert resolved["services"]["airflow-apiserver"]["ports"][0]["published"] == "8080"
     assert "warn" not in result.stderr.lower(), result.stderr
 
