@@ -1,14 +1,16 @@
 """(s) The DAG where users run it: ``airflow standalone`` (api-server, scheduler, dag-processor,
 triggerer; LocalExecutor) with the project's DAGs, started by ``./recon bench --scheduler``.
 
-On a fresh copy of the workload and a fresh Airflow metadata database (a copy of a migrated
-template kept between runs), with the DAG in its default ``event`` mode:
+One Airflow for the whole benchmark, on a fresh Airflow metadata database (a copy of a migrated
+template kept between runs), with the DAG in its default ``event`` mode. Each round's drain runs
+right after that round's ``dag.test()`` drain, on a fresh copy of the workload swapped in under
+the database name the ``recon_db`` connection points at; then, once:
 
-- **drain**: the TRANSACTION lines are held back while Airflow starts, then released in one
-  statement; the due-work watcher starts the runs, nothing else does (no trigger, and the
-  safety-net tick, if one falls in, finds the queue already handled). When they are drained the
-  CONFIRMATION lines are released the same way. Entries/s = entries over the time from the
-  first release to the last task finished (database clock);
+- **drain** (every round): the TRANSACTION lines are held back while Airflow starts, then
+  released in one statement; the due-work watcher starts the runs, nothing else does (no
+  trigger, and the safety-net tick, if one falls in, finds the queue already handled). When they
+  are drained the CONFIRMATION lines are released the same way. Entries/s = entries over the
+  time from the first release to the last task finished (database clock);
 - **ingest -> first claim**: ``--probes`` small ingests (10 lines each, one transaction) into
   the idle system, one after the other; the median delay from the ingest's transaction to the
   first claim of its tasks;
@@ -23,6 +25,7 @@ import datetime as dt
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import time
@@ -36,6 +39,8 @@ from bench import workload
 from bench.cpu import process_group_cpu
 from bench.databases import database_name
 from recon import local_airflow, settings
+from recon.db import Database
+from recon.staging import NewStagingEntry, insert_staging_entries
 
 HELD_BACK = "9999-01-01 00:00:00+00"  # run_after of the TRANSACTION lines until the drain starts
 STARTUP_TIMEOUT_S = 300
@@ -119,8 +124,6 @@ def _fresh_metadata(bench: Any) -> str:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -163,7 +166,8 @@ class Airflow:
         with psycopg.connect(self.recon_url, autocommit=True) as conn:
             return conn.execute(statement, params).fetchone()
 
-    def wait_until_ready(self, dag_id: str = settings.DAG_ID, watcher_name: str = settings.DUE_WORK_WATCHER_NAME) -> None:
+    def wait_until_ready(self, dag_id: str = settings.DAG_ID,
+                         watcher_name: str = settings.DUE_WORK_WATCHER_NAME) -> None:
         def healthy() -> bool:
             with urllib.request.urlopen(f"{self.base_url}/api/v2/monitor/health", timeout=10) as resp:
                 health = json.loads(resp.read())
@@ -171,7 +175,8 @@ class Airflow:
 
         self.wait_for("airflow to be healthy", healthy, STARTUP_TIMEOUT_S, interval=1)
         self.wait_for(f"{dag_id} to be registered and unpaused",
-                      lambda: self.metadata("SELECT NOT is_paused FROM dag WHERE dag_id = %s", dag_id), STARTUP_TIMEOUT_S)
+                      lambda: self.metadata("SELECT NOT is_paused FROM dag WHERE dag_id = %s", dag_id),
+                      STARTUP_TIMEOUT_S)
         self.wait_for("the due-work watcher to listen", lambda: self.recon(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s",
             watcher_name)[0], STARTUP_TIMEOUT_S)
@@ -188,8 +193,8 @@ class Airflow:
         latest_run = ("SELECT count(*) FROM task_instance WHERE dag_id = %s AND run_id = (SELECT run_id FROM dag_run"
                       " WHERE dag_id = %s AND state = 'success' ORDER BY id DESC LIMIT 1)")
         if not self.metadata(latest_run, dag_id, dag_id)[0]:
-            subprocess.run(local_airflow.airflow_command(["dags", "trigger", dag_id]), check=True, capture_output=True,
-                           env=self.env)
+            subprocess.run(local_airflow.airflow_command(["dags", "trigger", dag_id]), check=True,
+                           capture_output=True, env=self.env)
             self.wait_for("a run on the empty queue", lambda: self.metadata(latest_run, dag_id, dag_id)[0], 120)
             self.wait_until_no_active_run()
         return self.metadata(latest_run, dag_id, dag_id)[0]
@@ -218,25 +223,23 @@ class Airflow:
         self.wait_until_no_active_run()
         airflow_cpu = process_group_cpu(self.process.pid) - cpu_before
         seconds = (finished - started).total_seconds()
-        from recon.db import Database
-
         db = Database(self.recon_url, "bench")
         try:
             outcomes = workload.outcomes(db)
         finally:
             db.dispose()
         processed = sum(outcomes["tasks"].get(s, 0) for s in ("COMPLETED", "FAILED"))
-        runs, tis = self.metadata("SELECT count(DISTINCT r.run_id), count(ti.*) FROM dag_run r"
-                                  " LEFT JOIN task_instance ti USING (dag_id, run_id) WHERE r.dag_id = %s AND r.id > %s", settings.DAG_ID, last_run)
-        bench.log(f"scheduler: {processed / seconds:,.0f} entries/s in {runs} runs")
-        return {"processed": processed, "seconds": seconds, "entries_per_s": processed / seconds if seconds else 0.0,
-                "runs": runs, "task_instances": tis, "airflow_cpu_s": airflow_cpu, "outcomes": outcomes, "problems": workload.check(outcomes, load)}
+        runs, tis = self.metadata(
+            "SELECT count(DISTINCT r.run_id), count(ti.*) FROM dag_run r LEFT JOIN task_instance ti"
+            " USING (dag_id, run_id) WHERE r.dag_id = %s AND r.id > %s", settings.DAG_ID, last_run)
+        entries_per_s = processed / seconds if seconds else 0.0
+        bench.log(f"scheduler: {entries_per_s:,.0f} entries/s in {runs} runs")
+        return {"processed": processed, "seconds": seconds, "entries_per_s": entries_per_s, "runs": runs,
+                "task_instances": tis, "airflow_cpu_s": airflow_cpu, "outcomes": outcomes,
+                "problems": workload.check(outcomes, load)}
 
     def probes(self, count: int) -> list[float]:
         """Seconds from each small ingest's transaction to the first claim of its tasks."""
-        from recon.db import Database
-        from recon.staging import NewStagingEntry, insert_staging_entries
-
         db = Database(self.recon_url, "bench")
         bank, currency = self.recon("SELECT account_id, currency FROM accounts WHERE account_type = 'DEBIT_NORMAL'"
                                     " AND account_id LIKE %s ORDER BY account_id LIMIT 1", "%bank%")
@@ -301,7 +304,7 @@ class Airflow:
 
 
 def _runs_per_hour(cron: str) -> float:
-    """Average runs per hour of a cron expression over the next week."""
+    """Average runs per hour of a cron expression, counted over a week."""
     from croniter import croniter
 
     start = dt.datetime(2026, 1, 5, tzinfo=dt.timezone.utc)

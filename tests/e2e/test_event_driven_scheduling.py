@@ -156,7 +156,8 @@ def test_a_retry_is_processed_when_its_run_after_arrives(airflow, recon_db):
     runs = _new(_wait_until_idle(airflow, recon_db), before)
     _assert_started_by_work(runs)
     assert all(_time(r["queued_at"]) >= run_after - dt.timedelta(seconds=1) for r in runs), (run_after, runs)
-    assert scalar(recon_db, "SELECT status FROM process_tracker WHERE task_id = :id", id=created[0].task_id) == "COMPLETED"
+    status = scalar(recon_db, "SELECT status FROM process_tracker WHERE task_id = :id", id=created[0].task_id)
+    assert status == "COMPLETED"
     print(f"\nretry due at {run_after:%H:%M:%S.%f}, claimed {(claimed_at - run_after).total_seconds():.1f}s later;"
           f" {len(runs)} run(s)")
 

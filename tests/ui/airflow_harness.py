@@ -39,7 +39,8 @@ from tests import databases
 
 AIRFLOW_TEMPLATE_LOCK_KEY = 0x6169726677  # "airfw"
 STARTUP_TIMEOUT_S = 240
-HEALTH_NAMES = {"scheduler": "scheduler", "triggerer": "triggerer", "dag-processor": "dag_processor"}  # command -> /health key
+# the airflow command of a component -> its key in /api/v2/monitor/health
+HEALTH_NAMES = {"scheduler": "scheduler", "triggerer": "triggerer", "dag-processor": "dag_processor"}
 ARTIFACTS = Path(os.environ.get("RECON_TEST_ARTIFACTS", settings.PROJECT_ROOT / "test-artifacts"))
 
 
