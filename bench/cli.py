@@ -53,6 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also measure cost per entry with 1,000,000 rows already in the tables vs 10,000 (slow)")
     p.add_argument("--scale-history", type=int, nargs=2, default=[10_000, 1_000_000], metavar=("SMALL", "LARGE"))
     p.add_argument("--scale-entries", type=int, default=20_000, help="entries processed on top of each history")
+    p.add_argument("--scheduler", action="store_true",
+                   help="also run the DAG under a real Airflow (airflow standalone: scheduler, triggerer, ...),"
+                        " started by the due-work watcher: drain entries/s, ingest-to-claim delay, idle cost")
+    p.add_argument("--probes", type=int, default=7,
+                   help="--scheduler: small ingests into the idle system for the ingest-to-claim median (default 7)")
+    p.add_argument("--idle-minutes", type=float, default=5,
+                   help="--scheduler: how long to count task instances with nothing due (default 5)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--server-url", help="PostgreSQL server for the benchmark databases (default: the resolved"
                                         " recon database's server; the user's own database is never touched)")
@@ -263,15 +270,29 @@ def main(argv: list[str] | None = None) -> int:
         results["workload"] = {"entries": load.entries, "transactions": load.transactions,
                                "confirmations": load.confirmations, "mix": load.mix, "expected": load.expected}
         rounds: dict[str, list[dict[str, Any]]] = {}
-        for n in range(args.rounds):  # interleaved, so a burst of other load hits every mode alike
-            tag = f"-{n + 1}" if args.rounds > 1 else ""
-            if args.rounds > 1:
-                bench.log(f"round {n + 1} of {args.rounds}")
-            for mode in ROUND_MODES:
-                if getattr(args, f"skip_{mode}"):
-                    continue
-                run = bench.run_dag(template, load, tag) if mode == "dag" else bench.run_mode(mode, template, load, tag)
-                rounds.setdefault(mode, []).append(run)
+        airflow = None
+        if args.scheduler:  # one real Airflow for every round's drain, then the probes and the idle window
+            from bench import scheduler
+
+            airflow = scheduler.start(bench, template)
+        try:
+            for n in range(args.rounds):  # interleaved, so a burst of other load hits every mode alike
+                tag = f"-{n + 1}" if args.rounds > 1 else ""
+                if args.rounds > 1:
+                    bench.log(f"round {n + 1} of {args.rounds}")
+                for mode in ROUND_MODES:
+                    if not getattr(args, f"skip_{mode}"):
+                        run = (bench.run_dag(template, load, tag) if mode == "dag"
+                               else bench.run_mode(mode, template, load, tag))
+                        rounds.setdefault(mode, []).append(run)
+                    if mode == "dag" and airflow is not None:  # right after it: the same load on the machine
+                        rounds.setdefault("scheduler", []).append(airflow.drain(bench, template, load))
+        except BaseException:
+            if airflow is not None:
+                airflow.stop(bench)
+            raise
+        if airflow is not None:
+            results["scheduler"] = scheduler.finish(airflow, bench, rounds.pop("scheduler"))
         for mode, runs in rounds.items():
             best = max(runs, key=lambda r: r["entries_per_s"] if not r["problems"] else -1)
             best["rounds"] = [round(r["entries_per_s"]) for r in runs]
@@ -299,6 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.table(results))
     print(f"\nJSON: {args.json}")
     problems = {m: r["problems"] for m, r in results["modes"].items() if r.get("problems")}
+    if results.get("scheduler", {}).get("problems"):
+        problems["scheduler"] = results["scheduler"]["problems"]
     if problems:
         print(f"\nPROBLEMS (the books did not end as the workload says): {problems}", file=sys.stderr)
         return 1

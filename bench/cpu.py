@@ -36,6 +36,23 @@ def _proc_cpu(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
 
 
+def process_group_cpu(pgid: int) -> float:
+    """CPU seconds of the live processes of a process group (e.g. airflow standalone and its
+    components), including their children that have exited and been waited for."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # pgrp
+            total += sum(int(x) for x in fields[11:15]) / _TICKS  # utime, stime, cutime, cstime
+    return total
+
+
 def _backends(url: str, application_name: str | None) -> list[int]:
     with psycopg.connect(url, autocommit=True) as conn:
         me = conn.info.backend_pid

@@ -80,14 +80,6 @@ def instrument(timers: Timers, recon_database: str) -> None:
             timers.calls["sql"] += 1
 
 
-# work still in flight elsewhere, or coming back soon (a retry, a confirmation waiting for its
-# order); confirmations not yet released (run_after = infinity) do not count
-IN_FLIGHT = (
-    "SELECT count(*) FROM process_tracker WHERE status = 'PROCESSING'"
-    " OR (status IN ('PENDING', 'RETRY') AND run_after < now() + interval '60 seconds')"
-)
-
-
 def _profiled(fn: Callable[..., Any], path: Path | None, **kwargs: Any) -> Any:
     """BENCH_PROFILE=DIR: a cProfile of each timed dag.test() call in DIR (py-spy works too)."""
     if path is None:
@@ -137,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.cpu import CpuMeter, peak_rss_mib
     from bench.databases import database_name, with_query
-    from bench.workload import DUE_SQL, release_confirmations
+    from bench.workload import DUE_SQL, IN_FLIGHT, release_confirmations
 
     plain_url = os.environ["RECON_DATABASE_URL"]
     # the DAG's tasks run in this process: their connections carry the driver's name, so the

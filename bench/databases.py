@@ -70,6 +70,10 @@ class Server:
                 time.sleep(0.25 * (attempt + 1))
         raise RuntimeError(f"template database {template} stayed busy; cannot copy it to {name}")
 
+    def exists(self, name: str) -> bool:
+        with self._admin() as conn:
+            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
     def ensure(self, name: str) -> str:
         """`name`, created empty unless it exists (kept between runs); returns its URL."""
         ensure_database_exists(self.admin, name)

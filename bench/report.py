@@ -12,6 +12,9 @@ TARGETS = {
     "noop_api_vs_raw": ("tracker claim+complete >= 0.6x the raw bound", 0.6, ">="),
     "scale_ratio": ("cost per entry at 1M rows <= 1.3x at 10k", 1.3, "<="),
     "peak_rss_mib": ("peak RSS of any process < 500 MiB", 500, "<"),
+    "scheduled_vs_dag": ("scheduled drain (real scheduler) >= 0.8x the dag.test() drain", 0.8, ">="),
+    "ingest_to_claim_median_s": ("median ingest -> first claim <= 5 s (idle system)", 5.0, "<="),
+    "idle_task_instances_per_hour": ("<= 6 task instances per hour while idle", 6.0, "<="),
 }
 
 STEP_ORDER = ("claim", "decide_chunk", "validate_chunk", "run_chunk", "write_back", "reap", "summarize")
@@ -55,6 +58,12 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         "noop_api_vs_raw": results.get("noop", {}).get("ratio"),
         "scale_ratio": results.get("scale", {}).get("ratio"),
     }
+    scheduled = results.get("scheduler")
+    if scheduled:
+        figures["scheduled_entries_per_s"] = scheduled["entries_per_s"]
+        figures["scheduled_vs_dag"] = scheduled["entries_per_s"] / dag if dag else None
+        figures["ingest_to_claim_median_s"] = scheduled["ingest_to_claim_median_s"]
+        figures["idle_task_instances_per_hour"] = scheduled["idle"]["task_instances_per_hour"]
     rss = [r.get("peak_rss_mib", 0) for r in results["modes"].values()]
     rss.append(results.get("noop", {}).get("peak_rss_mib", 0))
     rss.append(results.get("bench_peak_rss_mib", 0))
@@ -138,6 +147,28 @@ def table(results: dict[str, Any]) -> str:
         steps = d["steps"]
         lines.append("  engine steps: " + ", ".join(
             f"{name} {steps[name]['seconds']:.1f}s" for name in STEP_ORDER if name in steps))
+    scheduled = results.get("scheduler")
+    if scheduled:
+        idle = scheduled["idle"]
+        ok = "" if not scheduled.get("problems") else "  PROBLEMS"
+        if len(scheduled.get("rounds", [])) > 1:
+            ok += f"  (best of rounds: {', '.join(f'{x:,}' for x in scheduled['rounds'])})"
+        lines.append(
+            f"(s) DAG under the real scheduler (airflow standalone, started by the due-work watcher):"
+            f" {scheduled['processed']:,} entries in {scheduled['seconds']:.1f}s = {scheduled['entries_per_s']:,.0f}"
+            f" entries/s, {scheduled['runs']} runs, {scheduled['task_instances']} task instances,"
+            f" {scheduled['airflow_cpu_s'] / scheduled['processed'] * 1e6:,.0f} us of Airflow-process CPU per entry{ok}")
+        if s.get("scheduled_vs_dag") is not None:
+            lines.append(f"  scheduled / dag.test() = {s['scheduled_vs_dag']:.2f}x")
+        probes = ", ".join(f"{p:.1f}" for p in scheduled["probes"])
+        lines.append(f"  ingest -> first claim, idle system: median {scheduled['ingest_to_claim_median_s']:.1f}s"
+                     f" ({len(scheduled['probes'])} ingests: {probes} s)")
+        lines.append(
+            f"  idle: {idle['task_instances']} task instances and {idle['runs']} runs in {idle['seconds'] / 60:g} min"
+            f" ({idle['measured_per_hour']:.1f}/h) + safety net {idle['safety_net'] or 'none'}"
+            f" ({idle['safety_net_runs_per_hour']:.2f} runs/h x {idle['empty_run_task_instances']} task instances"
+            f" per empty run) = {idle['task_instances_per_hour']:.1f} task instances/h;"
+            f" Airflow's processes used {idle['airflow_cpu_percent']:.1f}% of a CPU")
     noop = results.get("noop")
     if noop:
         lines.append(

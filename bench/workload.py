@@ -221,6 +221,13 @@ DUE_SQL = (
     " WHERE status IN ('PENDING', 'RETRY') AND run_after <= now()"
 )
 
+# work still in flight elsewhere, or coming back soon (a retry, a confirmation waiting for its
+# order); confirmations not yet released (run_after = infinity) do not count
+IN_FLIGHT = (
+    "SELECT count(*) FROM process_tracker WHERE status = 'PROCESSING'"
+    " OR (status IN ('PENDING', 'RETRY') AND run_after < now() + interval '60 seconds')"
+)
+
 
 RELEASE_LOCK = "SELECT pg_advisory_xact_lock(422608528232)"  # "bench" in ASCII
 

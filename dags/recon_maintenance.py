@@ -7,7 +7,7 @@ Daily housekeeping for the recon engine and for Airflow itself.
 | --- | --- |
 | `prune_tracker` | deletes COMPLETED Process Tracker rows finished more than `tracker_retention_days` ago (FAILED and open tasks are kept) |
 | `forget_idempotency_keys` | forgets the REST API's `Idempotency-Key` answers stored more than `RECON_API_IDEMPOTENCY_RETENTION_HOURS` (24) ago: a replay after that is a new request |
-| `clean_airflow_metadata` | `airflow db clean` of runs, task instances, XComs and logs older than `airflow_retention_days`: `recon_process_tracker` runs every minute, 1,440 runs a day |
+| `clean_airflow_metadata` | `airflow db clean` of runs, task instances, XComs and logs older than `airflow_retention_days`: runs of `recon_process_tracker` (one per batch of new work, more while a backlog drains) pile up otherwise |
 
 Airflow 3 does not let task code reach Airflow's own database, so `clean_airflow_metadata`
 needs the metadata URL in the worker's environment as `RECON_AIRFLOW_METADATA_URL` (set by
@@ -20,7 +20,6 @@ Environment (read when the file is parsed): `RECON_MAINTENANCE_SCHEDULE` (defaul
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from datetime import datetime, timedelta, timezone

@@ -6,16 +6,18 @@ Tracker** (a PostgreSQL work queue), splits them into chunks and sends each chun
 the engine:
 
 ```
-reap → requeue → claim → split ─┬─ chunk.decide → chunk.validate → chunk.run ─┬─ write_back → summary
-                                 └─ (one mapped group per chunk, labelled)   ─┘
+claim ─┬─ chunk.decide → chunk.validate → chunk.run ─┬─ write_back → summary
+       └─ (one mapped group per chunk, labelled)   ─┘
+reap   (beside the claim)
 ```
+
+`claim` is the run's first step and `reap` runs beside it: every step before the claim would
+cost a scheduler round trip between new work and its processing.
 
 | task | what it does |
 | --- | --- |
+| `claim` | with the `reprocess` param, first queues FAILED tasks and NEEDS_MANUAL_REVIEW entries in that scope again; then leases up to `batch_size` due tasks to this run (`FOR UPDATE SKIP LOCKED`: safe with concurrent runs) and cuts them into chunks of `chunk_size`, never more than `[core] max_map_length` chunks |
 | `reap` | tasks whose lease expired (a worker died) go back to RETRY, or FAILED when out of attempts |
-| `requeue` | only with the `reprocess` param: FAILED tasks and NEEDS_MANUAL_REVIEW entries in that scope are queued again |
-| `claim` | leases up to `batch_size` due tasks to this run (`FOR UPDATE SKIP LOCKED`: safe with concurrent runs) |
-| `split` | chunks of `chunk_size` task ids, never more than `[core] max_map_length` chunks |
 | `chunk.decide` | read-only: which strategy (task implementation) handles each task → routes |
 | `chunk.validate` | read-only: a verdict per task from what it read (book, fulfil, manual review with its reason, wait) |
 | `chunk.run` | writes validate's verdicts: ledger effect, staging status and tracker status of each task, in one DB transaction |
@@ -47,15 +49,27 @@ locks, before anything is written; results never depend on chunking or on which 
 - **Dry run**: `dry_run = true` peeks at the due tasks without claiming them and runs
   `decide` and `validate` only; nothing is written.
 
+## When it runs
+
+Work starts it. The asset `recon_due_work` has a watcher running in Airflow's **triggerer**:
+every statement that inserts or updates Process Tracker rows notifies it (PostgreSQL `NOTIFY`),
+and it fires when something is due that no run has been asked to do yet (a new task, a RETRY
+whose `run_after` arrived, an expired lease for `reap`). A backlog drains back to back: each
+run's claim queues the next run, which starts as soon as a slot under `max_active_runs` frees.
+An empty queue starts nothing. A slow safety-net schedule also runs it, for a triggerer that is
+down. Manual triggers (backfill, dry run) work at any time.
+
 ## Configuration
 
 The recon database is the Airflow connection **`recon_db`** (Postgres), or the
-`RECON_DATABASE_URL` environment variable, which wins when set. Environment variables read
-when the DAG file is parsed: `RECON_SCHEDULE` (cron, default every minute; `none` for
-manual runs only), `RECON_MAX_ACTIVE_RUNS` (default 1; claims stay safe with more),
-`RECON_BATCH_SIZE` and `RECON_CHUNK_SIZE` (param defaults), `RECON_TASK_RETRIES` and
-`RECON_TASK_RETRY_DELAY_SECONDS` (retries of infrastructure errors: connection loss,
-timeouts; a bug or a constraint violation fails at once).
+`RECON_DATABASE_URL` environment variable, which wins when set (the triggerer needs it too).
+Environment variables read when the DAG file is parsed: `RECON_SCHEDULE` (`event`, the default:
+as above; a cron for time-only runs; `none` for manual runs only), `RECON_SAFETY_NET_SCHEDULE`
+(default `0 */2 * * *`; `none` for none), `RECON_WAKE_DEBOUNCE_SECONDS` (default 0.2: a burst of
+inserts is one look at the queue), `RECON_MAX_ACTIVE_RUNS` (default 2; claims stay safe with
+more), `RECON_BATCH_SIZE` and `RECON_CHUNK_SIZE` (param defaults), `RECON_TASK_RETRIES` and
+`RECON_TASK_RETRY_DELAY_SECONDS` (retries of infrastructure errors: connection loss, timeouts; a
+bug or a constraint violation fails at once).
 """
 
 from __future__ import annotations
@@ -105,6 +119,53 @@ def _recon_db():
     return default_database(allow_embedded=False)
 
 
+def _schedule():
+    """RECON_SCHEDULE as Airflow wants it: in `event` mode the due-work asset (its watcher runs in
+    the triggerer), or'ed with the safety-net cron when there is one."""
+    mode = settings.schedule()
+    if mode != settings.EVENT_SCHEDULE:
+        return mode  # a cron, or None for manual runs only
+    from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable
+
+    from recon.due_work_trigger import DueWorkTrigger
+
+    due_work = Asset(
+        settings.DUE_WORK_ASSET,
+        watchers=[AssetWatcher(name="recon_due_work_watcher",
+                               trigger=DueWorkTrigger(debounce_seconds=settings.wake_debounce_seconds()))],
+    )
+    safety_net = settings.safety_net_schedule()
+    if safety_net is None:
+        return [due_work]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(safety_net, timezone="UTC"), assets=[due_work])
+
+
+def _requeue(params) -> dict:
+    """Backfill: queue FAILED tasks and manual-review entries in the `reprocess` scope again."""
+    from recon import pipeline
+
+    scope = params["reprocess"]
+    if not scope:
+        return {"requeued": 0}
+    if params["dry_run"]:
+        log.info("dry run: would requeue %s; nothing written", scope)
+        return {"requeued": 0, "dry_run": True}
+    return pipeline.requeue_scope(
+        created_from=scope.get("created_from"),
+        created_to=scope.get("created_to"),
+        task_ids=scope.get("task_ids"),
+        db=_recon_db(),
+    )
+
+
+def _claimed(ti, key: str):
+    """One of claim's own XComs (lease_owner, count), None when the claim did not get that far.
+
+    write_back and summary run whatever happened, so they read these in their body: as task
+    arguments a missing one would fail them before they start."""
+    return ti.xcom_pull(task_ids="claim", key=key)
+
+
 def _label_chunk(task_ids: list[str]) -> None:
     """Name this mapped instance in the Grid: `chunk 3 · 500 tasks` (rendered by map_index_template)."""
     context = get_current_context()
@@ -137,7 +198,7 @@ def _validation_totals(ti) -> dict:
 
 @dag(
     dag_id=settings.DAG_ID,
-    schedule=settings.schedule(),
+    schedule=_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=settings.max_active_runs(),
@@ -203,52 +264,36 @@ def recon_process_tracker():
     # tasks returning a dict say multiple_outputs=False.
     @task(multiple_outputs=False)
     def reap() -> dict:
-        """Rescue tasks whose lease expired (their worker died) before claiming new ones."""
+        """Rescue tasks whose lease expired (their worker died). Beside the claim, not before it: a
+        rescued task is due again only after its retry backoff, so this run would not claim it."""
         from recon import pipeline
 
         return pipeline.reap(_recon_db())
 
-    @task(multiple_outputs=False)
-    def requeue(params=None) -> dict:
-        """Backfill: queue FAILED tasks and manual-review entries in the `reprocess` scope again."""
+    @task
+    def claim(params=None, run_id=None, ti=None) -> list[list[str]]:
+        """Requeue the `reprocess` scope if there is one, then lease a batch of due tasks to this run
+        (a dry run only peeks) and cut it into chunks: one mapped `chunk` group per chunk.
+
+        The run's first step: each task before it would cost a scheduler round trip between new
+        work and its processing. Returns the chunks (what the group maps over); the lease owner
+        and the counts are XComs of their own."""
         from recon import pipeline
 
-        scope = params["reprocess"]
-        if not scope:
-            return {"requeued": 0}
-        if params["dry_run"]:
-            log.info("dry run: would requeue %s; nothing written", scope)
-            return {"requeued": 0, "dry_run": True}
-        return pipeline.requeue_scope(
-            created_from=scope.get("created_from"),
-            created_to=scope.get("created_to"),
-            task_ids=scope.get("task_ids"),
-            db=_recon_db(),
-        )
-
-    @task(multiple_outputs=True)
-    def claim(params=None, run_id=None) -> dict:
-        """Lease a batch of due tasks to this run (a dry run only peeks)."""
-        from recon import pipeline
-
+        requeued = _requeue(params)
         if params["dry_run"]:
             task_ids = pipeline.peek(params["batch_size"], params["task_type"], db=_recon_db())
             lease_owner = None
         else:
             lease_owner = pipeline.new_owner(run_id)
             task_ids = pipeline.claim(params["batch_size"], params["task_type"], lease_owner, db=_recon_db())
-        log.info("claimed %d task(s)%s", len(task_ids), " (dry run: peeked, not leased)" if lease_owner is None else "")
-        return {"lease_owner": lease_owner, "task_ids": task_ids, "count": len(task_ids)}
-
-    @task
-    def split(task_ids: list[str], params=None) -> list[list[str]]:
-        """Chunks of task ids: one mapped `chunk` group per element."""
-        from recon import pipeline
-
-        max_chunks = conf.getint("core", "max_map_length")
-        chunk_size = max(params["chunk_size"], -(-len(task_ids) // max_chunks))
+        chunk_size = max(params["chunk_size"], -(-len(task_ids) // conf.getint("core", "max_map_length")))
         chunks = pipeline.split_into_chunks(task_ids, chunk_size)
-        log.info("%d task(s) in %d chunk(s) of up to %d", len(task_ids), len(chunks), chunk_size)
+        log.info("claimed %d task(s)%s in %d chunk(s) of up to %d", len(task_ids),
+                 " (dry run: peeked, not leased)" if lease_owner is None else "", len(chunks), chunk_size)
+        ti.xcom_push(key="lease_owner", value=lease_owner or "")  # "": a dry run leases nothing (None is no XCom)
+        ti.xcom_push(key="count", value=len(task_ids))
+        ti.xcom_push(key="requeued", value=requeued)
         return chunks
 
     @task_group(group_id="chunk", tooltip="One chunk of claimed tasks: decide → validate → run")
@@ -282,23 +327,24 @@ def recon_process_tracker():
         return run(validate(decide(task_ids)), lease_owner)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
-    def write_back(task_ids: list[str] | None, lease_owner: str | None) -> dict:
+    def write_back(chunks: list[list[str]] | None, ti=None) -> dict:
         """Whatever happened to the chunks, no claimed task stays PROCESSING after this run."""
         from recon import pipeline
 
+        task_ids = [task_id for chunk in chunks or [] for task_id in chunk]
+        lease_owner = _claimed(ti, "lease_owner")
         if not lease_owner or not task_ids:
             return {"leftover": 0, "retried": 0, "failed": 0}
         return pipeline.write_back(task_ids, lease_owner, _recon_db())
 
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
-    def summary(
-        chunk_results, chunks, claimed: int | None, written_back: dict | None, dag_run=None, params=None, ti=None
-    ) -> dict:
+    def summary(chunk_results, chunks, written_back: dict | None, dag_run=None, params=None, ti=None) -> dict:
         """Log and return the run's counts; fail the run when a chunk did not finish."""
         from recon import pipeline
         from recon.reporting import run_summaries
 
         results = _chunk_results(chunk_results)
+        claimed = _claimed(ti, "count")
         if params["dry_run"]:
             counts = pipeline.summarize([], 0, dag_run.start_date.timestamp())
             counts.update(dry_run=True, due=claimed or 0, **_validation_totals(ti))
@@ -319,15 +365,13 @@ def recon_process_tracker():
             )
         return counts
 
-    reaped = reap()
-    requeued = requeue()
+    reap()  # beside the claim: nothing waits for it
     claimed = claim()
-    reaped >> requeued >> claimed
-    chunks = split(claimed["task_ids"])
+    chunks = claimed  # the return value: a list of chunks
     chunk_results = process_chunk.partial(lease_owner=claimed["lease_owner"]).expand(task_ids=chunks)
-    written_back = write_back(claimed["task_ids"], claimed["lease_owner"])
+    written_back = write_back(chunks)
     chunk_results >> written_back
-    summary(chunk_results, chunks, claimed["count"], written_back)
+    summary(chunk_results, chunks, written_back)
 
 
 recon_process_tracker()

@@ -34,6 +34,7 @@ def test_bench_runs_at_a_small_size_and_the_books_balance(pg_admin_url: str, tmp
         sys.executable, "-m", "bench", "--entries", str(ENTRIES), "--serial-entries", "300",
         "--noop-tasks", "3000", "--noop-rounds", "1", "--server-url", pg_admin_url, "--prefix", prefix,
         "--airflow-home", str(ROOT / ".recon" / "test-bench-airflow"), "--airflow-db", "recon_bench_tests_airflow",
+        "--scheduler", "--probes", "1", "--idle-minutes", "0.1",  # the real-scheduler mode, briefly
         "--json", str(out),
     ]
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -48,6 +49,11 @@ def test_bench_runs_at_a_small_size_and_the_books_balance(pg_admin_url: str, tmp
         assert outcomes["books_balance"], (mode, outcomes["invariants"])
         assert sum(outcomes["staging"].values()) == result["processed"], mode
         assert set(outcomes["tasks"]) <= {"COMPLETED", "FAILED"}, mode
+    scheduled = results["scheduler"]  # drained by runs the due-work watcher started, books checked
+    assert scheduled["problems"] == [] and scheduled["outcomes"]["books_balance"], scheduled["problems"]
+    assert scheduled["processed"] == ENTRIES and scheduled["runs"] >= 2
+    assert len(scheduled["probes"]) == 1 and scheduled["ingest_to_claim_median_s"] > 0
+    assert scheduled["idle"]["empty_run_task_instances"] > 0
     assert results["modes"]["dag"]["processed"] == ENTRIES
     assert results["noop"]["api"]["tasks"] == results["noop"]["raw"]["tasks"] == 3000
     assert set(results["summary"]["targets"]) >= {"dag_vs_serial", "dag_vs_raw", "noop_api_vs_raw", "peak_rss_mib"}

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 import yaml
+from cryptography.fernet import Fernet
 
 from recon import compose_secrets, settings
 from recon.db import Database
@@ -137,13 +138,20 @@ def test_docker_compose_config_validates(env_file: Path):
     env = resolved["services"]["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] == "True"  # the service's own addition survives the merge
-    assert env["RECON_SCHEDULE"] == "* * * * *"
+    assert env["RECON_SCHEDULE"] == "event"
     secrets = compose_secrets.read_env_file(env_file)
     assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == secrets["AIRFLOW_JWT_SECRET"]
     assert env["AIRFLOW__CORE__FERNET_KEY"] == secrets["AIRFLOW_FERNET_KEY"]
     assert "POSTGRES_PASSWORD" not in env and "AIRFLOW_ADMIN_PASSWORD" not in env  # raw secrets: init only
     port = resolved["services"]["airflow-apiserver"]["ports"][0]
     assert (port["host_ip"], port["published"], port["target"]) == ("127.0.0.1", "8080", 8080)
+    triggerer = resolved["services"]["airflow-triggerer"]  # runs the due-work watcher the event schedule needs
+    assert triggerer["command"] in (["triggerer"], "triggerer")
+    # one Fernet key everywhere: what the dag-processor and the init service encrypt, the triggerer reads
+    keys = {name: service["environment"].get("AIRFLOW__CORE__FERNET_KEY")
+            for name, service in resolved["services"].items() if name.startswith("airflow")}
+    assert len(set(keys.values())) == 1, keys
+    Fernet(next(iter(keys.values())).encode())
     assert "warn" not in result.stderr.lower(), result.stderr
 
 

@@ -10,7 +10,8 @@ commands below do that). What it sets:
 - ``dags/`` and ``plugins/`` of this project, no example DAGs, LocalExecutor;
 - the connection ``recon_db`` (``AIRFLOW_CONN_RECON_DB``) pointing at the recon database the
   resolver in :mod:`recon.db` chooses;
-- one JWT secret shared by every Airflow process, kept in ``AIRFLOW_HOME/jwt_secret`` (0600);
+- one JWT secret and one Fernet key shared by every Airflow process, kept in
+  ``AIRFLOW_HOME/jwt_secret`` and ``AIRFLOW_HOME/fernet_key`` (0600);
 - the simple auth manager's passwords file created 0600 before Airflow writes a password into it;
 - the api-server listening on 127.0.0.1 only.
 
@@ -19,6 +20,7 @@ Values already in the environment win, so a user can point any of them elsewhere
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -26,7 +28,7 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from recon import settings
 from recon.errors import ConfigurationError
@@ -74,12 +76,13 @@ def default_recon_url() -> str:
     return libpq_url(resolve_database().url)
 
 
-def _jwt_secret(home: Path) -> str:
-    path = home / "jwt_secret"
+def _home_secret(home: Path, name: str, new_value: Callable[[], str]) -> str:
+    """A secret kept in AIRFLOW_HOME/<name> (mode 600), made on first use."""
+    path = home / name
     if not path.exists():
         home.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(64))
+        path.write_text(new_value())
     return path.read_text().strip()
 
 
@@ -94,6 +97,16 @@ def _private_passwords_file(env: Mapping[str, str], home: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
     os.chmod(path, 0o600)  # an older file, written before this existed
+
+
+def _jwt_secret(home: Path) -> str:
+    return _home_secret(home, "jwt_secret", lambda: secrets.token_urlsafe(64))
+
+
+def _fernet_key(home: Path) -> str:
+    """Airflow encrypts connections and trigger arguments with it: every process needs the same key
+    (processes that each generate their own cannot read each other's trigger rows)."""
+    return _home_secret(home, "fernet_key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
 
 
 def airflow_environment(
@@ -123,6 +136,7 @@ def airflow_environment(
         "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(home),
         # a developer's UI: this machine only (Airflow's default is every interface)
         "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__CORE__FERNET_KEY": _fernet_key(home),
         # the UI is for watching and triggering: a new DAG runs without an extra click
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         # pick up edits to dags/ quickly on a developer machine

@@ -8,6 +8,7 @@ imports nothing heavy: DAG files import it at parse time.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,13 @@ MAINTENANCE_DAG_ID = "recon_maintenance"
 AIRFLOW_CONNECTION_ID = "recon_db"  # the Airflow connection naming the recon database
 WEB_URL_PREFIX = "/recon"  # where Airflow's API server mounts the Recon view and its JSON
 EMBEDDED_DATABASE_NAME = "recon"
+# sql/0006 notifies this channel on every statement that inserts or updates tracker rows, and the
+# due-work watcher listens on it: a name fixed by the migration, so not a setting
+DUE_WORK_CHANNEL = "recon_due_work"
+DUE_WORK_ASSET = "recon_due_work"  # the Airflow asset whose watcher starts the tracker DAG
+DUE_WORK_WATCHER_NAME = "recon due-work watcher"  # its connection's application_name (pg_stat_activity)
+EVENT_SCHEDULE = "event"  # RECON_SCHEDULE value: due work wakes the DAG (plus a safety-net schedule)
+DEFAULT_WAKE_DEBOUNCE_SECONDS = 0.2
 
 # ---- batch shape --------------------------------------------------------------------------------
 
@@ -51,6 +59,22 @@ def int_env(name: str, default: int, minimum: int = 0, maximum: int | None = Non
         raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
     if maximum is not None and value > maximum:
         raise ConfigurationError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def float_env(name: str, default: float, minimum: float = 0.0, maximum: float | None = None) -> float:
+    """A number setting from the environment; a bad value is an error that names the variable."""
+    raw = os.environ.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise ConfigurationError(f"{name} must be a finite number >= {minimum}, got {raw!r}")
+    if maximum is not None and value > maximum:
+        raise ConfigurationError(f"{name} must be <= {maximum}, got {raw}")
     return value
 
 
@@ -102,15 +126,34 @@ def matching_window_seconds() -> int:
 # ---- the DAGs -----------------------------------------------------------------------------------
 
 
+def _schedule_env(name: str, default: str) -> str | None:
+    raw = _text_env(name, default) or default
+    return None if raw.lower() in ("none", "manual") else raw
+
+
 def schedule() -> str | None:
-    """The tracker DAG's cron; `none`/`manual` (or empty) for manual runs only."""
-    raw = _text_env("RECON_SCHEDULE", "* * * * *")
-    return None if raw is None or raw.lower() in ("none", "manual") else raw
+    """How the tracker DAG starts: ``event`` (default: due work wakes it within seconds, plus the
+    safety-net schedule), a cron expression (time only: a run per tick, found work or not), or
+    ``none``/``manual`` for manual runs only."""
+    return _schedule_env("RECON_SCHEDULE", EVENT_SCHEDULE)
+
+
+def safety_net_schedule() -> str | None:
+    """The cron that also starts the tracker DAG in ``event`` mode, for a triggerer that is down;
+    ``none`` for none. A run on an empty queue is 7 task instances, so every two hours keeps an
+    idle deployment under four task instances an hour."""
+    return _schedule_env("RECON_SAFETY_NET_SCHEDULE", "0 */2 * * *")
+
+
+def wake_debounce_seconds() -> float:
+    """How long the due-work watcher gathers further notifications after the first one before it
+    looks at the queue: one look for a burst of small inserts. It adds to the time to the first claim."""
+    return float_env("RECON_WAKE_DEBOUNCE_SECONDS", DEFAULT_WAKE_DEBOUNCE_SECONDS, maximum=60.0)
 
 
 def max_active_runs() -> int:
     """Concurrent runs of the tracker DAG (claims stay safe with more than one)."""
-    return int_env("RECON_MAX_ACTIVE_RUNS", 1, minimum=1)
+    return int_env("RECON_MAX_ACTIVE_RUNS", 2, minimum=1)
 
 
 def task_retries() -> int:

@@ -235,6 +235,79 @@ class ReapResult:
     failed: list[str]
 
 
+# ---- what is due: the due-work watcher's question (recon.due_work_trigger, in the triggerer) ----
+
+# The head of the queue in claim order (one probe of process_tracker_claim_idx per task type) and
+# the earliest lease held (process_tracker_lease_idx): what a DAG run would do first, and when the
+# clock alone changes that. Seconds come from the database, whose clock stamps run_after; a task
+# held back with run_after 'infinity' reads as a day away. psycopg placeholders (the watcher runs
+# it on its own async psycopg connection).
+DUE_WORK = """
+    SELECT head.task_id, CASE WHEN isfinite(head.run_after) THEN head.run_after END,
+           extract(epoch FROM least(head.run_after, now() + interval '1 day') - now())::float8,
+           lease.expires_at,
+           extract(epoch FROM lease.expires_at - now())::float8
+    FROM (SELECT min(lease_expires_at) AS expires_at FROM process_tracker WHERE status = 'PROCESSING') AS lease
+    LEFT JOIN LATERAL (
+        SELECT oldest.task_id, oldest.run_after
+        FROM unnest(CAST(%(task_types)s AS text[])) AS types(task_type)
+        CROSS JOIN LATERAL (
+            SELECT task_id, run_after FROM process_tracker
+            WHERE task_type = types.task_type AND status IN ('PENDING', 'RETRY')
+            ORDER BY run_after, task_id
+            LIMIT 1
+        ) AS oldest
+        ORDER BY oldest.run_after, oldest.task_id
+        LIMIT 1
+    ) AS head ON true
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DueWork:
+    """What a DAG run would find in the queue now, and how long until the clock alone changes it."""
+
+    head_task_id: str | None  # the first PENDING/RETRY task in claim order, due or not
+    head_run_after: dt.datetime | None  # None also when held back indefinitely ('infinity')
+    head_due_in: float | None  # seconds until the head is due; <= 0: due now
+    lease_expires_at: dt.datetime | None  # the earliest lease held
+    lease_expires_in: float | None  # seconds; < 0: the reaper has a task to rescue
+
+    @property
+    def tasks_due(self) -> bool:
+        return self.head_due_in is not None and self.head_due_in <= 0
+
+    @property
+    def leases_expired(self) -> bool:
+        return self.lease_expires_in is not None and self.lease_expires_in < 0
+
+    @property
+    def anything_due(self) -> bool:
+        """A run would claim a task or rescue one."""
+        return self.tasks_due or self.leases_expired
+
+    @property
+    def work_key(self) -> tuple[Any, ...]:
+        """Identifies the work a run would start with. A run that claims or reaps changes it, so an
+        unchanged key means nobody has acted since it was last seen (asking again would only
+        queue another run for the same work)."""
+        head = (self.head_task_id, self.head_run_after) if self.tasks_due else None
+        return head, self.lease_expires_at if self.leases_expired else None
+
+    def seconds_until_change(self) -> float | None:
+        """Seconds until a task falls due or a lease expires (None: only a write can change it)."""
+        waits = [self.head_due_in if not self.tasks_due else None,
+                 self.lease_expires_in if not self.leases_expired else None]
+        waits = [w for w in waits if w is not None]
+        return max(0.0, min(waits)) if waits else None
+
+
+async def read_due_work(conn: Any) -> DueWork:
+    """The queue as :class:`DueWork`, on an async psycopg connection in autocommit mode."""
+    cursor = await conn.execute(DUE_WORK, {"task_types": [t.value for t in TaskType]})
+    return DueWork(*await cursor.fetchone())
+
+
 class ProcessTracker:
     """The tracker API bound to one database and one retry policy."""
 

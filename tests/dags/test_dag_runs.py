@@ -83,7 +83,7 @@ def test_empty_queue_is_a_successful_run_with_skipped_chunks(run_dag, seed):
     assert dag_run.summary["claimed"] == 0 and dag_run.summary["completed"] == 0
     for task_id in ("chunk.decide", "chunk.validate", "chunk.run"):
         assert states(dag_run, task_id) == ["skipped"], task_id
-    for task_id in ("reap", "requeue", "claim", "split", "write_back", "summary"):
+    for task_id in ("reap", "claim", "write_back", "summary"):
         assert states(dag_run, task_id) == ["success"], task_id
 
 

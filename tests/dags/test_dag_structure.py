@@ -11,15 +11,13 @@ import pytest
 from tests.dags.conftest import PROJECT
 
 TRACKER_EDGES = {
-    "reap": set(),
-    "requeue": {"reap"},
-    "claim": {"requeue"},
-    "split": {"claim"},
-    "chunk.decide": {"split"},
+    "reap": set(),  # beside the claim
+    "claim": set(),  # the first step: new work is claimed one scheduler round trip after the run starts
+    "chunk.decide": {"claim"},
     "chunk.validate": {"chunk.decide"},
     "chunk.run": {"chunk.validate", "claim"},
     "write_back": {"chunk.run", "claim"},
-    "summary": {"chunk.run", "split", "claim", "write_back"},
+    "summary": {"chunk.run", "claim", "write_back"},
 }
 
 
@@ -61,7 +59,7 @@ def test_write_back_and_summary_run_whatever_happened(tracker_dag):
     rules = {t.task_id: t.trigger_rule for t in tracker_dag.tasks}
     assert rules["write_back"] == "all_done"
     assert rules["summary"] == "all_done"
-    assert {rules[t] for t in ("reap", "claim", "split", "chunk.decide", "chunk.run")} == {"all_success"}
+    assert {rules[t] for t in ("reap", "claim", "chunk.decide", "chunk.run")} == {"all_success"}
 
 
 def test_chunk_tasks_are_mapped_and_labelled(tracker_dag):
@@ -75,9 +73,24 @@ def test_chunk_tasks_are_mapped_and_labelled(tracker_dag):
 
 
 def test_schedule_and_run_settings(tracker_dag):
-    assert tracker_dag.schedule == "* * * * *"
+    """Due work starts it (the asset's watcher runs in the triggerer), or'ed with a slow safety net."""
+    from airflow.sdk import AssetOrTimeSchedule
+
+    from recon.due_work_trigger import DueWorkTrigger
+
+    schedule = tracker_dag.schedule
+    assert isinstance(schedule, AssetOrTimeSchedule)
+    assert schedule.timetable.expression == "0 */2 * * *"
+    (asset,) = schedule.asset_condition.objects
+    assert asset.name == "recon_due_work"
+    (watcher,) = asset.watchers
+    assert isinstance(watcher.trigger, DueWorkTrigger)
+    assert watcher.trigger.serialize() == (
+        "recon.due_work_trigger.DueWorkTrigger",
+        {"channel": "recon_due_work", "debounce_seconds": 0.2, "recheck_seconds": 60.0},
+    )
     assert tracker_dag.catchup is False
-    assert tracker_dag.max_active_runs == 1
+    assert tracker_dag.max_active_runs == 2
     assert {"recon"} <= set(tracker_dag.tags)
     assert "Process Tracker" in tracker_dag.doc_md and "recon_db" in tracker_dag.doc_md
     claim = tracker_dag.get_task("claim")
@@ -97,18 +110,35 @@ def test_only_infrastructure_errors_are_retried(tracker_dag):
     assert policy.evaluate(integrity, 1, 3).action is RetryAction.FAIL
 
 
-def test_schedule_is_configurable():
+def _parse_in_a_fresh_process(expression: str, **env: str) -> str:
     code = (
         "from airflow.dag_processing.dagbag import DagBag\n"
-        f"dag = DagBag(dag_folder={str(PROJECT / 'dags')!r}).dags['recon_process_tracker']\n"
-        "print(repr(dag.schedule), dag.max_active_runs, dag.params['batch_size'])\n"
+        f"bag = DagBag(dag_folder={str(PROJECT / 'dags')!r})\n"
+        "dag = bag.dags.get('recon_process_tracker')\n"
+        f"print(bag.import_errors or ({expression}))\n"
     )
-    env = dict(
-        os.environ, RECON_SCHEDULE="*/5 * * * *", RECON_MAX_ACTIVE_RUNS="3", RECON_BATCH_SIZE="777"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env=dict(os.environ, **env), timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().splitlines()[-1] == "'*/5 * * * *' 3 777"
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_schedule_is_configurable():
+    shown = "dag.schedule, dag.max_active_runs, dag.params['batch_size']"
+    assert _parse_in_a_fresh_process(shown, RECON_SCHEDULE="*/5 * * * *", RECON_MAX_ACTIVE_RUNS="3",
+                                     RECON_BATCH_SIZE="777") == "('*/5 * * * *', 3, 777)"
+    assert _parse_in_a_fresh_process("dag.schedule", RECON_SCHEDULE="none") == "None"
+    # no safety net: the asset alone; another debounce reaches the watcher
+    watcher = "[(a.name, a.watchers[0].trigger.debounce_seconds) for a in dag.schedule]"
+    assert _parse_in_a_fresh_process(watcher, RECON_SAFETY_NET_SCHEDULE="none",
+                                     RECON_WAKE_DEBOUNCE_SECONDS="2") == "[('recon_due_work', 2.0)]"
+    assert _parse_in_a_fresh_process("dag.schedule.timetable.expression",
+                                     RECON_SAFETY_NET_SCHEDULE="*/30 * * * *") == "*/30 * * * *"
+
+
+def test_a_bad_schedule_setting_is_an_import_error_naming_it():
+    errors = _parse_in_a_fresh_process("None", RECON_WAKE_DEBOUNCE_SECONDS="soon")
+    assert "ConfigurationError: RECON_WAKE_DEBOUNCE_SECONDS must be a number, got " in errors
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,12 @@ def test_environment_points_airflow_at_this_project(tmp_path: Path):
     assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == again["AIRFLOW__API_AUTH__JWT_SECRET"]
     assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"]) >= 32
     assert (tmp_path / "jwt_secret").stat().st_mode & 0o077 == 0
+    # and one Fernet key: trigger arguments written by the dag-processor are read by the triggerer
+    from cryptography.fernet import Fernet
+
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == again["AIRFLOW__CORE__FERNET_KEY"]
+    Fernet(env["AIRFLOW__CORE__FERNET_KEY"].encode())  # a valid key
+    assert (tmp_path / "fernet_key").stat().st_mode & 0o077 == 0
 
 
 def test_user_settings_win(tmp_path: Path):

@@ -1,9 +1,14 @@
-"""A real Airflow for the Recon view tests: metadata on the test PostgreSQL server, our dags/plugins.
+"""A real Airflow for the tests: metadata on the test PostgreSQL server, our dags/plugins.
+
+One harness for every real-Airflow test: `airflow standalone` (api-server, scheduler,
+dag-processor and triggerer in one process group), or an api-server plus components started one
+by one (`components=[["scheduler"], ["triggerer"], ...]`), each its own process group that a test
+can kill and start again (e.g. the triggerer), all with one environment.
 
 Airflow runs in subprocesses only (its configuration is read once per process, and the DAG
 tests configure the pytest process for themselves). A migrated metadata template database is
 built once per Airflow version and copied for each server, so a server starts without a
-`db migrate`. Waiting is bounded polling of the processes' HTTP endpoints.
+`db migrate`. Waiting is bounded polling of the processes' HTTP endpoints or of a database.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from tests import databases
 
 AIRFLOW_TEMPLATE_LOCK_KEY = 0x6169726677  # "airfw"
 STARTUP_TIMEOUT_S = 240
+# the airflow command of a component -> its key in /api/v2/monitor/health
+HEALTH_NAMES = {"scheduler": "scheduler", "triggerer": "triggerer", "dag-processor": "dag_processor"}
 ARTIFACTS = Path(os.environ.get("RECON_TEST_ARTIFACTS", settings.PROJECT_ROOT / "test-artifacts"))
 
 
@@ -89,7 +96,8 @@ def create_metadata_database(admin_url: str) -> str:
 
 @dataclass
 class AirflowServer:
-    """One Airflow process group (api-server or standalone) we started, and how to talk to it."""
+    """The Airflow processes we started (api-server or standalone, plus separately started
+    components), and how to talk to them."""
 
     base_url: str
     home: Path
@@ -97,6 +105,32 @@ class AirflowServer:
     process: subprocess.Popen
     token: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # every process's environment
+    components: dict[str, subprocess.Popen] = field(default_factory=dict)  # "scheduler", "triggerer", ...
+    stopped: set[str] = field(default_factory=set)  # components a test stopped on purpose
+
+    def start_component(self, command: list[str]) -> subprocess.Popen:
+        """`airflow COMMAND` as its own process group, logging to HOME/<command>.log (appended)."""
+        name = " ".join(command)
+        self.components[name] = _spawn(command, self.env, self.home, self.home / f"{name.replace(' ', '-')}.log")
+        self.stopped.discard(name)
+        return self.components[name]
+
+    def kill_component(self, name: str, sig: int = signal.SIGKILL, timeout: float = 60) -> None:
+        """Signal a component's whole process group and wait until its leader has exited."""
+        process = self.components[name]
+        self.stopped.add(name)
+        _signal_group(process, sig)
+        process.wait(timeout=timeout)
+        _signal_group(process, signal.SIGKILL)  # stragglers (a triggerer's runner subprocess)
+
+    def _exited(self) -> str | None:
+        if self.process.poll() is not None:
+            return f"airflow exited ({self.process.returncode})"
+        for name, process in self.components.items():
+            if name not in self.stopped and process.poll() is not None:
+                return f"airflow {name} exited ({process.returncode})"
+        return None
 
     def request(
         self, method: str, path: str, body: Any = None, token: str | None = "default",
@@ -127,8 +161,8 @@ class AirflowServer:
         """Poll `probe` (another process's state) every second until truthy, at most `timeout` s."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"airflow exited ({self.process.returncode}) while waiting for {what}:\n{self.log_tail()}")
+            if exited := self._exited():
+                pytest.fail(f"{exited} while waiting for {what}:\n{self.log_tail()}")
             try:
                 value = probe()
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -157,8 +191,21 @@ class AirflowServer:
 
         return self.wait_for(f"run {run_id} to finish", finished, timeout)
 
+    def wait_for_components(self, timeout: float = STARTUP_TIMEOUT_S) -> dict[str, Any]:
+        """Airflow's health report once every component running (as we started it) reports healthy."""
+        running = set(HEALTH_NAMES) if "standalone" in self.process.args else set(self.components) - self.stopped
+        wanted = sorted(HEALTH_NAMES[c] for c in running if c in HEALTH_NAMES)
+
+        def healthy() -> Any:
+            status, health = self.request("GET", "/api/v2/monitor/health", token=None)
+            ok = status == 200 and all((health.get(c) or {}).get("status") == "healthy" for c in wanted)
+            return health if ok else None
+
+        return self.wait_for(f"healthy {wanted}", healthy, timeout)
+
     def log_tail(self, chars: int = 6000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+        paths = [self.log_path] + [self.home / f"{n.replace(' ', '-')}.log" for n in self.components]
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in paths if p.exists())
 
     def login(self, username: str, password: str) -> str:
         status, payload = self.request("POST", "/auth/token", {"username": username, "password": password}, token=None)
@@ -178,18 +225,35 @@ class AirflowServer:
         return self.wait_for(f"the admin password in {path}", read, timeout)
 
     def stop(self) -> None:
-        """Stop the process group we started: SIGTERM, then SIGKILL after a bounded wait."""
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=30)
-        try:  # stragglers of the group (workers) go with it
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """Stop every process group we started: SIGTERM, then SIGKILL after a bounded wait."""
+        for process in [*self.components.values(), self.process]:
+            if process.poll() is None:
+                _signal_group(process, signal.SIGTERM)
+                try:
+                    process.wait(timeout=40)
+                except subprocess.TimeoutExpired:
+                    _signal_group(process, signal.SIGKILL)
+                    process.wait(timeout=30)
+            _signal_group(process, signal.SIGKILL)  # stragglers of the group (workers) go with it
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _spawn(command: list[str], env: dict[str, str], home: Path, log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "airflow", *command],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, stopped as one
+            cwd=str(home),
+        )
 
 
 def dag_run_path(dag_id: str, run_id: str) -> str:
@@ -215,8 +279,10 @@ def start_airflow(
     recon_url: str,
     extra_env: dict[str, str] | None = None,
     log_name: str = "airflow.log",
+    components: list[list[str]] = (),
 ) -> AirflowServer:
-    """Start `airflow <command>` with this project's dags/plugins; returns once /api/v2 answers."""
+    """Start `airflow <command>` (and each of `components`, e.g. ["triggerer"]) with this project's
+    dags/plugins; returns once /api/v2 answers."""
     port = free_port()
     home.mkdir(parents=True, exist_ok=True)
     base = _clean_environment()
@@ -242,17 +308,11 @@ def start_airflow(
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     log_path = home / log_name
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "airflow", *command],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, stopped as one
-            cwd=str(home),
-        )
-    server = AirflowServer(f"http://127.0.0.1:{port}", home, log_path, process)
+    log_path.unlink(missing_ok=True)
+    server = AirflowServer(f"http://127.0.0.1:{port}", home, log_path, _spawn(command, env, home, log_path), env=env)
     try:
+        for component in components:
+            server.start_component(list(component))
         server.wait_for(
             "the api-server", lambda: server.request("GET", "/api/v2/monitor/health", token=None)[0] == 200,
             STARTUP_TIMEOUT_S,
@@ -264,9 +324,14 @@ def start_airflow(
 
 
 def save_log(server: AirflowServer, name: str) -> None:
+    """The main log as test-artifacts/<name>; each component's as <name stem>-<component>.log."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     if server.log_path.exists():
         (ARTIFACTS / name).write_bytes(server.log_path.read_bytes())
+    for component in server.components:
+        path = server.home / f"{component.replace(' ', '-')}.log"
+        if path.exists():
+            (ARTIFACTS / f"{Path(name).stem}-{component.replace(' ', '-')}.log").write_bytes(path.read_bytes())
 
 
 @contextmanager
@@ -277,19 +342,23 @@ def running_airflow(
     recon_url: str,
     artifact_name: str,
     extra_env: dict[str, str] | None = None,
+    components: list[list[str]] = (),
 ) -> Iterator[AirflowServer]:
-    """`airflow <command>` on a fresh copy of the migrated metadata template, logged in as admin.
+    """`airflow <command>` (plus `components`) on a fresh copy of the migrated metadata template,
+    logged in as admin.
 
-    Afterwards the process group is stopped, its log saved to test-artifacts/<artifact_name>
-    and its metadata database dropped. The admin password is in ``server.extra["password"]``.
+    Afterwards the process groups are stopped, their logs saved to test-artifacts/<artifact_name>
+    (and <stem>-<component>.log) and the metadata database dropped. The admin password is in
+    ``server.extra["password"]``; the metadata database's URL in ``server.extra["metadata_url"]``.
     """
     metadata = create_metadata_database(pg_admin_url)
     server = None
     try:
         server = start_airflow(
             command, home, databases.libpq_url(pg_admin_url, metadata), recon_url,
-            extra_env=extra_env, log_name=f"{command[0]}.log",
+            extra_env=extra_env, log_name=f"{command[0]}.log", components=components,
         )
+        server.extra["metadata_url"] = databases.libpq_url(pg_admin_url, metadata)
         server.extra["password"] = server.admin_password()
         server.token = server.login("admin", server.extra["password"])
         yield server
