@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tests import airflow_env  # noqa: F401  (first: sets AIRFLOW_HOME before anything imports airflow)
+
 from typing import Iterator
 
 import pytest

@@ -1,51 +1,29 @@
-"""Airflow for DAG tests: a throwaway AIRFLOW_HOME with a SQLite metadata database.
-
-Airflow reads its configuration when it is first imported, so this module sets the
-environment at import time (pytest imports conftest files before the test modules that
-import airflow). The metadata database is migrated once per test session (per xdist worker).
+"""Airflow for DAG tests: the session's throwaway AIRFLOW_HOME (tests/airflow_env.py, set before
+anything imports airflow), its metadata database migrated once per session (per xdist worker),
+and the DAGs loaded from it.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from recon import settings
+from tests.airflow_env import AIRFLOW_HOME, AIRFLOW_IMPORTED_EARLY
 
 PROJECT = settings.PROJECT_ROOT
-AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="recon-dag-tests-airflow-"))
-atexit.register(shutil.rmtree, AIRFLOW_HOME, ignore_errors=True)
-
-_AIRFLOW_IMPORTED_EARLY = "airflow" in sys.modules
-
-METADATA_URL = f"sqlite:///{AIRFLOW_HOME}/airflow.db"
-os.environ.update(
-    {
-        "AIRFLOW_HOME": str(AIRFLOW_HOME),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT / "plugins"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": METADATA_URL,
-        # the maintenance DAG's `airflow db clean` reads the metadata URL from here
-        "RECON_AIRFLOW_METADATA_URL": METADATA_URL,
-    }
-)
-os.environ.pop("AIRFLOW_CONN_RECON_DB", None)  # the db_url fixture's RECON_DATABASE_URL decides
 
 
 @pytest.fixture(scope="session")
 def airflow_home() -> Path:
     """This session's AIRFLOW_HOME, as long as airflow was first imported after this conftest."""
-    if _AIRFLOW_IMPORTED_EARLY:
-        pytest.fail("airflow was imported before tests/dags/conftest.py could point it at a test AIRFLOW_HOME")
+    if AIRFLOW_IMPORTED_EARLY:
+        pytest.fail("airflow was imported before tests/dags/conftest.py could point it at a test AIRFLOW_HOME (tests/airflow_env.py)")
     from airflow.configuration import AIRFLOW_HOME as configured
 
     assert Path(configured) == AIRFLOW_HOME
