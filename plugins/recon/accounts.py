@@ -156,17 +156,17 @@ def load_accounts(conn: Connection, account_ids: Sequence[str]) -> dict[str, Acc
 
 
 def load_rules(conn: Connection, account_ids: Sequence[str]) -> list[ReconRule]:
-    """Rules with any of these accounts on either side, oldest first (the oldest of an account_one wins)."""
+    """Rules with any of these accounts on either side, by (priority, id): the first applicable one wins."""
     if not account_ids:
         return []
     rows = conn.execute(
         sa.text(
-            "SELECT id, merchant_id, account_one_id, account_two_id FROM recon_rules"
-            " WHERE account_one_id = ANY(:ids) OR account_two_id = ANY(:ids) ORDER BY created_at, id"
+            f"SELECT {_RULE_COLUMNS} FROM recon_rules"
+            " WHERE account_one_id = ANY(:ids) OR account_two_id = ANY(:ids) ORDER BY priority, id"
         ),
         {"ids": list(account_ids)},
     )
-    return [ReconRule(*r) for r in rows]  # selected in field order
+    return [ReconRule.from_row(r) for r in rows]  # selected in field order
 
 
 def _require_merchant(conn: Connection, merchant_id: str) -> None:
@@ -247,7 +247,10 @@ def delete_account(account_id: str, *, db: Database) -> None:
         raise NotFoundError(f"no account with account_id {account_id!r}")
 
 
-_RULE_COLUMNS = "id, merchant_id, account_one_id, account_two_id"
+_RULE_COLUMNS = (
+    "id, merchant_id, account_one_id, account_two_id, priority, match_keys, amount_tolerance,"
+    " amount_tolerance_pct, variance_account_id, date_window_days, aging_days"
+)
 
 
 def delete_recon_rule(rule_id: str, *, db: Database) -> None:
@@ -269,7 +272,7 @@ def get_rule(rule_id: str, conn: Connection) -> ReconRule:
     row = conn.execute(sa.text(f"SELECT {_RULE_COLUMNS} FROM recon_rules WHERE id = :id"), {"id": rule_id}).first()
     if row is None:
         raise NotFoundError(f"no recon rule with id {rule_id!r}")
-    return ReconRule(*row)
+    return ReconRule.from_row(row)
 
 
 def rules_page(conn: Connection, merchant_id: str | None, after: str | None, limit: int) -> list[ReconRule]:
@@ -282,4 +285,4 @@ def rules_page(conn: Connection, merchant_id: str | None, after: str | None, lim
         ),
         {"merchant": merchant_id, "after": after, "limit": limit},
     )
-    return [ReconRule(*r) for r in rows]
+    return [ReconRule.from_row(r) for r in rows]

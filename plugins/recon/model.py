@@ -11,7 +11,7 @@ import datetime as dt
 import enum
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Sequence
 
 
 class EntryType(enum.StrEnum):
@@ -70,10 +70,30 @@ class Account:
 
 @dataclass(frozen=True)
 class ReconRule:
+    """A row of recon_rules, in column order (sql/0001, sql/0014).
+
+    match_keys: [{"line": field of the confirmation line, "expected": field of the expected leg}];
+    aging_days None means RECON_MATCHING_WINDOW_SECONDS; date_window_days None means no window.
+    """
+
     id: str
     merchant_id: str
     account_one_id: str
     account_two_id: str
+    priority: int = 10
+    match_keys: tuple[tuple[str, str], ...] = (("order_id", "order_id"),)
+    amount_tolerance: Decimal = Decimal(0)
+    amount_tolerance_pct: Decimal = Decimal(0)
+    variance_account_id: str | None = None
+    date_window_days: int | None = None
+    aging_days: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> "ReconRule":
+        """From a row selected as accounts.RULE_COLUMNS (match_keys as jsonb)."""
+        values = list(row)
+        values[5] = tuple((key["line"], key["expected"]) for key in values[5])
+        return cls(*values)
 
 
 @dataclass(frozen=True, slots=True)
