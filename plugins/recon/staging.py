@@ -344,6 +344,53 @@ def queued_transaction_orders(
     return {(r.account_id, r.order_id) for r in rows}
 
 
+def queued_transaction_metadata(
+    conn: Connection, probes: Sequence[tuple[str, dict[str, str]]], exclude: Sequence[str]
+) -> set[int]:
+    """Positions of the (account, metadata) probes that a PENDING TRANSACTION line of that account
+    contains, leaving out `exclude`. The queued lines of an account are few once bookings run ahead of
+    confirmations; each probe reads them along staging_entries_queued_transaction_idx."""
+    if not probes:
+        return set()
+    rows = conn.exec_driver_sql(
+        """
+        SELECT k.i FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(probes)b AS text[])) WITH ORDINALITY
+            AS k(account_id, probe, i)
+        WHERE EXISTS (
+            SELECT 1 FROM staging_entries s
+            WHERE s.account_id = k.account_id AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
+              AND s.metadata @> CAST(k.probe AS jsonb) AND s.staging_entry_id <> ALL(CAST(%(exclude)b AS text[])))
+        """,
+        {"accounts": [p[0] for p in probes], "probes": [json.dumps(p[1], sort_keys=True) for p in probes],
+         "exclude": list(exclude)},
+    )
+    return {r[0] - 1 for r in rows}
+
+
+def queued_transaction_amounts(
+    conn: Connection, ranges: Sequence[tuple[str, str, Decimal, Decimal]], exclude: Sequence[str]
+) -> set[int]:
+    """Positions of the (account, side, lowest, highest amount) ranges in which a PENDING
+    TRANSACTION line of that account and side lies, leaving out `exclude`."""
+    if not ranges:
+        return set()
+    rows = conn.exec_driver_sql(
+        """
+        SELECT k.i FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(sides)b AS text[]),
+                               CAST(%(lows)b AS numeric[]), CAST(%(highs)b AS numeric[])) WITH ORDINALITY
+            AS k(account_id, side, low, high, i)
+        WHERE EXISTS (
+            SELECT 1 FROM staging_entries s
+            WHERE s.account_id = k.account_id AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
+              AND s.entry_type = k.side AND s.amount BETWEEN k.low AND k.high
+              AND s.staging_entry_id <> ALL(CAST(%(exclude)b AS text[])))
+        """,
+        {"accounts": [r[0] for r in ranges], "sides": [r[1] for r in ranges], "lows": [r[2] for r in ranges],
+         "highs": [r[3] for r in ranges], "exclude": list(exclude)},
+    )
+    return {r[0] - 1 for r in rows}
+
+
 # ---- the engine: outcomes -----------------------------------------------------------------------
 
 
