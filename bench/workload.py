@@ -47,6 +47,28 @@ class Pair:
 class Books:
     pairs: list[Pair]
     orphans: list[str]  # bank accounts without a rule (edge cases)
+    keyed: dict[str, Pair] = field(default_factory=dict)  # matching-rule edge cases: kind -> pair
+
+
+def create_keyed_books(db: Database, books: Books) -> None:
+    """Pairs of the first merchant whose rules match otherwise (edge cases): bank lines carrying the
+    order id in metadata.reference, with a 0.05 tolerance; bank lines matched by amount alone, within
+    0.1 % and 3 days; both with a variance account."""
+    merchant, currency = books.pairs[0].merchant_id, books.pairs[0].currency
+    variance = accounts.create_account(merchant, f"Variance {currency}", "DEBIT_NORMAL", currency,
+                                       account_id="acc_bench_1_variance", db=db)
+    for kind, settings in (
+        ("reference", accounts.RuleSettings(match_keys=(("metadata.reference", "order_id"),),
+                                            amount_tolerance=Decimal("0.05"), variance_account_id=variance)),
+        ("amount", accounts.RuleSettings(match_keys=(("amount", "amount"),), amount_tolerance_pct=Decimal("0.1"),
+                                         variance_account_id=variance, date_window_days=3)),
+    ):
+        orders = accounts.create_account(merchant, f"Orders {kind} {currency}", "DEBIT_NORMAL", currency,
+                                         account_id=f"acc_bench_1_orders_{kind}", db=db)
+        bank = accounts.create_account(merchant, f"Bank {kind} {currency}", "CREDIT_NORMAL", currency,
+                                       account_id=f"acc_bench_1_bank_{kind}", db=db)
+        accounts.create_recon_rule(orders, bank, rule_id=f"rule_bench_1_{kind}", settings=settings, db=db)
+        books.keyed[kind] = Pair(merchant, orders, bank, currency)
 
 
 @dataclass
@@ -185,7 +207,43 @@ def _add_edge_cases(books: Books, rng: random.Random, orders: list, mismatched: 
         cf.append(_line(p.clearing, "DEBIT", amount, p.currency, "CONFIRMATION", 1200 + k, order_id, "edge"))
         p, order_id, amount = orders[rng.randrange(len(orders))]
         cf.append(_line(p.clearing, "CREDIT", amount, "JPY", "CONFIRMATION", 1300 + k, order_id, "edge"))
+    if books.keyed:
+        _add_keyed_edge_cases(books, rng, tx, cf)
     return tx, cf
+
+
+def _add_keyed_edge_cases(books: Books, rng: random.Random, tx: list[NewStagingEntry],
+                          cf: list[NewStagingEntry]) -> None:
+    """Lines for the keyed rules: exact, within and beyond tolerance, unknown references; amount-only
+    matches inside and outside the window, and two orders of one amount (ambiguous)."""
+    ref, by_amount = books.keyed["reference"], books.keyed["amount"]
+    n = 5000
+    for k in range(12):
+        amount = Decimal(rng.randrange(1000, 90_000)) / 100
+        order_id = f"REF-{k}"
+        tx.append(_line(ref.bank, "DEBIT", amount, ref.currency, "TRANSACTION", n + k, order_id, "edge"))
+        paid = amount + (Decimal("0"), Decimal("-0.03"), Decimal("0.05"), Decimal("1.00"))[k % 4]
+        cf.append(_keyed_line(ref.clearing, paid, ref.currency, n + k, {"reference": order_id}))
+    cf.append(_keyed_line(ref.clearing, Decimal("5.00"), ref.currency, n + 50, {"reference": "REF-UNKNOWN"}))
+    cf.append(_keyed_line(ref.clearing, Decimal("5.00"), ref.currency, n + 51, {}))  # no reference
+    for k in range(8):
+        amount = Decimal(1000 + 37 * k) / 100
+        tx.append(_line(by_amount.bank, "DEBIT", amount, by_amount.currency, "TRANSACTION", n + 100 + k,
+                        f"AMT-{k}", "edge"))
+        paid = amount + (Decimal("0"), Decimal("0.01"))[k % 2]  # 0.01 is within 0.1 % from 10.00 on
+        days = (0, 2, 5)[k % 3]  # the third is outside the 3-day window
+        cf.append(NewStagingEntry(by_amount.clearing, "CREDIT", paid, by_amount.currency, "CONFIRMATION",
+                                  BASE_DATE + dt.timedelta(days=days, seconds=n + 100 + k), {"line": n + 100 + k}))
+    for k in range(2):  # one amount booked twice: ambiguous
+        tx.append(_line(by_amount.bank, "DEBIT", Decimal("77.00"), by_amount.currency, "TRANSACTION",
+                        n + 200 + k, f"AMT-TWICE-{k}", "edge"))
+    cf.append(NewStagingEntry(by_amount.clearing, "CREDIT", Decimal("77.00"), by_amount.currency, "CONFIRMATION",
+                              BASE_DATE + dt.timedelta(seconds=n + 200), {"line": n + 200}))
+
+
+def _keyed_line(account: str, amount: Decimal, currency: str, i: int, metadata: dict[str, Any]) -> NewStagingEntry:
+    return NewStagingEntry(account, "CREDIT", amount, currency, "CONFIRMATION", BASE_DATE + dt.timedelta(seconds=i),
+                           {"source_file": "edge", "line": i, **metadata})
 
 
 def _batches(lines: list[NewStagingEntry]) -> Iterator[list[NewStagingEntry]]:
@@ -197,6 +255,8 @@ def generate(db: Database, entries: int, seed: int = 7, merchants: int = 4, edge
              books: Books | None = None) -> Workload:
     """Books (unless given) + lines in `db`: TRANSACTION lines due now, CONFIRMATION lines not yet due."""
     books = books or create_books(db, merchants)
+    if edge_cases and not books.keyed:
+        create_keyed_books(db, books)
     transactions, confirmations, workload = plan_lines(books, entries, seed, edge_cases)
     with db.begin() as conn:
         for batch in _batches(transactions):
