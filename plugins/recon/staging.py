@@ -493,7 +493,8 @@ def review_reasons(conn: Connection, sample: int) -> list[Any]:
                    (array_agg(jsonb_build_object(
                         'staging_entry_id', staging_entry_id, 'account_id', account_id,
                         'order_id', order_id, 'amount', CAST(amount AS text), 'currency', currency,
-                        'error', metadata ->> 'error') ORDER BY created_at, staging_entry_id)
+                        'error', metadata ->> 'error', 'mismatched_fields', metadata -> 'mismatched_fields',
+                        'candidates', metadata -> 'candidates') ORDER BY created_at, staging_entry_id)
                    )[1:CAST(:sample AS int)] AS sample
             FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW'
             GROUP BY 1 ORDER BY n DESC, error_type
@@ -556,7 +557,8 @@ def review_entries(conn: Connection, where: ReviewFilter, limit: int) -> list[An
             f"""
             SELECT s.staging_entry_id, s.account_id, s.order_id, s.entry_type, s.amount,
                    s.currency, s.processing_mode, coalesce(s.metadata ->> 'error_type', '(none)') AS error_type,
-                   s.metadata ->> 'error' AS reason, s.created_at, s.updated_at
+                   s.metadata ->> 'error' AS reason, s.metadata -> 'mismatched_fields' AS mismatched_fields,
+                   s.metadata -> 'candidates' AS candidates, s.created_at, s.updated_at
             FROM staging_entries s
             WHERE {_REVIEW_FILTER}
             ORDER BY error_type, s.updated_at DESC, s.staging_entry_id

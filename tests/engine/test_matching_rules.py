@@ -293,3 +293,36 @@ def test_a_variance_account_in_another_currency_is_refused(books):
         accounts.create_recon_rule(orders, books.clearing, settings=RuleSettings(
             amount_tolerance=Decimal("1"), variance_account_id=euros), db=books.db)
     assert len(books.rows("SELECT 1 FROM recon_rules")) == 1
+
+
+def test_the_report_and_the_recon_view_show_reasons_and_waiting_lines(books):
+    from recon.reporting import monitoring
+    from recon.reporting.report import build_report, format_report
+    from recon.web.rendering import render
+
+    s = Setup(books, amount_tolerance="0.05", aging_days=30)
+    s.order("100.00", order_id="ORD-1")
+    s.order("20.00", account=s.account("Shop USD", "DEBIT_NORMAL"), order_id="ORD-9")  # no rule: a failure
+    s.process()
+    mismatch = s.bank_line("90.00", order_id="ORD-1")
+    waiting = s.bank_line("15.00", when=dt.datetime.now(dt.timezone.utc), order_id="ORD-LATER")
+    s.process()
+
+    report = build_report(s.db)
+    (group,) = [g for g in report["manual_review"] if g["error_type"] == "MismatchError"]
+    assert group["entries"][0]["mismatched_fields"] == [
+        {"field": "amount", "expected": "100.0000", "actual": "90.0000"}]
+    assert report["waiting"]["count"] == 1 and report["waiting"]["tasks"][0]["staging_entry_id"] == waiting
+    text = format_report(report)
+    assert "fields: amount (expected 100.0000, actual 90.0000)" in text
+    assert "Waiting for a match (not exceptions): 1" in text and "ORD-LATER" in text
+
+    data = monitoring.overview(s.db)
+    assert [t["staging_entry_id"] for t in data["queue"]["waiting"]["tasks"]] == [waiting]
+    entries = {e["staging_entry_id"]: e for e in data["exceptions"]["manual_review"]["entries"]}
+    assert waiting not in entries and entries[mismatch]["mismatched_fields"][0]["field"] == "amount"
+    html = render("recon_view.html", {"data": data, "filters": {}, "limit": 50, "chart": None,
+                                      "reprocess_conf": None, "window_conf": {}, "base": "", "airflow": "",
+                                      "dag_id": "d", "dag_url": "", "trigger_api": ""})
+    assert "Confirmations waiting for a match (1)" in html and "ORD-LATER" in html
+    assert "expected <code>100.0000</code>, actual <code>90.0000</code>" in html
