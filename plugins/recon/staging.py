@@ -504,6 +504,24 @@ def review_reasons(conn: Connection, sample: int) -> list[Any]:
     ).all()
 
 
+def tolerance_matches(conn: Connection, sample: int) -> tuple[int, list[Any]]:
+    """Confirmations fulfilled within their rule's tolerance: how many, and the first `sample`."""
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT count(*) OVER () AS n, staging_entry_id, order_id, CAST(amount AS text) AS amount, currency,
+                   metadata ->> 'variance' AS variance, metadata ->> 'variance_account_id' AS variance_account_id
+            FROM staging_entries
+            WHERE status = 'PROCESSED' AND metadata ->> 'match_type' = 'FulfilledWithTolerance'
+            ORDER BY created_at, staging_entry_id
+            LIMIT :sample
+            """
+        ),
+        {"sample": sample},
+    ).all()
+    return (rows[0].n if rows else 0), rows
+
+
 @dataclass(frozen=True)
 class ReviewFilter:
     """The Recon view's filters of the manual-review list; None means "any"."""

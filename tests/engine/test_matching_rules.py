@@ -326,3 +326,17 @@ def test_the_report_and_the_recon_view_show_reasons_and_waiting_lines(books):
                                       "dag_id": "d", "dag_url": "", "trigger_api": ""})
     assert "Confirmations waiting for a match (1)" in html and "ORD-LATER" in html
     assert "expected <code>100.0000</code>, actual <code>90.0000</code>" in html
+
+
+def test_the_report_lists_matches_within_tolerance(books):
+    from recon.reporting.report import build_report, format_report
+
+    s = Setup(books, amount_tolerance="0.05")
+    s.order("18.99", order_id="ORD-1")
+    s.process()
+    line = s.bank_line("18.97", order_id="ORD-1")
+    s.process()
+    report = build_report(s.db)
+    assert report["matched_within_tolerance"]["count"] == 1
+    assert report["matched_within_tolerance"]["entries"][0]["variance"] == "-0.0200"
+    assert f"{line}  order ORD-1  18.9700 USD  variance -0.0200 booked to {s.variance}" in format_report(report)

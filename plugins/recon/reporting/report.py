@@ -19,6 +19,7 @@ def build_report(db: Database) -> dict[str, Any]:
         transactions = ledger.transaction_status_counts(conn)
         reasons = staging.review_reasons(conn, MANUAL_REVIEW_SAMPLE)
         waiting_count, waiting = ProcessTracker(db).waiting(MANUAL_REVIEW_SAMPLE, conn)
+        tolerated_count, tolerated = staging.tolerance_matches(conn, MANUAL_REVIEW_SAMPLE)
     invariants = ledger.check_invariants(db)
     return {
         "staging_entries": {s: statuses.get(s, 0) for s in ("PENDING", "PROCESSED", "NEEDS_MANUAL_REVIEW")},
@@ -27,6 +28,8 @@ def build_report(db: Database) -> dict[str, Any]:
         "manual_review": [
             {"error_type": r.error_type or "(none)", "count": r.n, "entries": r.sample} for r in reasons
         ],
+        "matched_within_tolerance": {"count": tolerated_count,
+                                     "entries": [{k: v for k, v in r._mapping.items() if k != "n"} for r in tolerated]},
         # open expectations within their window: not exceptions, listed apart
         "waiting": {"count": waiting_count,
                     "tasks": [jsonable({"staging_entry_id": w.staging_entry_id, "next_due_at": w.next_due_at,
@@ -61,6 +64,11 @@ def format_report(report: dict[str, Any]) -> str:
                 lines.append("      candidates: " + ", ".join(entry["candidates"]))
         if group["count"] > 5:
             lines.append(f"    ... {group['count'] - 5} more (use --json for up to {MANUAL_REVIEW_SAMPLE})")
+    tolerated = report["matched_within_tolerance"]
+    lines.append(f"Matched within tolerance: {tolerated['count']}")
+    for entry in tolerated["entries"][:5]:
+        lines.append(f"    {entry['staging_entry_id']}  order {entry['order_id'] or '-'}  {entry['amount']}"
+                     f" {entry['currency']}  variance {entry['variance']} booked to {entry['variance_account_id']}")
     waiting = report["waiting"]
     lines.append(f"Waiting for a match (not exceptions): {waiting['count']}")
     for task in waiting["tasks"][:5]:
