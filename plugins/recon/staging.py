@@ -407,7 +407,9 @@ _UPDATE_STAGING = sa.text(
     """
     UPDATE staging_entries s SET
         status = u.status,
-        metadata = CASE WHEN u.status = 'PROCESSED' THEN (s.metadata - 'error' - 'error_type') || u.patch
+        -- the reasons of an earlier review (a reprocessed entry) go when it is processed
+        metadata = CASE WHEN u.status = 'PROCESSED'
+                        THEN (s.metadata - 'error' - 'error_type' - 'mismatched_fields' - 'candidates') || u.patch
                         ELSE s.metadata || u.patch END,
         discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END,
         updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
@@ -463,7 +465,8 @@ def reopen_for_review(
                       AND (CAST(:ids AS text[]) IS NULL OR s.staging_entry_id = ANY(CAST(:ids AS text[])))
                     FOR UPDATE OF s
                 )
-                UPDATE staging_entries s SET status = 'PENDING', metadata = s.metadata - 'error' - 'error_type'
+                UPDATE staging_entries s SET status = 'PENDING',
+                    metadata = s.metadata - 'error' - 'error_type' - 'mismatched_fields' - 'candidates'
                 FROM in_scope WHERE s.staging_entry_id = in_scope.staging_entry_id
                 RETURNING s.staging_entry_id
                 """
