@@ -18,6 +18,7 @@ raw SQL) does the same, so a confirmation never races its own order.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import random
 from collections import Counter
@@ -57,7 +58,8 @@ class Books:
 def create_keyed_books(db: Database, books: Books) -> None:
     """Pairs of the first merchant whose rules match otherwise (edge cases): bank lines carrying the
     order id in metadata.reference, with a 0.05 tolerance; bank lines matched by amount alone, within
-    0.1 % and 3 days; both with a variance account."""
+    0.1 % and 3 days; both with a variance account; bank lines matched by the end-to-end id the
+    order carried (metadata on both sides)."""
     merchant, currency = books.pairs[0].merchant_id, books.pairs[0].currency
     variance = "acc_bench_1_variance"  # create_books made it
     for kind, settings in (
@@ -65,6 +67,7 @@ def create_keyed_books(db: Database, books: Books) -> None:
                                             amount_tolerance=Decimal("0.05"), variance_account_id=variance)),
         ("amount", accounts.RuleSettings(match_keys=(("amount", "amount"),), amount_tolerance_pct=Decimal("0.1"),
                                          variance_account_id=variance, date_window_days=3)),
+        ("end_to_end", accounts.RuleSettings(match_keys=(("metadata.end_to_end_id", "metadata.end_to_end_id"),))),
     ):
         orders = accounts.create_account(merchant, f"Orders {kind} {currency}", "DEBIT_NORMAL", currency,
                                          account_id=f"acc_bench_1_orders_{kind}", db=db)
@@ -270,20 +273,23 @@ def _keyed_line(account: str, amount: Decimal, currency: str, i: int, metadata: 
                            {"source_file": "edge", "line": i, **metadata})
 
 
-def add_amount_only(db: Database, books: Books, orders: int) -> dict[str, int]:
-    """Orders on the amount-only pair of create_keyed_books, each confirmed a day later by a bank line
-    of the same amount and no reference (amounts 10.00 apart: one candidate each); bookings due now,
-    confirmations with the others. Returns the outcomes they add (for the scale check's plans)."""
+def add_keyed_orders(db: Database, books: Books, orders: int) -> dict[str, int]:
+    """Orders on the amount-only and the end-to-end pairs of create_keyed_books, each confirmed a day
+    later by a bank line: of the same amount and no reference (amounts 10.00 apart: one candidate
+    each), or carrying the order's end-to-end id. Bookings due now, confirmations with the others.
+    Returns the outcomes they add (the scale check explains their look-ups)."""
     if not books.keyed:
         create_keyed_books(db, books)
-    pair = books.keyed["amount"]
     bookings, confirmations = [], []
-    for k in range(orders):
-        amount = Decimal(100 + 10 * k)
-        bookings.append(_line(pair.bank, "DEBIT", amount, pair.currency, "TRANSACTION", k, f"AMT-{k:08d}",
-                              "bench-amount-orders.csv"))
-        confirmations.append(NewStagingEntry(pair.clearing, "CREDIT", amount, pair.currency, "CONFIRMATION",
-                                             BASE_DATE + dt.timedelta(days=1, seconds=k), {"line": k}))
+    for kind in ("amount", "end_to_end"):
+        pair = books.keyed[kind]
+        for k in range(orders):
+            amount, e2e = Decimal(100 + 10 * k), {"end_to_end_id": f"E2E-{k:08d}"} if kind == "end_to_end" else {}
+            line = _line(pair.bank, "DEBIT", amount, pair.currency, "TRANSACTION", k, f"{kind}-{k:08d}",
+                         f"bench-{kind}-orders.csv")
+            bookings.append(dataclasses.replace(line, metadata={**line.metadata, **e2e}))
+            confirmations.append(NewStagingEntry(pair.clearing, "CREDIT", amount, pair.currency, "CONFIRMATION",
+                                                 BASE_DATE + dt.timedelta(days=1, seconds=k), {"line": k, **e2e}))
     with db.begin() as conn:
         insert_staging_entries(conn, bookings)
         later = [created.task_id for created in insert_staging_entries(conn, confirmations)]
@@ -291,8 +297,8 @@ def add_amount_only(db: Database, books: Books, orders: int) -> dict[str, int]:
             sa.text("UPDATE process_tracker SET run_after = CAST(:later AS timestamptz) WHERE task_id = ANY(:ids)"),
             {"later": NOT_YET_DUE, "ids": later},
         )
-    return {outcome_key("PROCESSED", None, "NewTransactionGenerated"): orders,
-            outcome_key("PROCESSED", None, "Phase2_Fulfilled"): orders}
+    return {outcome_key("PROCESSED", None, "NewTransactionGenerated"): 2 * orders,
+            outcome_key("PROCESSED", None, "Phase2_Fulfilled"): 2 * orders}
 
 
 def _batches(lines: list[NewStagingEntry]) -> Iterator[list[NewStagingEntry]]:

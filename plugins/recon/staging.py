@@ -359,7 +359,9 @@ def queued_transaction_metadata(
         WHERE EXISTS (
             SELECT 1 FROM staging_entries s
             WHERE s.account_id = k.account_id AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
-              AND s.metadata @> CAST(k.probe AS jsonb) AND s.staging_entry_id <> ALL(CAST(%(exclude)b AS text[])))
+              AND s.metadata @> CAST(k.probe AS jsonb)
+              -- NOT IN (unnest): a hashed look-up per line; `<> ALL(array)` scans the chunk's ids per line
+              AND s.staging_entry_id NOT IN (SELECT unnest(CAST(%(exclude)b AS text[]))))
         """,
         {"accounts": [p[0] for p in probes], "probes": [json.dumps(p[1], sort_keys=True) for p in probes],
          "exclude": list(exclude)},
@@ -383,7 +385,7 @@ def queued_transaction_amounts(
             SELECT 1 FROM staging_entries s
             WHERE s.account_id = k.account_id AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
               AND s.entry_type = k.side AND s.amount BETWEEN k.low AND k.high
-              AND s.staging_entry_id <> ALL(CAST(%(exclude)b AS text[])))
+              AND s.staging_entry_id NOT IN (SELECT unnest(CAST(%(exclude)b AS text[]))))
         """,
         {"accounts": [r[0] for r in ranges], "sides": [r[1] for r in ranges], "lows": [r[2] for r in ranges],
          "highs": [r[3] for r in ranges], "exclude": list(exclude)},
