@@ -53,7 +53,7 @@ WITH base AS (
            END AS pre_error
     FROM w
     LEFT JOIN LATERAL (SELECT id, account_two_id FROM recon_rules r WHERE r.account_one_id = w.account_id
-                       ORDER BY created_at, id LIMIT 1) r ON true
+                       ORDER BY priority, id LIMIT 1) r ON true
     LEFT JOIN accounts ca ON ca.account_id = r.account_two_id
     WHERE w.processing_mode = 'TRANSACTION'
 ), ranked AS (
@@ -88,10 +88,19 @@ FROM tx WHERE error_type IS NULL
 
 CLASSIFY_CONFIRMATIONS = """
 CREATE TEMP TABLE cf ON COMMIT DROP AS
-WITH base AS (
-    SELECT w.*, EXISTS (SELECT 1 FROM recon_rules r WHERE r.account_two_id = w.account_id) AS has_rule,
-           row_number() OVER (PARTITION BY w.account_id, w.order_id ORDER BY w.n) AS k
-    FROM w WHERE w.processing_mode = 'CONFIRMATION'
+WITH keyed AS (
+    -- the benchmark's rules: the account's first rule, one key on the expected order_id, an
+    -- absolute tolerance
+    SELECT w.*, r.id IS NOT NULL AS has_rule, r.amount_tolerance, r.variance_account_id, r.by_order_id,
+           CASE WHEN r.line_field = 'order_id' THEN w.order_id ELSE w.metadata ->> substr(r.line_field, 10) END
+               AS key_value
+    FROM w
+    LEFT JOIN LATERAL (SELECT id, match_keys -> 0 ->> 'line' AS line_field, amount_tolerance, variance_account_id,
+                              match_keys = '[{"line": "order_id", "expected": "order_id"}]'::jsonb AS by_order_id
+                       FROM recon_rules WHERE account_two_id = w.account_id ORDER BY priority, id LIMIT 1) r ON true
+    WHERE w.processing_mode = 'CONFIRMATION'
+), base AS (
+    SELECT keyed.*, row_number() OVER (PARTITION BY account_id, key_value ORDER BY n) AS k FROM keyed
 ), matched AS (
     SELECT base.*, leg.*
     FROM base
@@ -101,20 +110,23 @@ WITH base AS (
                t.logical_transaction_id, t.version, t.amount AS transaction_amount,
                t.metadata AS transaction_metadata
         FROM entries e JOIN transactions t ON t.transaction_id = e.transaction_id
-        WHERE e.account_id = base.account_id AND e.order_id = base.order_id AND e.status = 'EXPECTED'
+        WHERE e.account_id = base.account_id AND e.order_id = base.key_value AND e.status = 'EXPECTED'
           AND t.status NOT IN ('ARCHIVED', 'MISMATCH') AND t.merchant_id = base.merchant_id
-        LIMIT 1) leg ON base.order_id IS NOT NULL AND base.has_rule
+        LIMIT 1) leg ON base.key_value IS NOT NULL
 ), decided AS (
     SELECT matched.*,
-           CASE WHEN order_id IS NULL THEN 'MissingOrderIdError'
-                WHEN NOT has_rule THEN 'NoReconRuleFoundError'
+           CASE WHEN NOT has_rule THEN 'NoReconRuleFoundError'
+                WHEN key_value IS NULL THEN 'MissingOrderIdError'
                 WHEN candidates > 1 THEN 'AmbiguousMatchError'
-                WHEN candidates = 1 AND k > 1 THEN 'AlreadyFulfilledError'
+                WHEN candidates = 1 AND k > 1 THEN
+                     CASE WHEN by_order_id THEN 'AlreadyFulfilledError' ELSE 'NoMatchFoundError' END
                 WHEN candidates IS NULL THEN
-                     CASE WHEN EXISTS (SELECT 1 FROM entries f WHERE f.account_id = matched.account_id
-                                       AND f.order_id = matched.order_id AND f.fulfilled_expected_entry_id IS NOT NULL)
+                     CASE WHEN by_order_id AND EXISTS (
+                              SELECT 1 FROM entries f WHERE f.account_id = matched.account_id
+                              AND f.order_id = matched.order_id AND f.fulfilled_expected_entry_id IS NOT NULL)
                           THEN 'AlreadyFulfilledError' ELSE 'NoMatchFoundError' END
-                WHEN amount <> leg_amount OR currency <> leg_currency OR entry_type <> leg_side THEN 'MismatchError'
+                WHEN abs(amount - leg_amount) > amount_tolerance OR currency <> leg_currency
+                     OR entry_type <> leg_side THEN 'MismatchError'
            END AS error_type
     FROM matched
 )
@@ -152,6 +164,12 @@ SELECT e.account_id, cf.new_transaction_id, e.entry_type, e.amount, e.currency, 
        e.metadata || jsonb_build_object('derived_from_entry_id', e.entry_id), NULL
 FROM cf JOIN entries e ON e.transaction_id = cf.old_transaction_id AND e.status = 'POSTED'
 WHERE cf.error_type IS NULL
+UNION ALL  -- a difference within tolerance: to the variance account, on the side that balances
+SELECT variance_account_id, new_transaction_id,
+       CASE WHEN amount < leg_amount THEN entry_type WHEN entry_type = 'DEBIT' THEN 'CREDIT' ELSE 'DEBIT' END,
+       abs(amount - leg_amount), currency, 'POSTED', effective_date,
+       jsonb_build_object('source_staging_entry_id', staging_entry_id, 'variance_of_entry_id', leg_entry_id), NULL
+FROM cf WHERE error_type IS NULL AND amount <> leg_amount
 """
 
 ARCHIVE = """
@@ -182,7 +200,11 @@ UNION ALL
 SELECT task_id, staging_entry_id, error_type, error,
        CASE WHEN error_type IS NULL
             THEN jsonb_build_object('matched_transaction_id', old_transaction_id, 'matched_entry_id', leg_entry_id,
-                                    'evolved_transaction_id', new_transaction_id, 'match_type', 'Phase2_Fulfilled')
+                                    'evolved_transaction_id', new_transaction_id, 'match_type',
+                                    CASE WHEN amount = leg_amount THEN 'Phase2_Fulfilled' ELSE 'FulfilledWithTolerance' END)
+                 || CASE WHEN amount = leg_amount THEN '{}'::jsonb
+                         ELSE jsonb_build_object('variance', amount - leg_amount,
+                                                 'variance_account_id', variance_account_id) END
             WHEN error_type = 'MismatchError'
             THEN jsonb_build_object('error', error, 'error_type', error_type,
                                     'matched_transaction_id', old_transaction_id, 'matched_entry_id', leg_entry_id)

@@ -117,6 +117,12 @@ def run(bench: Any) -> dict[str, Any]:
             load = workload.generate(db, args.scale_entries, seed=args.seed + 1, books=books)
             for outcome in ("PROCESSED:NewTransactionGenerated", "PROCESSED:Phase2_Fulfilled"):
                 load.expected[outcome] += rows // 2  # the history's orders, booked and fulfilled
+            # amount-only and metadata-keyed rules too (reference-keyed and tolerant rules are in the
+            # workload), so their look-ups are measured and explained with the history in place
+            keyed = max(10, args.scale_entries // 80)
+            for outcome, n in workload.add_keyed_orders(db, books, keyed).items():
+                load.expected[outcome] += n
+            load.entries += 4 * keyed
         finally:
             db.dispose()
         vacuum_analyze(url)

@@ -52,7 +52,7 @@ def _insert_entry(conn: Connection, **values: Any) -> str:
 
 def _book(conn: Connection, entry: Any) -> dict[str, Any]:
     rule = _one(conn, "SELECT id, account_two_id FROM recon_rules WHERE account_one_id = :a"
-                      " ORDER BY created_at, id LIMIT 1", a=entry.account_id)
+                      " ORDER BY priority, id LIMIT 1", a=entry.account_id)
     if rule is None:
         raise _Review(ErrorType.NO_RECON_RULE, f"no recon rule has account {entry.account_id} as account_one")
     account = _one(conn, "SELECT account_id, merchant_id, currency FROM accounts WHERE account_id = :a",
@@ -83,12 +83,18 @@ def _book(conn: Connection, entry: Any) -> dict[str, Any]:
 
 
 def _fulfil(conn: Connection, entry: Any) -> dict[str, Any]:
-    if not entry.order_id:
-        raise _Review(ErrorType.MISSING_ORDER_ID,
-                      f"confirmation {entry.staging_entry_id} has no metadata.order_id to match on")
-    if not _one(conn, "SELECT 1 FROM recon_rules WHERE account_two_id = :a LIMIT 1", a=entry.account_id):
+    """The benchmark's rules only: the first rule of the account, one key whose expected field is
+    order_id (the line's order_id or a metadata field), an optional absolute tolerance."""
+    rule = _one(conn, "SELECT id, match_keys -> 0 ->> 'line' AS line_field, amount_tolerance, variance_account_id,"
+                      " match_keys = '[{\"line\": \"order_id\", \"expected\": \"order_id\"}]' AS by_order_id"
+                      " FROM recon_rules WHERE account_two_id = :a ORDER BY priority, id LIMIT 1", a=entry.account_id)
+    if rule is None:
         raise _Review(ErrorType.NO_RECON_RULE, f"no recon rule has account {entry.account_id} as account_two"
                                                " (confirmations arrive on a rule's contra account)")
+    key = entry.order_id if rule.line_field == "order_id" else entry.metadata.get(rule.line_field[len("metadata."):])
+    if not key:
+        raise _Review(ErrorType.MISSING_ORDER_ID,
+                      f"confirmation {entry.staging_entry_id} has no {rule.line_field} to match on")
     merchant = _one(conn, "SELECT merchant_id FROM accounts WHERE account_id = :a", a=entry.account_id).merchant_id
     candidates = conn.execute(sa.text(
         "SELECT e.entry_id, e.entry_type, e.amount, e.currency, t.transaction_id, t.logical_transaction_id,"
@@ -97,9 +103,9 @@ def _fulfil(conn: Connection, entry: Any) -> dict[str, Any]:
         " WHERE e.account_id = :a AND e.order_id = :o AND e.status = 'EXPECTED'"
         " AND t.status NOT IN ('ARCHIVED', 'MISMATCH') AND t.merchant_id = :m"
         " ORDER BY t.transaction_id, e.entry_id FOR UPDATE OF t"
-    ), {"a": entry.account_id, "o": entry.order_id, "m": merchant}).all()
+    ), {"a": entry.account_id, "o": key, "m": merchant}).all()
     if not candidates:
-        if _one(conn, "SELECT 1 FROM entries WHERE account_id = :a AND order_id = :o"
+        if rule.by_order_id and _one(conn, "SELECT 1 FROM entries WHERE account_id = :a AND order_id = :o"
                       " AND fulfilled_expected_entry_id IS NOT NULL LIMIT 1", a=entry.account_id, o=entry.order_id):
             raise _Review(ErrorType.ALREADY_FULFILLED,
                           f"the expected entry for order {entry.order_id!r} on account {entry.account_id}"
@@ -112,7 +118,8 @@ def _fulfil(conn: Connection, entry: Any) -> dict[str, Any]:
                                                  f" {entry.order_id!r} on account {entry.account_id}: {ids}")
     leg = candidates[0]
     differences = []
-    if entry.amount != leg.amount:
+    tolerated = entry.amount != leg.amount and abs(entry.amount - leg.amount) <= rule.amount_tolerance
+    if entry.amount != leg.amount and not tolerated:
         differences.append(f"amount: expected {leg.amount}, got {entry.amount}")
     if entry.currency != leg.currency:
         differences.append(f"currency: expected {leg.currency}, got {entry.currency}")
@@ -143,8 +150,17 @@ def _fulfil(conn: Connection, entry: Any) -> dict[str, Any]:
         _insert_entry(conn, account=p.account_id, txn=new_txn, side=p.entry_type, amount=p.amount,
                       currency=p.currency, status="POSTED", date=p.effective_date,
                       metadata={**p.metadata, "derived_from_entry_id": p.entry_id})
-    return {"matched_transaction_id": leg.transaction_id, "matched_entry_id": leg.entry_id,
-            "evolved_transaction_id": new_txn, "match_type": "Phase2_Fulfilled"}
+    result = {"matched_transaction_id": leg.transaction_id, "matched_entry_id": leg.entry_id,
+              "evolved_transaction_id": new_txn, "match_type": "Phase2_Fulfilled"}
+    if tolerated:  # the difference to the variance account, on the side that balances
+        variance = entry.amount - leg.amount
+        side = entry.entry_type if variance < 0 else ("CREDIT" if entry.entry_type == "DEBIT" else "DEBIT")
+        _insert_entry(conn, account=rule.variance_account_id, txn=new_txn, side=side, amount=abs(variance),
+                      currency=leg.currency, status="POSTED", date=entry.effective_date,
+                      metadata={"source_staging_entry_id": entry.staging_entry_id, "variance_of_entry_id": leg.entry_id})
+        result.update(match_type="FulfilledWithTolerance", variance=str(variance),
+                      variance_account_id=rule.variance_account_id)
+    return result
 
 
 def process_one(db: Database, tracker: ProcessTracker, task_id: str, staging_entry_id: str | None) -> str:

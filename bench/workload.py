@@ -1,11 +1,13 @@
 """The benchmark's workload: books, statement lines, their expected outcomes, and checks.
 
 Several merchants, each with a PSP clearing account (CREDIT_NORMAL, a rule's account_two)
-and two bank accounts (DEBIT_NORMAL, account_one of a rule to the clearing account).
-Half of the lines are TRANSACTION lines on the bank accounts (one order each); the other
-half are CONFIRMATION lines on the clearing accounts for those orders, with about 5% amount
-mismatches, 2% unmatched orders and 1% duplicates (a second confirmation of a fulfilled
-order), shuffled.
+and two bank accounts (DEBIT_NORMAL, account_one of a rule to the clearing account), plus a shop
+account whose orders a bank-in account confirms by the order id in the bank line's
+metadata.reference. Every other merchant's PSP rules tolerate 0.05, booked to its variance
+account. Half of the lines are TRANSACTION lines (one order each); the other half are
+CONFIRMATION lines for those orders, with about 5% amount mismatches, 2% unmatched orders, 1%
+duplicates (a second confirmation of a fulfilled order) and, on tolerant rules, a third of the
+matches settled 0.03 short, shuffled.
 
 Lines go in through the project's producer (``recon.ingest.insert_staging_entries``): each
 with its PROCESS_STAGING_ENTRY task. Confirmations *arrive later*: their tasks are created
@@ -16,6 +18,7 @@ raw SQL) does the same, so a confirmation never races its own order.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import random
 from collections import Counter
@@ -41,12 +44,37 @@ class Pair:
     bank: str  # account_one, DEBIT_NORMAL
     clearing: str  # account_two, CREDIT_NORMAL
     currency: str
+    tolerant: bool = False  # the rule accepts 0.05 short or over, booked to a variance account
+    by_reference: bool = False  # confirmations carry the order id in metadata.reference
 
 
 @dataclass
 class Books:
     pairs: list[Pair]
     orphans: list[str]  # bank accounts without a rule (edge cases)
+    keyed: dict[str, Pair] = field(default_factory=dict)  # matching-rule edge cases: kind -> pair
+
+
+def create_keyed_books(db: Database, books: Books) -> None:
+    """Pairs of the first merchant whose rules match otherwise (edge cases): bank lines carrying the
+    order id in metadata.reference, with a 0.05 tolerance; bank lines matched by amount alone, within
+    0.1 % and 3 days; both with a variance account; bank lines matched by the end-to-end id the
+    order carried (metadata on both sides)."""
+    merchant, currency = books.pairs[0].merchant_id, books.pairs[0].currency
+    variance = "acc_bench_1_variance"  # create_books made it
+    for kind, settings in (
+        ("reference", accounts.RuleSettings(match_keys=(("metadata.reference", "order_id"),),
+                                            amount_tolerance=Decimal("0.05"), variance_account_id=variance)),
+        ("amount", accounts.RuleSettings(match_keys=(("amount", "amount"),), amount_tolerance_pct=Decimal("0.1"),
+                                         variance_account_id=variance, date_window_days=3)),
+        ("end_to_end", accounts.RuleSettings(match_keys=(("metadata.end_to_end_id", "metadata.end_to_end_id"),))),
+    ):
+        orders = accounts.create_account(merchant, f"Orders {kind} {currency}", "DEBIT_NORMAL", currency,
+                                         account_id=f"acc_bench_1_orders_{kind}", db=db)
+        bank = accounts.create_account(merchant, f"Bank {kind} {currency}", "CREDIT_NORMAL", currency,
+                                       account_id=f"acc_bench_1_bank_{kind}", db=db)
+        accounts.create_recon_rule(orders, bank, rule_id=f"rule_bench_1_{kind}", settings=settings, db=db)
+        books.keyed[kind] = Pair(merchant, orders, bank, currency)
 
 
 @dataclass
@@ -69,21 +97,33 @@ def create_books(db: Database, merchants: int = 4) -> Books:
         merchant = accounts.create_merchant(f"Bench merchant {m + 1}", merchant_id=f"mer_bench_{m + 1}", db=db)
         clearing = accounts.create_account(merchant, f"PSP clearing {currency}", "CREDIT_NORMAL", currency,
                                          account_id=f"acc_bench_{m + 1}_psp", db=db)
+        tolerant = m % 2 == 0
+        variance = accounts.create_account(merchant, f"Variance {currency}", "CREDIT_NORMAL", currency,
+                                           account_id=f"acc_bench_{m + 1}_variance", db=db)
+        tolerance = (accounts.RuleSettings(amount_tolerance=Decimal("0.05"), variance_account_id=variance)
+                     if tolerant else accounts.RuleSettings())
         for b in (1, 2):
             bank = accounts.create_account(merchant, f"Bank {b} {currency}", "DEBIT_NORMAL", currency, "1000.00",
                                          account_id=f"acc_bench_{m + 1}_bank{b}", db=db)
-            accounts.create_recon_rule(bank, clearing, rule_id=f"rule_bench_{m + 1}_{b}", db=db)
-            pairs.append(Pair(merchant, bank, clearing, currency))
+            accounts.create_recon_rule(bank, clearing, rule_id=f"rule_bench_{m + 1}_{b}", settings=tolerance, db=db)
+            pairs.append(Pair(merchant, bank, clearing, currency, tolerant=tolerant))
+        shop = accounts.create_account(merchant, f"Shop {currency}", "DEBIT_NORMAL", currency,
+                                       account_id=f"acc_bench_{m + 1}_shop", db=db)
+        bank_in = accounts.create_account(merchant, f"Bank in {currency}", "CREDIT_NORMAL", currency,
+                                          account_id=f"acc_bench_{m + 1}_bankin", db=db)
+        accounts.create_recon_rule(shop, bank_in, rule_id=f"rule_bench_{m + 1}_ref", db=db, settings=accounts.RuleSettings(
+            match_keys=(("metadata.reference", "order_id"),)))
+        pairs.append(Pair(merchant, shop, bank_in, currency, by_reference=True))
         orphans.append(accounts.create_account(merchant, f"Bank without rule {currency}", "DEBIT_NORMAL", currency,
                                              account_id=f"acc_bench_{m + 1}_orphan", db=db))
     return Books(pairs, orphans)
 
 
 def _line(account: str, side: str, amount: Decimal, currency: str, mode: str, i: int,
-          order_id: str | None, source: str) -> NewStagingEntry:
+          order_id: str | None, source: str, key: str = "order_id") -> NewStagingEntry:
     metadata: dict[str, Any] = {"source_file": source, "line": i}
     if order_id is not None:
-        metadata["order_id"] = order_id
+        metadata[key] = order_id
     return NewStagingEntry(account, side, amount, currency, mode, BASE_DATE + dt.timedelta(seconds=i), metadata)
 
 
@@ -112,25 +152,28 @@ def plan_lines(books: Books, entries: int, seed: int = 7, edge_cases: bool = Fal
     confirmed = rng.sample(range(n_tx), n_confirmed)
     mismatched = set(confirmed[:n_mismatch])
     matched = confirmed[n_mismatch:]
+    short = {i for k, i in enumerate(matched) if k % 3 == 0 and orders[i][0].tolerant}  # settled 0.03 short
     confirmations = []
     for k, i in enumerate(confirmed):
         pair, order_id, amount = orders[i]
         if i in mismatched:
             amount = amount + Decimal("1.00")
-        confirmations.append(_line(pair.clearing, "CREDIT", amount, pair.currency, "CONFIRMATION", k, order_id,
-                                   "bench-confirmations.csv"))
-    for k in range(n_dup):  # the same line twice: the second finds its order already fulfilled
-        pair, order_id, amount = orders[matched[k % len(matched)]]
-        confirmations.append(_line(pair.clearing, "CREDIT", amount, pair.currency, "CONFIRMATION",
-                                   n_confirmed + k, order_id, "bench-confirmations.csv"))
+        elif i in short:
+            amount = amount - Decimal("0.03")
+        confirmations.append(_confirmation(pair, amount, k, order_id))
+    # the same line twice: the second finds its order already fulfilled (order-id rules say so)
+    repeatable = [i for i in matched if not orders[i][0].by_reference and i not in short] or matched
+    for k in range(n_dup):
+        pair, order_id, amount = orders[repeatable[k % len(repeatable)]]
+        confirmations.append(_confirmation(pair, amount, n_confirmed + k, order_id))
     for k in range(n_unmatched):
         pair = books.pairs[rng.randrange(len(books.pairs))]
-        confirmations.append(_line(pair.clearing, "CREDIT", Decimal("10.00"), pair.currency, "CONFIRMATION",
-                                   n_confirmed + n_dup + k, f"UNKNOWN-{k:08d}", "bench-confirmations.csv"))
+        confirmations.append(_confirmation(pair, Decimal("10.00"), n_confirmed + n_dup + k, f"UNKNOWN-{k:08d}"))
 
     expected: dict[str, int] | None = {
         outcome_key("PROCESSED", None, "NewTransactionGenerated"): n_tx,
-        outcome_key("PROCESSED", None, "Phase2_Fulfilled"): len(matched),
+        outcome_key("PROCESSED", None, "Phase2_Fulfilled"): len(matched) - len(short),
+        outcome_key("PROCESSED", None, "FulfilledWithTolerance"): len(short),
         outcome_key("NEEDS_MANUAL_REVIEW", "MismatchError", None): len(mismatched),
         outcome_key("NEEDS_MANUAL_REVIEW", "NoMatchFoundError", None): n_unmatched,
         outcome_key("NEEDS_MANUAL_REVIEW", "AlreadyFulfilledError", None): n_dup,
@@ -146,9 +189,15 @@ def plan_lines(books: Books, entries: int, seed: int = 7, edge_cases: bool = Fal
         confirmations=len(confirmations),
         expected={k: v for k, v in expected.items() if v} if expected else None,
         mix={"orders": n_tx, "confirmed": n_confirmed, "mismatched": len(mismatched), "duplicates": n_dup,
-             "unmatched": n_unmatched, "edge_cases": int(edge_cases)},
+             "unmatched": n_unmatched, "within_tolerance": len(short),
+             "by_reference": sum(1 for i in confirmed if orders[i][0].by_reference), "edge_cases": int(edge_cases)},
     )
     return transactions, confirmations, workload
+
+
+def _confirmation(pair: Pair, amount: Decimal, i: int, order_id: str) -> NewStagingEntry:
+    return _line(pair.clearing, "CREDIT", amount, pair.currency, "CONFIRMATION", i, order_id,
+                 "bench-confirmations.csv", key="reference" if pair.by_reference else "order_id")
 
 
 def _add_edge_cases(books: Books, rng: random.Random, orders: list, mismatched: list[int],
@@ -185,7 +234,71 @@ def _add_edge_cases(books: Books, rng: random.Random, orders: list, mismatched: 
         cf.append(_line(p.clearing, "DEBIT", amount, p.currency, "CONFIRMATION", 1200 + k, order_id, "edge"))
         p, order_id, amount = orders[rng.randrange(len(orders))]
         cf.append(_line(p.clearing, "CREDIT", amount, "JPY", "CONFIRMATION", 1300 + k, order_id, "edge"))
+    if books.keyed:
+        _add_keyed_edge_cases(books, rng, tx, cf)
     return tx, cf
+
+
+def _add_keyed_edge_cases(books: Books, rng: random.Random, tx: list[NewStagingEntry],
+                          cf: list[NewStagingEntry]) -> None:
+    """Lines for the keyed rules: exact, within and beyond tolerance, unknown references; amount-only
+    matches inside and outside the window, and two orders of one amount (ambiguous)."""
+    ref, by_amount = books.keyed["reference"], books.keyed["amount"]
+    n = 5000
+    for k in range(12):
+        amount = Decimal(rng.randrange(1000, 90_000)) / 100
+        order_id = f"REF-{k}"
+        tx.append(_line(ref.bank, "DEBIT", amount, ref.currency, "TRANSACTION", n + k, order_id, "edge"))
+        paid = amount + (Decimal("0"), Decimal("-0.03"), Decimal("0.05"), Decimal("1.00"))[k % 4]
+        cf.append(_keyed_line(ref.clearing, paid, ref.currency, n + k, {"reference": order_id}))
+    cf.append(_keyed_line(ref.clearing, Decimal("5.00"), ref.currency, n + 50, {"reference": "REF-UNKNOWN"}))
+    cf.append(_keyed_line(ref.clearing, Decimal("5.00"), ref.currency, n + 51, {}))  # no reference
+    for k in range(8):
+        amount = Decimal(1000 + 37 * k) / 100
+        tx.append(_line(by_amount.bank, "DEBIT", amount, by_amount.currency, "TRANSACTION", n + 100 + k,
+                        f"AMT-{k}", "edge"))
+        paid = amount + (Decimal("0"), Decimal("0.01"))[k % 2]  # 0.01 is within 0.1 % from 10.00 on
+        days = (0, 2, 5)[k % 3]  # the third is outside the 3-day window
+        cf.append(NewStagingEntry(by_amount.clearing, "CREDIT", paid, by_amount.currency, "CONFIRMATION",
+                                  BASE_DATE + dt.timedelta(days=days, seconds=n + 100 + k), {"line": n + 100 + k}))
+    for k in range(2):  # one amount booked twice: ambiguous
+        tx.append(_line(by_amount.bank, "DEBIT", Decimal("77.00"), by_amount.currency, "TRANSACTION",
+                        n + 200 + k, f"AMT-TWICE-{k}", "edge"))
+    cf.append(NewStagingEntry(by_amount.clearing, "CREDIT", Decimal("77.00"), by_amount.currency, "CONFIRMATION",
+                              BASE_DATE + dt.timedelta(seconds=n + 200), {"line": n + 200}))
+
+
+def _keyed_line(account: str, amount: Decimal, currency: str, i: int, metadata: dict[str, Any]) -> NewStagingEntry:
+    return NewStagingEntry(account, "CREDIT", amount, currency, "CONFIRMATION", BASE_DATE + dt.timedelta(seconds=i),
+                           {"source_file": "edge", "line": i, **metadata})
+
+
+def add_keyed_orders(db: Database, books: Books, orders: int) -> dict[str, int]:
+    """Orders on the amount-only and the end-to-end pairs of create_keyed_books, each confirmed a day
+    later by a bank line: of the same amount and no reference (amounts 10.00 apart: one candidate
+    each), or carrying the order's end-to-end id. Bookings due now, confirmations with the others.
+    Returns the outcomes they add (the scale check explains their look-ups)."""
+    if not books.keyed:
+        create_keyed_books(db, books)
+    bookings, confirmations = [], []
+    for kind in ("amount", "end_to_end"):
+        pair = books.keyed[kind]
+        for k in range(orders):
+            amount, e2e = Decimal(100 + 10 * k), {"end_to_end_id": f"E2E-{k:08d}"} if kind == "end_to_end" else {}
+            line = _line(pair.bank, "DEBIT", amount, pair.currency, "TRANSACTION", k, f"{kind}-{k:08d}",
+                         f"bench-{kind}-orders.csv")
+            bookings.append(dataclasses.replace(line, metadata={**line.metadata, **e2e}))
+            confirmations.append(NewStagingEntry(pair.clearing, "CREDIT", amount, pair.currency, "CONFIRMATION",
+                                                 BASE_DATE + dt.timedelta(days=1, seconds=k), {"line": k, **e2e}))
+    with db.begin() as conn:
+        insert_staging_entries(conn, bookings)
+        later = [created.task_id for created in insert_staging_entries(conn, confirmations)]
+        conn.execute(
+            sa.text("UPDATE process_tracker SET run_after = CAST(:later AS timestamptz) WHERE task_id = ANY(:ids)"),
+            {"later": NOT_YET_DUE, "ids": later},
+        )
+    return {outcome_key("PROCESSED", None, "NewTransactionGenerated"): 2 * orders,
+            outcome_key("PROCESSED", None, "Phase2_Fulfilled"): 2 * orders}
 
 
 def _batches(lines: list[NewStagingEntry]) -> Iterator[list[NewStagingEntry]]:
@@ -197,6 +310,8 @@ def generate(db: Database, entries: int, seed: int = 7, merchants: int = 4, edge
              books: Books | None = None) -> Workload:
     """Books (unless given) + lines in `db`: TRANSACTION lines due now, CONFIRMATION lines not yet due."""
     books = books or create_books(db, merchants)
+    if edge_cases and not books.keyed:
+        create_keyed_books(db, books)
     transactions, confirmations, workload = plan_lines(books, entries, seed, edge_cases)
     with db.begin() as conn:
         for batch in _batches(transactions):

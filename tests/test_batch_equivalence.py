@@ -59,10 +59,11 @@ def drain(db: Database, batch_size: int, chunk_size: int) -> None:
 def state(db: Database) -> dict[str, Any]:
     with db.begin() as conn:
         staging = {
-            r.staging_entry_id: (r.status, r.error_type, r.match_type)
+            r.staging_entry_id: (r.status, r.error_type, r.match_type, r.variance, r.fields)
             for r in conn.execute(sa.text(
                 "SELECT staging_entry_id, status, metadata ->> 'error_type' AS error_type,"
-                " metadata ->> 'match_type' AS match_type FROM staging_entries"))
+                " metadata ->> 'match_type' AS match_type, metadata ->> 'variance' AS variance,"
+                " metadata ->> 'mismatched_fields' AS fields FROM staging_entries"))
         }
         entries = Counter(tuple(r) for r in conn.execute(sa.text(
             "SELECT e.account_id, e.entry_type, e.amount, e.status, t.version"
@@ -94,7 +95,8 @@ def test_batch_path_and_per_task_path_end_in_the_same_books(staged, batch_size, 
     outcomes = Counter(s[1] or s[2] for s in want["staging"].values())
     for expected in ("NewTransactionGenerated", "Phase2_Fulfilled", "MismatchError", "NoMatchFoundError",
                      "AlreadyFulfilledError", "AmbiguousMatchError", "DuplicateOrderError",
-                     "NoReconRuleFoundError", "CurrencyMismatchError", "MissingOrderIdError"):
+                     "NoReconRuleFoundError", "CurrencyMismatchError", "MissingOrderIdError",
+                     "FulfilledWithTolerance"):
         assert outcomes[expected], f"no {expected} in the workload: {outcomes}"
     for db in (one_at_a_time, batched):
         assert ledger.check_invariants(db).ok

@@ -3,6 +3,8 @@ module whose SQL reads or writes ``merchant_accounts``, ``accounts`` and ``recon
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 from typing import Sequence
 
@@ -10,6 +12,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from recon import match_keys
 from recon.db import Database
 from recon.errors import ConflictError, InvalidInputError, NotFoundError
 from recon.model import Account, AccountType, Merchant, ReconRule
@@ -89,9 +92,63 @@ def create_account(
     return created
 
 
-def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | None = None, *, db: Database) -> str:
-    """A rule maps account_one (where entries arrive) to its contra account_two."""
+@dataclass(frozen=True)
+class RuleSettings:
+    """What a rule matches on and tolerates (sql/0014); every field checked by ``check``."""
+
+    priority: int | None = None  # None: after every rule already on either account
+    match_keys: tuple[tuple[str, str], ...] = match_keys.DEFAULT_KEYS
+    amount_tolerance: Decimal = Decimal(0)
+    amount_tolerance_pct: Decimal = Decimal(0)
+    variance_account_id: str | None = None
+    date_window_days: int | None = None
+    aging_days: int | None = None
+
+    @classmethod
+    def of(cls, rule: ReconRule) -> "RuleSettings":
+        return cls(**{f.name: getattr(rule, f.name) for f in fields(cls)})
+
+    def check(self) -> "RuleSettings":
+        """The settings with parsed values, or InvalidInputError naming the first bad one."""
+        tolerance = _non_negative(self.amount_tolerance, "amount_tolerance")
+        pct = _non_negative(self.amount_tolerance_pct, "amount_tolerance_pct", most=Decimal(100))
+        if (tolerance or pct) and self.variance_account_id is None:
+            raise InvalidInputError("an amount tolerance needs a variance account (variance_account_id) to book"
+                                    " the difference to", field="variance_account_id")
+        return replace(
+            self,
+            priority=None if self.priority is None else _whole(self.priority, "priority", 1_000_000),
+            match_keys=match_keys.check_match_keys(self.match_keys),
+            amount_tolerance=tolerance, amount_tolerance_pct=pct,
+            variance_account_id=_chosen_id(self.variance_account_id, "variance_account_id"),
+            date_window_days=None if self.date_window_days is None else _whole(self.date_window_days, "date_window_days", 3660),
+            aging_days=None if self.aging_days is None else _whole(self.aging_days, "aging_days", 3660),
+        )
+
+
+def _whole(value: object, field: str, most: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().isdigit():
+        raise InvalidInputError(f"{field} must be a whole number from 0 to {most}, got {value!r}", field=field)
+    number = int(value)
+    if number > most:
+        raise InvalidInputError(f"{field} must be a whole number from 0 to {most}, got {value!r}", field=field)
+    return number
+
+
+def _non_negative(value: object, field: str, most: Decimal | None = None) -> Decimal:
+    number = parse_balance(value, field=field)
+    if number < 0 or (most is not None and number > most):
+        bound = f" and at most {most}" if most is not None else ""
+        raise InvalidInputError(f"{field} must be at least 0{bound}, got {value!r}", field=field)
+    return number
+
+
+def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | None = None,
+                      settings: RuleSettings = RuleSettings(), *, db: Database) -> str:
+    """A rule maps account_one (where TRANSACTION lines arrive) to its contra account_two (where
+    their confirmations arrive), with what confirmations are matched on and tolerated."""
     rule_id = _chosen_id(rule_id, "rule id")
+    settings = settings.check()
     if account_one_id == account_two_id:
         raise InvalidInputError(f"a recon rule needs two distinct accounts, got {account_one_id!r} twice")
     with db.begin() as conn:
@@ -107,23 +164,99 @@ def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | N
                 f"accounts {one.account_id} ({one.currency}) and {two.account_id} ({two.currency})"
                 " have different currencies"
             )
+        _lock_rules(conn)
         existing = conn.execute(
             sa.text("SELECT id FROM recon_rules WHERE account_one_id = :a AND account_two_id = :b"),
             {"a": account_one_id, "b": account_two_id},
         ).scalar()
         if existing:
             raise ConflictError(f"recon rule {existing} already maps {account_one_id} to {account_two_id}")
+        _check_settings(conn, one.account_id, two, settings, rule_id=None)
         created = conn.execute(
             sa.text(
-                "INSERT INTO recon_rules (id, merchant_id, account_one_id, account_two_id)"
-                " VALUES (coalesce(:id, recon_new_id('rule')), :m, :a, :b)"
+                "INSERT INTO recon_rules (id, merchant_id, account_one_id, account_two_id, priority, match_keys,"
+                " amount_tolerance, amount_tolerance_pct, variance_account_id, date_window_days, aging_days)"
+                " VALUES (coalesce(:id, recon_new_id('rule')), :m, :a, :b, :priority, CAST(:keys AS jsonb),"
+                " :tolerance, :pct, :variance, :window, :aging)"
                 " ON CONFLICT (id) DO NOTHING RETURNING id"
             ),
-            {"id": rule_id, "m": one.merchant_id, "a": account_one_id, "b": account_two_id},
+            {"id": rule_id, "m": one.merchant_id, "a": account_one_id, "b": account_two_id,
+             **_settings_params(settings)},
         ).scalar()
     if created is None:
         raise ConflictError(f"rule id {rule_id!r} is already taken", field="rule_id")
     return created
+
+
+def update_recon_rule(rule_id: str, changes: dict[str, object], *, db: Database) -> ReconRule:
+    """Change some of a rule's settings (names of RuleSettings fields); its accounts stay. Checked
+    as on creation; the rule row is locked, so two changes of one rule take turns."""
+    unknown = sorted(set(changes) - {f.name for f in fields(RuleSettings)})
+    if unknown:
+        raise InvalidInputError(f"unknown rule setting(s): {', '.join(unknown)}", field=unknown[0])
+    with db.begin() as conn:
+        _lock_rules(conn)
+        rule = get_rule(rule_id, conn)
+        settings = replace(RuleSettings.of(rule), **changes).check()  # type: ignore[arg-type]
+        if settings.priority is None:
+            raise InvalidInputError("priority cannot be removed from a rule", field="priority")
+        _check_settings(conn, rule.account_one_id, get_account(rule.account_two_id, conn), settings, rule_id=rule.id)
+        conn.execute(
+            sa.text(
+                "UPDATE recon_rules SET priority = :priority, match_keys = CAST(:keys AS jsonb),"
+                " amount_tolerance = :tolerance, amount_tolerance_pct = :pct, variance_account_id = :variance,"
+                " date_window_days = :window, aging_days = :aging, updated_at = now() WHERE id = :id"
+            ),
+            {"id": rule.id, **_settings_params(settings)},
+        )
+        return get_rule(rule.id, conn)
+
+
+def _lock_rules(conn: Connection) -> None:
+    """Rule changes take turns (a transaction-scoped lock), so the tie check sees every other
+    change; the engine only reads rules and never waits for it."""
+    conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended('recon_rules', 0))"))
+
+
+def _check_settings(conn: Connection, account_one_id: str, two: Account, settings: RuleSettings,
+                    rule_id: str | None) -> None:
+    """What the accounts decide: the variance account (same merchant and currency as the contra
+    account, neither of the rule's own accounts) and no priority tie on either account."""
+    if settings.variance_account_id is not None:
+        variance = get_account(settings.variance_account_id, conn)
+        if variance.account_id in (account_one_id, two.account_id):
+            raise InvalidInputError(f"variance account {variance.account_id} must differ from the rule's accounts",
+                                    field="variance_account_id")
+        if variance.merchant_id != two.merchant_id:
+            raise InvalidInputError(f"variance account {variance.account_id} belongs to merchant"
+                                    f" {variance.merchant_id}, not {two.merchant_id}", field="variance_account_id")
+        if variance.currency != two.currency:
+            raise InvalidInputError(f"variance account {variance.account_id} is in {variance.currency}, the contra"
+                                    f" account {two.account_id} in {two.currency}", field="variance_account_id")
+    if settings.priority is not None:
+        tie = conn.execute(
+            sa.text("SELECT id FROM recon_rules WHERE priority = :p AND id IS DISTINCT FROM :id"
+                    " AND (account_one_id = :one OR account_two_id = :two) ORDER BY id LIMIT 1"),
+            {"p": settings.priority, "id": rule_id, "one": account_one_id, "two": two.account_id},
+        ).scalar()
+        if tie:
+            raise ConflictError(f"priority {settings.priority} is taken by rule {tie}, which applies to the same"
+                                " account: choose another priority", field="priority")
+
+
+def _settings_params(settings: RuleSettings) -> dict[str, object]:
+    return {"priority": settings.priority,
+            "keys": json.dumps([{"line": line, "expected": expected} for line, expected in settings.match_keys]),
+            "tolerance": settings.amount_tolerance, "pct": settings.amount_tolerance_pct,
+            "variance": settings.variance_account_id, "window": settings.date_window_days,
+            "aging": settings.aging_days}
+
+
+def list_rules(conn: Connection) -> list[ReconRule]:
+    """Every rule, by merchant, contra account and (priority, id): the order confirmations try them."""
+    rows = conn.execute(sa.text(f"SELECT {_RULE_COLUMNS} FROM recon_rules ORDER BY merchant_id, account_two_id,"
+                                " priority, id"))
+    return [ReconRule.from_row(r) for r in rows]
 
 
 def get_account(account_id: str, conn: Connection) -> Account:

@@ -106,8 +106,112 @@ def cmd_rule_create(args: argparse.Namespace) -> int:
     from recon import accounts
 
     _announce_database()
-    print(accounts.create_recon_rule(args.account_one, args.account_two, rule_id=args.id, db=default_database()))
+    settings = accounts.RuleSettings(**_rule_changes(args))
+    print(accounts.create_recon_rule(args.account_one, args.account_two, rule_id=args.id, settings=settings,
+                                     db=default_database()))
     return 0
+
+
+def cmd_rule_list(args: argparse.Namespace) -> int:
+    from recon import accounts
+
+    _announce_database()
+    with default_database().begin() as conn:
+        rules = accounts.list_rules(conn)
+    _print([_rule_dict(r) for r in rules], args.json,
+           "\n".join(_rule_line(r) for r in rules) if rules else "no recon rules")
+    return 0
+
+
+def cmd_rule_show(args: argparse.Namespace) -> int:
+    from recon import accounts
+
+    _announce_database()
+    with default_database().begin() as conn:
+        rule = accounts.get_rule(args.rule_id, conn)
+    _print(_rule_dict(rule), args.json, _rule_text(rule))
+    return 0
+
+
+def cmd_rule_update(args: argparse.Namespace) -> int:
+    from recon import accounts
+    from recon.errors import InvalidInputError
+
+    changes = _rule_changes(args)
+    if not changes:
+        raise InvalidInputError("nothing to change: give at least one setting (see `recon rule update --help`)")
+    _announce_database()
+    print(_rule_text(accounts.update_recon_rule(args.rule_id, changes, db=default_database())))
+    return 0
+
+
+def cmd_rule_delete(args: argparse.Namespace) -> int:
+    from recon import accounts
+
+    _announce_database()
+    accounts.delete_recon_rule(args.rule_id, db=default_database())
+    print(f"deleted recon rule {args.rule_id}")
+    return 0
+
+
+def _rule_changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The rule settings given on the command line (RuleSettings field names), checked by accounts."""
+    from recon import match_keys
+
+    changes: dict[str, Any] = {}
+    if args.match_key:
+        changes["match_keys"] = tuple(match_keys.parse_match_key(k) for k in args.match_key)
+    for name in ("priority", "amount_tolerance", "amount_tolerance_pct", "date_window_days", "aging_days"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.variance_account is not None:
+        changes["variance_account_id"] = args.variance_account
+    for flag, name in (("no_variance_account", "variance_account_id"), ("no_date_window", "date_window_days"),
+                       ("default_aging", "aging_days")):
+        if getattr(args, flag, False):
+            changes[name] = None
+    return changes
+
+
+def _rule_dict(rule: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    data = asdict(rule)
+    data["match_keys"] = [{"line": line, "expected": expected} for line, expected in rule.match_keys]
+    return data
+
+
+def _rule_line(rule: Any) -> str:
+    from recon import match_keys
+
+    return (f"{rule.id}  {rule.account_one_id} -> {rule.account_two_id}  priority {rule.priority}"
+            f"  keys {match_keys.keys_text(rule.match_keys)}{_tolerance_text(rule)}")
+
+
+def _tolerance_text(rule: Any) -> str:
+    if not (rule.amount_tolerance or rule.amount_tolerance_pct):
+        return ""
+    return (f"  tolerance max({rule.amount_tolerance}, {rule.amount_tolerance_pct}%)"
+            f" -> {rule.variance_account_id}")
+
+
+def _rule_text(rule: Any) -> str:
+    from recon import match_keys
+
+    window = f"±{rule.date_window_days} days" if rule.date_window_days is not None else "none"
+    aging = f"{rule.aging_days} days after effective_date" if rule.aging_days is not None else (
+        f"RECON_MATCHING_WINDOW_SECONDS ({settings.matching_window_seconds()} s) after arrival")
+    return "\n".join([
+        f"rule {rule.id} (merchant {rule.merchant_id})",
+        f"  account_one        {rule.account_one_id}",
+        f"  account_two        {rule.account_two_id}",
+        f"  priority           {rule.priority}",
+        f"  match keys         {match_keys.keys_text(rule.match_keys)}",
+        f"  amount tolerance   {rule.amount_tolerance} or {rule.amount_tolerance_pct}% of the expected amount",
+        f"  variance account   {rule.variance_account_id or '-'}",
+        f"  date window        {window}",
+        f"  ageing             {aging}",
+    ])
 
 
 # ---- work -----------------------------------------------------------------------------------
@@ -247,6 +351,20 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _rule_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--priority", metavar="N", help="lower first; default: after the rules on these accounts")
+    parser.add_argument("--match-key", action="append", metavar="LINE_FIELD[=EXPECTED_FIELD]",
+                        help="repeatable (all must agree): order_id, amount or metadata.<name>;"
+                             " default order_id")
+    parser.add_argument("--amount-tolerance", metavar="X", help="absolute, e.g. 0.05")
+    parser.add_argument("--amount-tolerance-pct", metavar="P", help="percent of the expected amount")
+    parser.add_argument("--variance-account", metavar="ACCOUNT", help="books differences within tolerance")
+    parser.add_argument("--date-window-days", metavar="D", help="candidates within ±D days of the line")
+    parser.add_argument("--aging-days", metavar="D",
+                        help="an unmatched line waits D days after its effective_date (default:"
+                             " RECON_MATCHING_WINDOW_SECONDS after arrival)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from recon.ingest import files as ingest_files
 
@@ -288,12 +406,30 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--id", help="account_id (default: generated)")
     create.set_defaults(func=cmd_account_create)
 
-    rule = group("rule", "recon rules")
+    rule = group("rule", "recon rules: create, list, show, update, delete")
     create = rule.add_parser("create", help="map account_one (entries arrive) to its contra account_two")
     create.add_argument("--account-one", required=True)
     create.add_argument("--account-two", required=True)
     create.add_argument("--id", help="rule id (default: generated)")
+    _rule_arguments(create)
     create.set_defaults(func=cmd_rule_create)
+    listing = rule.add_parser("list", help="every rule, in the order confirmations try them")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_rule_list)
+    show = rule.add_parser("show", help="one rule's settings")
+    show.add_argument("rule_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_rule_show)
+    update = rule.add_parser("update", help="change a rule's settings (its accounts stay)")
+    update.add_argument("rule_id")
+    _rule_arguments(update)
+    update.add_argument("--no-variance-account", action="store_true", help="remove the variance account")
+    update.add_argument("--no-date-window", action="store_true", help="remove the date window")
+    update.add_argument("--default-aging", action="store_true", help="age by RECON_MATCHING_WINDOW_SECONDS again")
+    update.set_defaults(func=cmd_rule_update)
+    delete = rule.add_parser("delete", help="delete a rule no ledger entry refers to")
+    delete.add_argument("rule_id")
+    delete.set_defaults(func=cmd_rule_delete)
 
     ingest = commands.add_parser("ingest", help="ingest a statement file (CSV, camt.053/054, MT940/942, BAI2)")
     ingest.add_argument("file")

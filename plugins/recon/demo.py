@@ -1,6 +1,7 @@
-"""The demo data set: one merchant, a bank account and its PSP clearing account, a rule,
-and two statement files (demo/transactions.csv, demo/confirmations.csv) that include a
-duplicate line, an invalid line, amount and side mismatches and an unmatched confirmation.
+"""The demo data set: one merchant, a bank account, its PSP clearing account and a variance
+account, a rule with a 0.05 tolerance, and two statement files (demo/transactions.csv,
+demo/confirmations.csv) that include a duplicate line, an invalid line, a settlement 0.02 short
+(booked to the variance account), amount and side mismatches and an unmatched confirmation.
 
 The demo runs in its own database (``recon_demo`` on the same server as the resolved
 database), recreated on every run, so it is repeatable and never touches real data.
@@ -8,6 +9,7 @@ database), recreated on every run, so it is repeatable and never touches real da
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -57,7 +59,11 @@ def load_demo_data(db: Database) -> dict[str, Any]:
                                  account_id="acc_demo_bank", db=db)
     psp = accounts.create_account(merchant, "PSP clearing USD", "CREDIT_NORMAL", "USD",
                                 account_id="acc_demo_psp", db=db)
-    accounts.create_recon_rule(bank, psp, rule_id="rule_demo_bank_psp", db=db)
+    variance = accounts.create_account(merchant, "Settlement differences USD", "CREDIT_NORMAL", "USD",
+                                       account_id="acc_demo_variance", db=db)
+    # the PSP settles within 5 cents of the order (fees, rounding): the difference goes to `variance`
+    accounts.create_recon_rule(bank, psp, rule_id="rule_demo_bank_psp", db=db, settings=accounts.RuleSettings(
+        amount_tolerance=Decimal("0.05"), variance_account_id=variance))
     transactions = ingest_csv(DEMO_DIR / "transactions.csv", bank, "TRANSACTION", db=db)
     confirmations = ingest_csv(DEMO_DIR / "confirmations.csv", psp, "CONFIRMATION", db=db)
     return {"transactions": transactions, "confirmations": confirmations}

@@ -10,6 +10,7 @@ engine's reads are set-based too: one statement per chunk for each question a st
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -21,7 +22,7 @@ from sqlalchemy.engine import Connection
 from recon import accounts
 from recon.db import Database, json_rows
 from recon.errors import LedgerInvariantError
-from recon.model import Account, ExpectedLeg, PostedLeg
+from recon.model import Account, EntryType, ExpectedLeg, PostedLeg, StagingEntry
 
 
 _RANDOM_HEX: list[str] = []  # 128-bit random ids drawn 1,024 at a time (one urandom call)
@@ -161,6 +162,58 @@ def assert_balanced(conn: Connection, transaction_ids: Iterable[str]) -> None:
     if rows:
         shown = ", ".join(f"{r.transaction_id} {r.currency} off by {r.difference}" for r in rows[:5])
         raise LedgerInvariantError(f"{len(rows)} unbalanced transaction(s): {shown}")
+
+
+def book_fulfilment(batch: LedgerBatch, leg: ExpectedLeg, posted_legs: Sequence[PostedLeg], line: StagingEntry,
+                    variance_account_id: str | None = None) -> str:
+    """Fulfil an expected leg with a statement line; returns the new version's transaction id.
+
+    Version N is archived; version N+1 is POSTED with the fulfilling leg on the line's account at the
+    line's amount, the POSTED legs carried over, and, when the line's amount differs from the
+    expected one, a variance leg on `variance_account_id` for the difference, on the side that
+    balances the transaction. The matching strategy uses it within a rule's tolerance; a reviewer
+    accepting a mismatch books the same way.
+    """
+    difference = line.amount - leg.amount
+    if difference and variance_account_id is None:
+        raise ValueError(f"line {line.staging_entry_id} differs from expected entry {leg.entry_id} by"
+                         f" {difference}: a variance account is needed to book the difference")
+    transaction_id = new_id("txn")
+    batch.archive_transaction_ids.append(leg.transaction_id)
+    variance = {"variance": str(difference), "variance_account_id": variance_account_id} if difference else {}
+    batch.transactions.append(NewTransaction(
+        transaction_id=transaction_id, logical_transaction_id=leg.logical_transaction_id, version=leg.version + 1,
+        amount=leg.transaction_amount, currency=leg.currency, merchant_id=leg.merchant_id, status="POSTED",
+        metadata={**leg.transaction_metadata, "evolved_from_transaction_id": leg.transaction_id,
+                  "fulfilled_expected_entry_id": leg.entry_id, **variance},
+        source_staging_entry_id=line.staging_entry_id,
+    ))
+    legs = [NewEntry(
+        entry_id=new_id("ent"), account_id=line.account_id, transaction_id=transaction_id,
+        entry_type=leg.entry_type, amount=line.amount, currency=leg.currency, status="POSTED",
+        effective_date=line.effective_date,
+        metadata={**line.metadata, "source_staging_entry_id": line.staging_entry_id,
+                  "fulfilled_expected_entry_id": leg.entry_id},
+        fulfilled_expected_entry_id=leg.entry_id,
+    )]
+    legs.extend(NewEntry(
+        entry_id=new_id("ent"), account_id=posted.account_id, transaction_id=transaction_id,
+        entry_type=posted.entry_type, amount=posted.amount, currency=posted.currency, status="POSTED",
+        effective_date=posted.effective_date, metadata={**posted.metadata, "derived_from_entry_id": posted.entry_id},
+    ) for posted in posted_legs)
+    if difference:
+        debits_over_credits = sum((e.amount if e.entry_type == EntryType.DEBIT else -e.amount for e in legs),
+                                  Decimal(0))
+        legs.append(NewEntry(
+            entry_id=new_id("ent"), account_id=variance_account_id, transaction_id=transaction_id,
+            entry_type=(EntryType.CREDIT if debits_over_credits > 0 else EntryType.DEBIT).value,
+            amount=abs(debits_over_credits), currency=leg.currency, status="POSTED",
+            effective_date=line.effective_date,
+            metadata={"source_staging_entry_id": line.staging_entry_id, "variance_of_entry_id": leg.entry_id,
+                      **({"order_id": leg.order_id} if leg.order_id else {})},
+        ))
+    batch.entries.extend(legs)
+    return transaction_id
 
 
 @dataclass(frozen=True)
@@ -324,8 +377,13 @@ def lock_logical_ids(conn: Connection, logical_ids: Sequence[str]) -> None:
 _EXPECTED_LEG_COLUMNS = """
     e.entry_id, e.account_id, e.order_id, e.entry_type, e.amount, e.currency,
     t.transaction_id, t.logical_transaction_id, t.version, t.merchant_id,
-    t.amount AS transaction_amount, {transaction_metadata}
+    t.amount AS transaction_amount, {transaction_metadata}, e.effective_date
 """
+
+
+def _expected_leg(row: Sequence[Any]) -> ExpectedLeg:
+    """A row of _EXPECTED_LEG_COLUMNS (its transaction metadata NULL when not selected)."""
+    return ExpectedLeg(*row[:11], row[11] or {}, row[12])
 _OPEN = "e.status = 'EXPECTED' AND t.status NOT IN ('ARCHIVED', 'MISMATCH')"
 
 
@@ -350,9 +408,64 @@ def expected_legs_by_order(
     )
     legs: dict[tuple[str, str], list[ExpectedLeg]] = {}
     for r in rows:  # in ExpectedLeg's field order
-        leg = ExpectedLeg(*r) if metadata else ExpectedLeg(*r[:-1], {})
+        leg = _expected_leg(r)
         legs.setdefault((leg.account_id, leg.order_id), []).append(leg)
     return legs
+
+
+def expected_legs_by_metadata(
+    conn: Connection, probes: Sequence[tuple[str, dict[str, str]]], lock: bool
+) -> list[list[ExpectedLeg]]:
+    """Open EXPECTED legs per (account, metadata the leg must contain), in the probes' order; each
+    probe's legs in a fixed order (transaction id, entry id), with `lock` locked FOR UPDATE in it.
+    One statement for a chunk: each probe is a look-up of entries_expected_metadata_idx."""
+    if not probes:
+        return []
+    columns = _EXPECTED_LEG_COLUMNS.format(transaction_metadata=_NO_METADATA)
+    rows = conn.exec_driver_sql(
+        f"""
+        SELECT k.i, {columns}
+        FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(probes)b AS text[])) WITH ORDINALITY
+            AS k(account_id, probe, i)
+        JOIN entries e ON e.account_id = k.account_id AND e.metadata @> CAST(k.probe AS jsonb)
+        JOIN transactions t ON t.transaction_id = e.transaction_id
+        WHERE {_OPEN}
+        ORDER BY t.transaction_id, e.entry_id
+        """ + (" FOR UPDATE OF t" if lock else ""),
+        {"accounts": [p[0] for p in probes], "probes": [json.dumps(p[1], sort_keys=True) for p in probes]},
+    )
+    found: list[list[ExpectedLeg]] = [[] for _ in probes]
+    for r in rows:
+        found[r[0] - 1].append(_expected_leg(r[1:]))
+    return found
+
+
+def expected_legs_by_amount(
+    conn: Connection, ranges: Sequence[tuple[str, str, Decimal, Decimal]], lock: bool
+) -> list[list[ExpectedLeg]]:
+    """Open EXPECTED legs per (account, side, lowest, highest amount), in the ranges' order, each
+    range's legs in a fixed order; one statement for a chunk along entries_expected_amount_idx."""
+    if not ranges:
+        return []
+    columns = _EXPECTED_LEG_COLUMNS.format(transaction_metadata=_NO_METADATA)
+    rows = conn.exec_driver_sql(
+        f"""
+        SELECT k.i, {columns}
+        FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(sides)b AS text[]), CAST(%(lows)b AS numeric[]),
+                    CAST(%(highs)b AS numeric[])) WITH ORDINALITY AS k(account_id, side, low, high, i)
+        JOIN entries e ON e.account_id = k.account_id AND e.amount BETWEEN k.low AND k.high
+                      AND e.entry_type = k.side
+        JOIN transactions t ON t.transaction_id = e.transaction_id
+        WHERE {_OPEN}
+        ORDER BY t.transaction_id, e.entry_id
+        """ + (" FOR UPDATE OF t" if lock else ""),
+        {"accounts": [r[0] for r in ranges], "sides": [r[1] for r in ranges],
+         "lows": [r[2] for r in ranges], "highs": [r[3] for r in ranges]},
+    )
+    found: list[list[ExpectedLeg]] = [[] for _ in ranges]
+    for r in rows:
+        found[r[0] - 1].append(_expected_leg(r[1:]))
+    return found
 
 
 def lock_open_legs(conn: Connection, entry_ids: Sequence[str]) -> dict[str, ExpectedLeg]:
@@ -371,7 +484,7 @@ def lock_open_legs(conn: Connection, entry_ids: Sequence[str]) -> dict[str, Expe
         """,
         {"ids": sorted(entry_ids)},
     )
-    return {r[0]: ExpectedLeg(*r) for r in rows}
+    return {r[0]: _expected_leg(r) for r in rows}
 
 
 def posted_legs(conn: Connection, transaction_ids: Sequence[str]) -> dict[str, list[PostedLeg]]:

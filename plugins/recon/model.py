@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Sequence
 
@@ -129,6 +129,10 @@ class ExpectedLeg:
     merchant_id: str
     transaction_amount: Decimal
     transaction_metadata: dict[str, Any]
+    effective_date: dt.datetime | None = None
+    # the booked line's metadata (match keys compare against it); empty when read for a look-up the
+    # database already matched
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -344,6 +344,55 @@ def queued_transaction_orders(
     return {(r.account_id, r.order_id) for r in rows}
 
 
+def queued_transaction_metadata(
+    conn: Connection, probes: Sequence[tuple[str, dict[str, str]]], exclude: Sequence[str]
+) -> set[int]:
+    """Positions of the (account, metadata) probes that a PENDING TRANSACTION line of that account
+    contains, leaving out `exclude`. The queued lines of an account are few once bookings run ahead of
+    confirmations; each probe reads them along staging_entries_queued_transaction_idx."""
+    if not probes:
+        return set()
+    rows = conn.exec_driver_sql(
+        """
+        SELECT k.i FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(probes)b AS text[])) WITH ORDINALITY
+            AS k(account_id, probe, i)
+        WHERE EXISTS (
+            SELECT 1 FROM staging_entries s
+            WHERE s.account_id = k.account_id AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
+              AND s.metadata @> CAST(k.probe AS jsonb)
+              -- NOT IN (unnest): a hashed look-up per line; `<> ALL(array)` scans the chunk's ids per line
+              AND s.staging_entry_id NOT IN (SELECT unnest(CAST(%(exclude)b AS text[]))))
+        """,
+        {"accounts": [p[0] for p in probes], "probes": [json.dumps(p[1], sort_keys=True) for p in probes],
+         "exclude": list(exclude)},
+    )
+    return {r[0] - 1 for r in rows}
+
+
+def queued_transaction_amounts(
+    conn: Connection, ranges: Sequence[tuple[str, str, Decimal, Decimal]], exclude: Sequence[str]
+) -> set[int]:
+    """Positions of the (account, side, lowest, highest amount) ranges in which a PENDING
+    TRANSACTION line of that account and side lies, leaving out `exclude`."""
+    if not ranges:
+        return set()
+    rows = conn.exec_driver_sql(
+        """
+        SELECT k.i FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(sides)b AS text[]),
+                               CAST(%(lows)b AS numeric[]), CAST(%(highs)b AS numeric[])) WITH ORDINALITY
+            AS k(account_id, side, low, high, i)
+        WHERE EXISTS (
+            SELECT 1 FROM staging_entries s
+            WHERE s.account_id = k.account_id AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
+              AND s.entry_type = k.side AND s.amount BETWEEN k.low AND k.high
+              AND s.staging_entry_id NOT IN (SELECT unnest(CAST(%(exclude)b AS text[]))))
+        """,
+        {"accounts": [r[0] for r in ranges], "sides": [r[1] for r in ranges], "lows": [r[2] for r in ranges],
+         "highs": [r[3] for r in ranges], "exclude": list(exclude)},
+    )
+    return {r[0] - 1 for r in rows}
+
+
 # ---- the engine: outcomes -----------------------------------------------------------------------
 
 
@@ -360,7 +409,9 @@ _UPDATE_STAGING = sa.text(
     """
     UPDATE staging_entries s SET
         status = u.status,
-        metadata = CASE WHEN u.status = 'PROCESSED' THEN (s.metadata - 'error' - 'error_type') || u.patch
+        -- the reasons of an earlier review (a reprocessed entry) go when it is processed
+        metadata = CASE WHEN u.status = 'PROCESSED'
+                        THEN (s.metadata - 'error' - 'error_type' - 'mismatched_fields' - 'candidates') || u.patch
                         ELSE s.metadata || u.patch END,
         discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END,
         updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
@@ -416,7 +467,8 @@ def reopen_for_review(
                       AND (CAST(:ids AS text[]) IS NULL OR s.staging_entry_id = ANY(CAST(:ids AS text[])))
                     FOR UPDATE OF s
                 )
-                UPDATE staging_entries s SET status = 'PENDING', metadata = s.metadata - 'error' - 'error_type'
+                UPDATE staging_entries s SET status = 'PENDING',
+                    metadata = s.metadata - 'error' - 'error_type' - 'mismatched_fields' - 'candidates'
                 FROM in_scope WHERE s.staging_entry_id = in_scope.staging_entry_id
                 RETURNING s.staging_entry_id
                 """
@@ -446,7 +498,8 @@ def review_reasons(conn: Connection, sample: int) -> list[Any]:
                    (array_agg(jsonb_build_object(
                         'staging_entry_id', staging_entry_id, 'account_id', account_id,
                         'order_id', order_id, 'amount', CAST(amount AS text), 'currency', currency,
-                        'error', metadata ->> 'error') ORDER BY created_at, staging_entry_id)
+                        'error', metadata ->> 'error', 'mismatched_fields', metadata -> 'mismatched_fields',
+                        'candidates', metadata -> 'candidates') ORDER BY created_at, staging_entry_id)
                    )[1:CAST(:sample AS int)] AS sample
             FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW'
             GROUP BY 1 ORDER BY n DESC, error_type
@@ -454,6 +507,24 @@ def review_reasons(conn: Connection, sample: int) -> list[Any]:
         ),
         {"sample": sample},
     ).all()
+
+
+def tolerance_matches(conn: Connection, sample: int) -> tuple[int, list[Any]]:
+    """Confirmations fulfilled within their rule's tolerance: how many, and the first `sample`."""
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT count(*) OVER () AS n, staging_entry_id, order_id, CAST(amount AS text) AS amount, currency,
+                   metadata ->> 'variance' AS variance, metadata ->> 'variance_account_id' AS variance_account_id
+            FROM staging_entries
+            WHERE status = 'PROCESSED' AND metadata ->> 'match_type' = 'FulfilledWithTolerance'
+            ORDER BY created_at, staging_entry_id
+            LIMIT :sample
+            """
+        ),
+        {"sample": sample},
+    ).all()
+    return (rows[0].n if rows else 0), rows
 
 
 @dataclass(frozen=True)
@@ -509,7 +580,8 @@ def review_entries(conn: Connection, where: ReviewFilter, limit: int) -> list[An
             f"""
             SELECT s.staging_entry_id, s.account_id, s.order_id, s.entry_type, s.amount,
                    s.currency, s.processing_mode, coalesce(s.metadata ->> 'error_type', '(none)') AS error_type,
-                   s.metadata ->> 'error' AS reason, s.created_at, s.updated_at
+                   s.metadata ->> 'error' AS reason, s.metadata -> 'mismatched_fields' AS mismatched_fields,
+                   s.metadata -> 'candidates' AS candidates, s.created_at, s.updated_at
             FROM staging_entries s
             WHERE {_REVIEW_FILTER}
             ORDER BY error_type, s.updated_at DESC, s.staging_entry_id

@@ -58,6 +58,11 @@ def _parse(kind: type[E], value: object, name: str, plural: str) -> E:
         raise InvalidInputError(f"unknown {name} {value!r}; known {plural}: {known}") from None
 
 
+# last_error of a deliberate wait (an outcome with wait_seconds) starts with this: the Recon view and
+# the report list such tasks apart from retries after an error
+WAIT_PREFIX = "waiting: "
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """One process_tracker row; field names are the column names."""
@@ -663,6 +668,29 @@ class ProcessTracker:
             ),
             {"limit": limit},
         ).all()
+
+    def waiting(self, limit: int, conn: Connection) -> tuple[int, list[Any]]:
+        """Tasks deliberately waiting (a confirmation before its order, or within its ageing): how
+        many, and the `limit` due soonest. Their last_error starts with WAIT_PREFIX."""
+        count = conn.execute(
+            sa.text("SELECT count(*) FROM process_tracker WHERE status = 'RETRY' AND starts_with(last_error, :p)"),
+            {"p": WAIT_PREFIX},
+        ).scalar_one()
+        rows = conn.execute(
+            sa.text(
+                """
+                SELECT task_id, payload ->> 'staging_entry_id' AS staging_entry_id, run_after AS next_due_at,
+                       extract(epoch FROM run_after - now()) AS due_in_seconds,
+                       substr(last_error, length(:p) + 1) AS reason
+                FROM process_tracker
+                WHERE status = 'RETRY' AND starts_with(last_error, :p)
+                ORDER BY run_after, task_id
+                LIMIT :limit
+                """
+            ),
+            {"p": WAIT_PREFIX, "limit": limit},
+        ).all()
+        return count, rows
 
     def leases(self, conn: Connection) -> list[Any]:
         """Leases held, per owner: how many tasks, since when, first expiry, how many expired."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from decimal import Decimal
 from collections import defaultdict
 from typing import Any, Iterator
 
@@ -42,11 +43,19 @@ from tests.reliability.helpers import ENGINE_SETTINGS, EFFECTIVE, assert_books_c
 
 pytestmark = pytest.mark.slow
 
-CURRENCY = {"A": "USD", "A2": "USD", "B": "USD", "E": "EUR", "F": "EUR", "X": "USD"}
+CURRENCY = {"A": "USD", "A2": "USD", "B": "USD", "E": "EUR", "F": "EUR", "X": "USD", "R": "USD", "K": "USD",
+            "G": "USD", "H": "USD", "V": "USD"}
 KIND = {"A": "DEBIT_NORMAL", "A2": "DEBIT_NORMAL", "B": "CREDIT_NORMAL", "E": "DEBIT_NORMAL",
-        "F": "CREDIT_NORMAL", "X": "DEBIT_NORMAL"}
-RULES = [("A", "B"), ("A2", "B"), ("E", "F")]  # X has no rule; A and A2 share the contra B
-CONTRA = {"A": "B", "A2": "B", "E": "F"}
+        "F": "CREDIT_NORMAL", "X": "DEBIT_NORMAL", "R": "DEBIT_NORMAL", "K": "CREDIT_NORMAL", "G": "DEBIT_NORMAL",
+        "H": "CREDIT_NORMAL", "V": "DEBIT_NORMAL"}
+# X has no rule; A and A2 share the contra B (A's rule tolerates 0.05, booked to V); bank lines on K
+# carry the order in metadata.reference; lines on H are matched by amount alone (1 % tolerance)
+RULES = [("A", "B", accounts.RuleSettings(amount_tolerance=Decimal("0.05"), variance_account_id="V")),
+         ("A2", "B", accounts.RuleSettings()), ("E", "F", accounts.RuleSettings()),
+         ("R", "K", accounts.RuleSettings(match_keys=(("metadata.reference", "order_id"),))),
+         ("G", "H", accounts.RuleSettings(match_keys=(("amount", "amount"),), amount_tolerance_pct=Decimal("1"),
+                                          variance_account_id="V", date_window_days=1))]
+CONTRA = {"A": "B", "A2": "B", "E": "F", "R": "K", "G": "H"}
 OTHER = {"USD": "EUR", "EUR": "USD"}
 FLIP = {"DEBIT": "CREDIT", "CREDIT": "DEBIT"}
 AMOUNTS = ["10.00", "10", "10.5", "10.50", "7.25", "0.01"]
@@ -56,8 +65,8 @@ def _setup(db: Database) -> None:
     merchant = accounts.create_merchant("Invariants", merchant_id="mer_inv", db=db)
     for name in CURRENCY:
         accounts.create_account(merchant, f"account {name}", KIND[name], CURRENCY[name], account_id=name, db=db)
-    for one, two in RULES:
-        accounts.create_recon_rule(one, two, rule_id=f"rule_{one}_{two}", db=db)
+    for one, two, rule_settings in RULES:
+        accounts.create_recon_rule(one, two, rule_id=f"rule_{one}_{two}", settings=rule_settings, db=db)
 
 
 # ---- generating a scenario ---------------------------------------------------------------------
@@ -72,8 +81,9 @@ def scenarios(draw: Any) -> dict[str, Any]:
     lines: list[Line] = []
     for o in range(draw(st.integers(3, 8))):
         order = f"o{o}"
-        t_accounts = (draw(st.lists(st.sampled_from(["A", "A2", "E", "X"]), max_size=2, unique=True))
-                      if not racing else [a for a in [draw(st.sampled_from([None, "A", "A2", "E", "X"]))] if a])
+        # amount-only matching lets different orders compete: only without races
+        t_accounts = (draw(st.lists(st.sampled_from(["A", "A2", "E", "X", "R", "G"]), max_size=2, unique=True))
+                      if not racing else [a for a in [draw(st.sampled_from([None, "A", "A2", "E", "X", "R"]))] if a])
         booked: dict[str, Line] = {}
         for account in t_accounts:
             side = draw(st.sampled_from(["DEBIT", "CREDIT"]))
@@ -82,16 +92,20 @@ def scenarios(draw: Any) -> dict[str, Any]:
             copies = draw(st.integers(1, 2))
             lines += [line] * copies
             booked.setdefault(CONTRA.get(account, "B"), line)
-        for account in draw(st.lists(st.sampled_from(["B", "B", "F", "A", "X"]), min_size=1, max_size=2, unique=True)):
+        contras = ["B", "B", "F", "A", "X", "K"] + ([] if racing else ["H"])
+        for account in draw(st.lists(st.sampled_from(contras), min_size=1, max_size=2, unique=True)):
             t = booked.get(account)
 
             def confirmation() -> Line:
                 side = FLIP[t[2]] if t else draw(st.sampled_from(["DEBIT", "CREDIT"]))
                 amount = t[3] if t else draw(st.sampled_from(AMOUNTS))
                 currency = t[4] if t else CURRENCY[account]
-                variant = draw(st.sampled_from(["match", "match", "amount", "side", "currency", "random"]))
+                variant = draw(st.sampled_from(["match", "match", "amount", "tolerated", "side", "currency",
+                                                "random"]))
                 if variant == "amount":
                     amount = "99.99"
+                elif variant == "tolerated":  # within A's 0.05 and H's 1 % of 10 and more
+                    amount = str(Decimal(amount) + Decimal("0.03"))
                 elif variant == "side":
                     side = FLIP[side]
                 elif variant == "currency":
@@ -123,7 +137,7 @@ def _stage(db: Database, lines: list[Line]) -> list[str]:
     for mode, account, side, amount, currency, order in lines:
         from recon.staging import NewStagingEntry
 
-        meta = {"order_id": order} if order else {}
+        meta = ({"reference": order} if account == "K" else {"order_id": order}) if order else {}
         (created,) = create_staging_entries([NewStagingEntry(account, side, amount, currency, mode, EFFECTIVE, meta)],
                                             db=db)
         ids.append(created.staging_entry_id)

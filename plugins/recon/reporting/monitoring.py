@@ -35,6 +35,7 @@ def queue(db: Database, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
     with db.begin() as conn:
         timing = tracker.queue_timing(conn)
         retry = tracker.retrying(limit, conn)
+        waiting_count, waiting = tracker.waiting(limit, conn)
         leases = tracker.leases(conn)
     by_status = stats["by_status"]
     return {
@@ -50,6 +51,11 @@ def queue(db: Database, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
         "retry": {
             "count": by_status[TaskStatus.RETRY],
             "tasks": [{**r._mapping, "due_in_seconds": _float(r.due_in_seconds)} for r in retry],
+        },
+        # confirmations waiting for their order or within their rule's ageing: not exceptions
+        "waiting": {
+            "count": waiting_count,
+            "tasks": [{**r._mapping, "due_in_seconds": _float(r.due_in_seconds)} for r in waiting],
         },
         "leases": {
             "held": stats["leases_held"],

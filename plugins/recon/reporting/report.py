@@ -18,6 +18,8 @@ def build_report(db: Database) -> dict[str, Any]:
         statuses = staging.status_counts(conn)
         transactions = ledger.transaction_status_counts(conn)
         reasons = staging.review_reasons(conn, MANUAL_REVIEW_SAMPLE)
+        waiting_count, waiting = ProcessTracker(db).waiting(MANUAL_REVIEW_SAMPLE, conn)
+        tolerated_count, tolerated = staging.tolerance_matches(conn, MANUAL_REVIEW_SAMPLE)
     invariants = ledger.check_invariants(db)
     return {
         "staging_entries": {s: statuses.get(s, 0) for s in ("PENDING", "PROCESSED", "NEEDS_MANUAL_REVIEW")},
@@ -26,6 +28,12 @@ def build_report(db: Database) -> dict[str, Any]:
         "manual_review": [
             {"error_type": r.error_type or "(none)", "count": r.n, "entries": r.sample} for r in reasons
         ],
+        "matched_within_tolerance": {"count": tolerated_count,
+                                     "entries": [{k: v for k, v in r._mapping.items() if k != "n"} for r in tolerated]},
+        # open expectations within their window: not exceptions, listed apart
+        "waiting": {"count": waiting_count,
+                    "tasks": [jsonable({"staging_entry_id": w.staging_entry_id, "next_due_at": w.next_due_at,
+                                        "reason": w.reason}) for w in waiting]},
         "balances": [jsonable(asdict(b)) for b in ledger.balances(db=db)],  # money exact, as text
         "invariants": {**asdict(invariants), "ok": invariants.ok},
     }
@@ -49,8 +57,22 @@ def format_report(report: dict[str, Any]) -> str:
                 f"    {entry['staging_entry_id']}  order {order}  {entry['amount']} {entry['currency']}"
                 f"  {entry['error']}"
             )
+            if entry.get("mismatched_fields"):
+                lines.append("      fields: " + ", ".join(
+                    f"{f['field']} (expected {f['expected']}, actual {f['actual']})" for f in entry["mismatched_fields"]))
+            if entry.get("candidates"):
+                lines.append("      candidates: " + ", ".join(entry["candidates"]))
         if group["count"] > 5:
             lines.append(f"    ... {group['count'] - 5} more (use --json for up to {MANUAL_REVIEW_SAMPLE})")
+    tolerated = report["matched_within_tolerance"]
+    lines.append(f"Matched within tolerance: {tolerated['count']}")
+    for entry in tolerated["entries"][:5]:
+        lines.append(f"    {entry['staging_entry_id']}  order {entry['order_id'] or '-'}  {entry['amount']}"
+                     f" {entry['currency']}  variance {entry['variance']} booked to {entry['variance_account_id']}")
+    waiting = report["waiting"]
+    lines.append(f"Waiting for a match (not exceptions): {waiting['count']}")
+    for task in waiting["tasks"][:5]:
+        lines.append(f"    {task['staging_entry_id']}  {task['reason']}")
     lines.append("Balances (posted / pending / available)")
     for b in report["balances"]:
         lines.append(

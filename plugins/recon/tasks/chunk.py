@@ -79,9 +79,11 @@ class Reservations:
         self.chunk_entry_ids = frozenset(chunk_entry_ids)  # every staging entry of the chunk
         self._booked_logical_ids: set[str] = set()
         self._queued_bookings: Counter[OrderKey] = Counter()
-        self._bookings_of_entry: dict[str, list[OrderKey]] = {}
-        self._wanted_orders: set[OrderKey] = set()
+        self._queued_legs: dict[str, dict[str, ExpectedLeg]] = {}  # contra account -> line -> leg
+        self._bookings_of_entry: dict[str, list[ExpectedLeg]] = {}
+        self._wanted_accounts: set[str] = set()
         self._legs_by_order: dict[OrderKey, list[ExpectedLeg]] = {}
+        self._legs_by_account: dict[str, list[ExpectedLeg]] = {}
         self._booked_by_entry: dict[str, tuple[ExpectedLeg, list[PostedLeg]]] = {}
         self._consumed_legs: set[str] = set()
         self._fulfilled_orders: set[OrderKey] = set()
@@ -95,35 +97,52 @@ class Reservations:
         self._booked_logical_ids.add(logical_id)
         return True
 
-    def announce_booking(self, staging_entry_id: str, keys: Sequence[OrderKey]) -> None:
-        """A line of this chunk will book an expected leg under these (contra account, order) keys:
-        until it is evaluated, a confirmation of the same order waits for it, as it would for a
-        line still in the queue."""
-        if keys:
-            self._bookings_of_entry[staging_entry_id] = list(keys)
-            self._queued_bookings.update(keys)
+    def announce_booking(self, staging_entry_id: str, legs: Sequence[ExpectedLeg]) -> None:
+        """A line of this chunk may book one of these expected legs (one per contra account): until
+        it is evaluated, a confirmation that would match one waits for it, as it would for a line
+        still in the queue."""
+        if legs:
+            self._bookings_of_entry[staging_entry_id] = list(legs)
+            for leg in legs:
+                self._queued_legs.setdefault(leg.account_id, {})[staging_entry_id] = leg
+                if leg.order_id:
+                    self._queued_bookings[(leg.account_id, leg.order_id)] += 1
 
     def evaluated(self, staging_entry_id: str) -> None:
         """This item was validated: its booking (if it announced one) no longer counts as queued."""
-        self._queued_bookings.subtract(self._bookings_of_entry.pop(staging_entry_id, ()))
+        for leg in self._bookings_of_entry.pop(staging_entry_id, ()):
+            del self._queued_legs[leg.account_id][staging_entry_id]
+            if leg.order_id:
+                self._queued_bookings[(leg.account_id, leg.order_id)] -= 1
 
     def is_booking_queued(self, key: OrderKey) -> bool:
         return self._queued_bookings[key] > 0
 
-    def want_orders(self, keys: Iterable[OrderKey]) -> None:
-        """Confirmations of this chunk ask about these orders: bookings of them must be published."""
-        self._wanted_orders.update(keys)
+    def queued_legs(self, account_id: str) -> Iterable[ExpectedLeg]:
+        """The legs that lines of this chunk not yet evaluated may book on this account."""
+        return self._queued_legs.get(account_id, {}).values()
 
-    def wants(self, key: OrderKey) -> bool:
-        return key in self._wanted_orders
+    def want_accounts(self, account_ids: Iterable[str]) -> None:
+        """Confirmations of this chunk arrive on these accounts: bookings on them must be published."""
+        self._wanted_accounts.update(account_ids)
+
+    def wants(self, account_id: str) -> bool:
+        return account_id in self._wanted_accounts
 
     def publish_booking(self, staging_entry_id: str, leg: ExpectedLeg, posted: Sequence[PostedLeg] = ()) -> None:
         """An expected leg booked by this chunk's line `staging_entry_id`, visible to later items."""
-        self._legs_by_order.setdefault((leg.account_id, leg.order_id), []).append(leg)
+        if leg.order_id:
+            self._legs_by_order.setdefault((leg.account_id, leg.order_id), []).append(leg)
+        self._legs_by_account.setdefault(leg.account_id, []).append(leg)
         self._booked_by_entry[staging_entry_id] = (leg, list(posted))
 
     def booked_legs(self, key: OrderKey) -> list[ExpectedLeg]:
+        """Legs booked earlier in the chunk for this (account, order)."""
         return self._legs_by_order.get(key, [])
+
+    def booked_legs_on(self, account_id: str) -> list[ExpectedLeg]:
+        """Every leg booked earlier in the chunk on this account."""
+        return self._legs_by_account.get(account_id, [])
 
     def is_booked_in_chunk(self, leg_ref: str) -> bool:
         """Validation names a leg booked in this chunk by its booking line's staging entry id."""

@@ -1,42 +1,52 @@
 """CONFIRMATION mode: a statement line on the contra account fulfils an EXPECTED leg.
 
-The one open EXPECTED entry with the same order id (same account, same merchant) is
-fulfilled when amount, currency and side agree: version N is archived and version N+1 is
-POSTED with the fulfilling leg and the original POSTED leg carried over.
+The rules whose account_two is the line's account are tried in (priority, id) order; the first
+whose keys find a candidate (an open EXPECTED leg of the same merchant, within its date window)
+decides: one candidate is fulfilled when currency and side agree and the amount is within the
+rule's tolerance (version N archived, N+1 POSTED with the fulfilling leg, the original POSTED leg
+carried over and, for a difference, a leg on the rule's variance account); otherwise it is a
+mismatch with the differing fields; several are ambiguous. A line no rule finds a candidate for
+waits for a booking still queued, then for its rule's ageing, then has no match.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 from sqlalchemy.engine import Connection
 
-from recon import accounts, ledger, settings, staging
+from recon import accounts, ledger, match_keys, settings, staging
 from recon.db.engine import database_now
 from recon.errors import ErrorType
-from recon.ledger import LedgerBatch, NewEntry, NewTransaction, new_id
+from recon.ledger import LedgerBatch
+from recon.match_keys import BY_AMOUNT, BY_METADATA, BY_ORDER, DEFAULT_KEYS, Lookup
 from recon.model import Account, ExpectedLeg, PostedLeg, ProcessingMode, ReconRule, StagingEntry
 from recon.tasks.base import ReconTask, VerdictOutdated
 from recon.tasks.chunk import OrderKey, Reservations, WorkItem
 from recon.tasks.verdicts import Applied, ManualReview, Plan, RunResult, Verdict, Wait
 
+MAX_CANDIDATES_SHOWN = 20  # metadata.candidates of an AmbiguousMatchError
+
 
 @dataclass(frozen=True, slots=True)
 class Fulfil(Plan):
     """Fulfil this expected leg (an entry id, or the booking line's staging entry id when the leg
-    is booked earlier in the same chunk)."""
+    is booked earlier in the same chunk); an amount difference within the rule's tolerance goes to
+    `variance_account_id`."""
 
     leg_ref: str
     booked_in_chunk: bool = False
+    variance_account_id: str | None = None
     summary_kind: ClassVar[str] = "fulfil"
 
 
 @dataclass(frozen=True, slots=True)
 class Mismatch(Plan):
-    """The one candidate differs in amount, currency or side: its transaction becomes MISMATCH and
-    the line goes to manual review with the differences."""
+    """The one candidate differs in amount (beyond tolerance), currency or side: its transaction
+    becomes MISMATCH and the line goes to manual review with the differences."""
 
     leg_ref: str
     booked_in_chunk: bool = False
@@ -51,9 +61,10 @@ class Mismatch(Plan):
 class _Loaded:
     rules_by_account_two: dict[str, list[ReconRule]]
     accounts: dict[str, Account]
-    expected_by_order: dict[OrderKey, list[ExpectedLeg]]
+    lines: dict[str, StagingEntry]  # entries whose rules key on metadata, with their metadata
+    found: dict[Lookup, list[ExpectedLeg]]  # open legs in the database, per look-up
     fulfilled_orders: set[OrderKey]
-    queued_orders: set[OrderKey]  # (contra account, order) with a TRANSACTION line still PENDING
+    queued: set[tuple[str, Lookup]]  # (account_one, look-up) with a TRANSACTION line still PENDING
     now: dt.datetime
 
 
@@ -61,6 +72,10 @@ class _Loaded:
 class _Prepared:
     legs: dict[str, ExpectedLeg]  # the planned legs, locked and still open
     posted: dict[str, list[PostedLeg]]  # by transaction id
+
+
+def _reads_metadata(rule: ReconRule) -> bool:
+    return any(line.startswith(match_keys.METADATA) for line, _ in rule.match_keys)
 
 
 class ExpectedEntryMatchingTask(ReconTask):
@@ -77,99 +92,181 @@ class ExpectedEntryMatchingTask(ReconTask):
 
     def load(self, conn: Connection, items: Sequence[WorkItem], reservations: Reservations, lock: bool) -> _Loaded:
         entries = [i.staging for i in items if i.staging is not None]
-        rules = accounts.load_rules(conn, sorted({e.account_id for e in entries}))
         rules_by_two: dict[str, list[ReconRule]] = {}
-        for rule in rules:
-            rules_by_two.setdefault(rule.account_two_id, []).append(rule)
-        order_keys = sorted({(e.account_id, e.order_id) for e in entries if e.order_id})
-        reservations.want_orders(order_keys)
-        # Which orders are still queued as TRANSACTION lines is read *before* the expected entries:
-        # a booking another worker commits in between is then seen by the second read (each
+        for rule in accounts.load_rules(conn, sorted({e.account_id for e in entries})):  # by (priority, id)
+            if rule.account_two_id in {e.account_id for e in entries}:
+                rules_by_two.setdefault(rule.account_two_id, []).append(rule)
+        # decide and validate read no metadata unless a strategy asks: fetch it for the lines whose
+        # rules key on it
+        keyed = sorted({e.staging_entry_id for e in entries
+                        if any(_reads_metadata(r) for r in rules_by_two.get(e.account_id, ()))})
+        lines = staging.load_entries(conn, keyed, lock=False) if keyed else {}
+        lookups: dict[Lookup, set[str]] = {}  # look-up -> account_one of the rules asking it
+        for e in entries:
+            for rule in rules_by_two.get(e.account_id, ()):
+                found = match_keys.lookup(rule, lines.get(e.staging_entry_id, e))
+                if found is not None:
+                    lookups.setdefault(found, set()).add(rule.account_one_id)
+        reservations.want_accounts(rules_by_two)
+        # Which look-ups a TRANSACTION line still queued would answer is read *before* the expected
+        # entries: a booking another worker commits in between is then seen by the second read (each
         # statement sees what was committed before it started). Read after, such a booking was in
         # neither, and its confirmation went to manual review instead of waiting for it. This
         # chunk's own lines are left out: they count as queued only until they are evaluated.
-        queued = self._queued_orders(conn, order_keys, rules_by_two, reservations)
-        expected = ledger.expected_legs_by_order(conn, order_keys, lock, metadata=False)
-        fulfilled = ledger.fulfilled_orders(conn, [k for k in order_keys if k not in expected])
+        queued = self._queued(conn, lookups, reservations)
+        found = self._expected_legs(conn, list(lookups), lock)
+        order_keys = sorted({(e.account_id, e.order_id) for e in entries if e.order_id})
+        fulfilled = ledger.fulfilled_orders(
+            conn, [k for k in order_keys if not found.get(Lookup(BY_ORDER, k[0], (k[1],)))])
         return _Loaded(rules_by_two, accounts.load_accounts(conn, sorted({e.account_id for e in entries})),
-                       expected, fulfilled, queued, database_now(conn))
+                       lines, found, fulfilled, queued, database_now(conn))
 
     @staticmethod
-    def _queued_orders(conn: Connection, order_keys: list[OrderKey], rules_by_two: dict[str, list[ReconRule]],
-                       reservations: Reservations) -> set[OrderKey]:
-        """Confirmations whose order is itself still waiting in the queue as a TRANSACTION line on
-        a rule's account_one: such a confirmation waits instead of failing, so the outcome does not
-        depend on which chunk or worker ran first."""
-        booking_keys = {(rule.account_one_id, order): (two, order)
-                        for two, order in order_keys for rule in rules_by_two.get(two, ())}
-        queued = staging.queued_transaction_orders(conn, sorted(booking_keys), sorted(reservations.chunk_entry_ids))
-        return {booking_keys[k] for k in queued}
+    def _queued(conn: Connection, lookups: dict[Lookup, set[str]], reservations: Reservations
+                ) -> set[tuple[str, Lookup]]:
+        """Look-ups that a TRANSACTION line still waiting in the queue on a rule's account_one would
+        answer: such a confirmation waits instead of failing, so the outcome does not depend on which
+        chunk or worker ran first."""
+        asked = sorted(((one, found) for found, ones in lookups.items() for one in ones), key=repr)
+        exclude = sorted(reservations.chunk_entry_ids)
+        by_order = [(one, f) for one, f in asked if f.kind == BY_ORDER]
+        by_metadata = [(one, f) for one, f in asked if f.kind == BY_METADATA]
+        by_amount = [(one, f) for one, f in asked if f.kind == BY_AMOUNT]
+        queued_orders = staging.queued_transaction_orders(conn, [(one, f.values[0]) for one, f in by_order], exclude)
+        queued = {(one, f) for one, f in by_order if (one, f.values[0]) in queued_orders}
+        hits = staging.queued_transaction_metadata(conn, [(one, f.probe()) for one, f in by_metadata], exclude)
+        queued.update(by_metadata[i] for i in hits)
+        # a TRANSACTION line books the opposite side on the contra account
+        hits = staging.queued_transaction_amounts(
+            conn, [(one, _opposite(f.values[0]), f.values[1], f.values[2]) for one, f in by_amount], exclude)
+        queued.update(by_amount[i] for i in hits)
+        return queued
+
+    @staticmethod
+    def _expected_legs(conn: Connection, lookups: list[Lookup], lock: bool) -> dict[Lookup, list[ExpectedLeg]]:
+        """The open legs each look-up finds: one statement per kind of look-up for the chunk."""
+        by_order = sorted({(f.account_id, f.values[0]) for f in lookups if f.kind == BY_ORDER})
+        found = {Lookup(BY_ORDER, account, (order,)): legs for (account, order), legs
+                 in ledger.expected_legs_by_order(conn, by_order, lock, metadata=False).items()}
+        by_metadata = sorted((f for f in lookups if f.kind == BY_METADATA), key=repr)
+        found.update(zip(by_metadata, ledger.expected_legs_by_metadata(
+            conn, [(f.account_id, f.probe()) for f in by_metadata], lock)))
+        by_amount = sorted((f for f in lookups if f.kind == BY_AMOUNT), key=repr)
+        found.update(zip(by_amount, ledger.expected_legs_by_amount(
+            conn, [(f.account_id, *f.values) for f in by_amount], lock)))
+        return found
 
     def validate(self, item: WorkItem, loaded: _Loaded, reservations: Reservations) -> Verdict:
-        entry = item.staging
-        assert entry is not None
-        if not entry.order_id:
-            return ManualReview(
-                ErrorType.MISSING_ORDER_ID,
-                f"confirmation {entry.staging_entry_id} has no metadata.order_id to match on",
-            )
-        if not loaded.rules_by_account_two.get(entry.account_id):
+        assert item.staging is not None
+        entry = loaded.lines.get(item.staging.staging_entry_id, item.staging)
+        rules = loaded.rules_by_account_two.get(entry.account_id)
+        if not rules:
             return ManualReview(
                 ErrorType.NO_RECON_RULE,
                 f"no recon rule has account {entry.account_id} as account_two"
                 " (confirmations arrive on a rule's contra account)",
             )
-        key = (entry.account_id, entry.order_id)
         merchant_id = loaded.accounts[entry.account_id].merchant_id
-        candidates = [
-            leg
-            for leg in loaded.expected_by_order.get(key, []) + reservations.booked_legs(key)
-            if leg.merchant_id == merchant_id and not reservations.is_consumed(leg.entry_id)
-        ]
-        if not candidates:
-            return self._unmatched(entry, key, loaded, reservations)
-        if len(candidates) > 1:
-            ids = ", ".join(leg.entry_id for leg in candidates)
+        tried: list[tuple[ReconRule, Lookup]] = []
+        for rule in rules:
+            found = match_keys.lookup(rule, entry)
+            if found is None:
+                continue
+            tried.append((rule, found))
+            candidates = self._candidates(entry, rule, found, merchant_id, loaded, reservations)
+            if len(candidates) > 1:
+                ids = [leg.entry_id for leg in candidates]
+                return ManualReview(
+                    ErrorType.AMBIGUOUS_MATCH,
+                    f"{len(candidates)} expected entries match {match_keys.describe(found, rule)} on account"
+                    f" {entry.account_id} (rule {rule.id}): {', '.join(ids[:MAX_CANDIDATES_SHOWN])}",
+                    {"candidates": ids[:MAX_CANDIDATES_SHOWN], "recon_rule_id": rule.id},
+                )
+            if candidates:
+                return self._match(entry, rule, candidates[0], reservations)
+            verdict = self._no_candidate(entry, rule, found, loaded, reservations)
+            if verdict is not None:
+                return verdict
+        if not tried:
+            wanted = "; ".join(f"{match_keys.keys_text(r.match_keys)} (rule {r.id})" for r in rules)
             return ManualReview(
-                ErrorType.AMBIGUOUS_MATCH,
-                f"{len(candidates)} expected entries match order {entry.order_id!r} on account"
-                f" {entry.account_id}: {ids}",
+                ErrorType.MISSING_ORDER_ID,
+                f"confirmation {entry.staging_entry_id} lacks a field its rules match on: {wanted}",
             )
-        leg = candidates[0]
+        return self._unmatched(entry, tried, loaded)
+
+    @staticmethod
+    def _candidates(entry: StagingEntry, rule: ReconRule, found: Lookup, merchant_id: str, loaded: _Loaded,
+                    reservations: Reservations) -> list[ExpectedLeg]:
+        """Open legs the look-up finds in the database and among this chunk's bookings, of the
+        line's merchant, not taken by an earlier line of the chunk, within the rule's window (and,
+        for an amount-only rule, its tolerance), in a fixed order."""
+        in_chunk = (reservations.booked_legs((found.account_id, found.values[0])) if found.kind == BY_ORDER
+                    else [leg for leg in reservations.booked_legs_on(found.account_id)
+                          if match_keys.leg_matches(found, leg)])
+        return [
+            leg for leg in loaded.found.get(found, []) + in_chunk
+            if leg.merchant_id == merchant_id and not reservations.is_consumed(leg.entry_id)
+            and match_keys.in_window(rule, entry.effective_date, leg.effective_date)
+            and (found.kind != BY_AMOUNT or match_keys.within_tolerance(rule, entry.amount, leg.amount))
+        ]
+
+    @staticmethod
+    def _match(entry: StagingEntry, rule: ReconRule, leg: ExpectedLeg, reservations: Reservations) -> Plan:
         reservations.consume(leg.entry_id)  # fulfilled or mismatched: not available again
         in_chunk = reservations.is_booked_in_chunk(leg.entry_id)
-        if _differences(entry, leg):
+        differs = match_keys.mismatched_fields(entry, leg)
+        if differs and not (differs[0]["field"] == "amount" and len(differs) == 1
+                            and match_keys.within_tolerance(rule, entry.amount, leg.amount)):
             return Mismatch(leg.entry_id, in_chunk)
-        # a later confirmation of this order in the chunk finds it fulfilled, as it would one at a time
-        reservations.mark_fulfilled(key)
-        return Fulfil(leg.entry_id, in_chunk)
+        if entry.order_id:
+            # a later confirmation of this order in the chunk finds it fulfilled, as it would one at a time
+            reservations.mark_fulfilled((entry.account_id, entry.order_id))
+        return Fulfil(leg.entry_id, in_chunk, rule.variance_account_id if differs else None)
 
-    def _unmatched(self, entry: StagingEntry, key: OrderKey, loaded: _Loaded, reservations: Reservations) -> Verdict:
+    @staticmethod
+    def _no_candidate(entry: StagingEntry, rule: ReconRule, found: Lookup, loaded: _Loaded,
+                      reservations: Reservations) -> Verdict | None:
+        """This rule found nothing: it still decides when its order was fulfilled already or a
+        booking it would find is queued (a lower-priority rule must not win a race against it)."""
         # only a fulfilment makes a later confirmation "already fulfilled"; after a mismatch (here or
         # in an earlier chunk) there is simply no open expected entry left: NoMatchFound, either way
-        if key in loaded.fulfilled_orders or reservations.was_fulfilled(key):
+        key = (entry.account_id, entry.order_id or "")
+        if rule.match_keys == DEFAULT_KEYS and (key in loaded.fulfilled_orders or reservations.was_fulfilled(key)):
             return ManualReview(
                 ErrorType.ALREADY_FULFILLED,
                 f"the expected entry for order {entry.order_id!r} on account {entry.account_id}"
                 " was already fulfilled by another confirmation",
             )
-        if key in loaded.queued_orders or reservations.is_booking_queued(key):
+        queued_in_chunk = (reservations.is_booking_queued((found.account_id, found.values[0]))
+                           if found.kind == BY_ORDER
+                           else any(match_keys.leg_matches(found, leg) for leg in reservations.queued_legs(found.account_id)))
+        if (rule.account_one_id, found) in loaded.queued or queued_in_chunk:
             return Wait(
-                f"order {entry.order_id!r} is still queued as a TRANSACTION line; waiting for it to be booked",
+                f"{match_keys.describe(found, rule)} is still queued as a TRANSACTION line on"
+                f" {rule.account_one_id}; waiting for it to be booked",
                 seconds=5.0,
             )
-        window_end = entry.created_at + self.window
+        return None
+
+    def _unmatched(self, entry: StagingEntry, tried: list[tuple[ReconRule, Lookup]], loaded: _Loaded) -> Verdict:
+        """No rule found a candidate: wait until the latest ageing of the rules tried, then no match.
+        A rule's ageing runs aging_days from the line's effective_date; without it, the matching
+        window (RECON_MATCHING_WINDOW_SECONDS) from its arrival."""
+        window_end = max(entry.created_at + self.window if rule.aging_days is None
+                         else entry.effective_date + dt.timedelta(days=rule.aging_days) for rule, _ in tried)
+        rule, found = tried[0]
         if loaded.now < window_end:
             waited = (loaded.now - entry.created_at).total_seconds()
             remaining = (window_end - loaded.now).total_seconds()
             return Wait(
-                f"no expected entry yet for order {entry.order_id!r} on account {entry.account_id};"
+                f"no expected entry yet for {match_keys.describe(found, rule)} on account {entry.account_id};"
                 f" waiting until {window_end.isoformat()}",
                 seconds=max(1.0, min(remaining, max(10.0, waited))),  # back off as the wait grows
             )
         return ManualReview(
             ErrorType.NO_MATCH,
-            f"no open expected entry for order {entry.order_id!r} on account {entry.account_id}",
+            f"no open expected entry for {match_keys.describe(found, rule)} on account {entry.account_id}",
         )
 
     def prepare_run(self, conn: Connection, planned: Sequence[tuple[WorkItem, Fulfil | Mismatch]],
@@ -182,8 +279,8 @@ class ExpectedEntryMatchingTask(ReconTask):
             gone = sorted(set(in_db) - set(legs))
             raise VerdictOutdated(f"{len(gone)} expected leg(s) no longer open, e.g. {gone[0]}")
         # bookings of this chunk that these plans fulfil publish what they write (see Reservations)
-        reservations.want_orders((item.staging.account_id, item.staging.order_id)
-                                 for item, plan in planned if plan.booked_in_chunk and item.staging is not None)
+        reservations.want_accounts(item.staging.account_id
+                                   for item, plan in planned if plan.booked_in_chunk and item.staging is not None)
         return _Prepared(legs, ledger.posted_legs(conn, sorted({leg.transaction_id for leg in legs.values()})))
 
     def run(self, item: WorkItem, plan: Fulfil | Mismatch, prepared: _Prepared, reservations: Reservations,
@@ -197,84 +294,25 @@ class ExpectedEntryMatchingTask(ReconTask):
             posted_legs = prepared.posted.get(leg.transaction_id, [])
         if isinstance(plan, Mismatch):
             batch.mismatch_transaction_ids.append(leg.transaction_id)
+            differs = match_keys.mismatched_fields(entry, leg)
             return ManualReview(
                 ErrorType.MISMATCH,
-                "; ".join(_differences(entry, leg)),
-                metadata={"matched_transaction_id": leg.transaction_id, "matched_entry_id": leg.entry_id},
+                "; ".join(f"{d['field']}: expected {d['expected']}, got {d['actual']}" for d in differs),
+                metadata={"matched_transaction_id": leg.transaction_id, "matched_entry_id": leg.entry_id,
+                          "mismatched_fields": differs},
             )
-        return _fulfil(entry, leg, posted_legs, batch)
-
-
-def _fulfil(entry: StagingEntry, leg: ExpectedLeg, posted_legs: Sequence[PostedLeg], batch: LedgerBatch) -> Applied:
-    """Version N archived; version N+1 POSTED with the fulfilling leg and the POSTED legs carried over."""
-    new_transaction_id = new_id("txn")
-    batch.archive_transaction_ids.append(leg.transaction_id)
-    batch.transactions.append(
-        NewTransaction(
-            transaction_id=new_transaction_id,
-            logical_transaction_id=leg.logical_transaction_id,
-            version=leg.version + 1,
-            amount=leg.transaction_amount,
-            currency=leg.currency,
-            merchant_id=leg.merchant_id,
-            status="POSTED",
-            metadata={
-                **leg.transaction_metadata,
-                "evolved_from_transaction_id": leg.transaction_id,
-                "fulfilled_expected_entry_id": leg.entry_id,
-            },
-            source_staging_entry_id=entry.staging_entry_id,
-        )
-    )
-    batch.entries.append(
-        NewEntry(
-            entry_id=new_id("ent"),
-            account_id=entry.account_id,
-            transaction_id=new_transaction_id,
-            entry_type=entry.entry_type,
-            amount=entry.amount,
-            currency=entry.currency,
-            status="POSTED",
-            effective_date=entry.effective_date,
-            metadata={
-                **entry.metadata,
-                "source_staging_entry_id": entry.staging_entry_id,
-                "fulfilled_expected_entry_id": leg.entry_id,
-            },
-            fulfilled_expected_entry_id=leg.entry_id,
-        )
-    )
-    for posted in posted_legs:
-        batch.entries.append(
-            NewEntry(
-                entry_id=new_id("ent"),
-                account_id=posted.account_id,
-                transaction_id=new_transaction_id,
-                entry_type=posted.entry_type,
-                amount=posted.amount,
-                currency=posted.currency,
-                status="POSTED",
-                effective_date=posted.effective_date,
-                metadata={**posted.metadata, "derived_from_entry_id": posted.entry_id},
-            )
-        )
-    return Applied(
-        "fulfil",
-        {
+        transaction_id = ledger.book_fulfilment(batch, leg, posted_legs, entry, plan.variance_account_id)
+        result = {
             "matched_transaction_id": leg.transaction_id,
             "matched_entry_id": leg.entry_id,
-            "evolved_transaction_id": new_transaction_id,
+            "evolved_transaction_id": transaction_id,
             "match_type": "Phase2_Fulfilled",
-        },
-    )
+        }
+        if entry.amount != leg.amount:
+            result.update(match_type="FulfilledWithTolerance", variance=str(entry.amount - leg.amount),
+                          variance_account_id=plan.variance_account_id)
+        return Applied("fulfil", result)
 
 
-def _differences(entry: StagingEntry, leg: ExpectedLeg) -> list[str]:
-    found = []
-    if entry.amount != leg.amount:  # Decimal comparison is numeric: 10.5 == 10.50
-        found.append(f"amount: expected {leg.amount}, got {entry.amount}")
-    if entry.currency != leg.currency:
-        found.append(f"currency: expected {leg.currency}, got {entry.currency}")
-    if entry.entry_type != leg.entry_type:
-        found.append(f"side: expected {leg.entry_type}, got {entry.entry_type}")
-    return found
+def _opposite(side: str) -> str:
+    return "CREDIT" if side == "DEBIT" else "DEBIT"

@@ -11,7 +11,7 @@ from recon.model import StagingStatus, TaskStatus
 from recon.staging import StagingUpdate
 from recon.tasks.chunk import WorkItem
 from recon.tasks.verdicts import AlreadyProcessed, Applied, ManualReview, Retry, Wait
-from recon.tracker import Outcome
+from recon.tracker import WAIT_PREFIX, Outcome
 
 ItemResult = Applied | ManualReview | Wait | Retry | AlreadyProcessed
 
@@ -60,7 +60,7 @@ class ItemOutcome:
         if isinstance(result, ManualReview):
             return Outcome(task_id, TaskStatus.FAILED, f"{result.error_type}: {result.message}")
         if isinstance(result, Wait):
-            return Outcome(task_id, TaskStatus.RETRY, result.reason, result.seconds)
+            return Outcome(task_id, TaskStatus.RETRY, WAIT_PREFIX + result.reason, result.seconds)
         if isinstance(result, Retry):
             return Outcome(task_id, TaskStatus.RETRY, result.error)
         return Outcome(task_id, TaskStatus.COMPLETED)  # applied, or already processed

@@ -12,7 +12,7 @@ from typing import ClassVar, Sequence
 
 from sqlalchemy.engine import Connection
 
-from recon import accounts, ledger, staging
+from recon import accounts, ledger, match_keys, staging
 from recon.errors import ErrorType
 from recon.ledger import LedgerBatch, NewEntry, NewTransaction, new_id
 from recon.model import Account, EntryType, ExpectedLeg, PostedLeg, ProcessingMode, ReconRule, StagingEntry, StagingStatus
@@ -36,6 +36,7 @@ class _Loaded:
     rules_by_account_one: dict[str, ReconRule]
     accounts: dict[str, Account]
     booked_logical_ids: set[str]
+    lines: dict[str, StagingEntry]  # lines read with their metadata (when a contra rule keys on it)
 
 
 def logical_transaction_id(entry: StagingEntry) -> str:
@@ -53,22 +54,32 @@ class TransactionCreationTask(ReconTask):
         entries = [i.staging for i in items if i.staging is not None]
         rules = accounts.load_rules(conn, sorted({e.account_id for e in entries}))
         rules_by_one: dict[str, ReconRule] = {}
-        contras: dict[str, list[str]] = {}
-        for rule in rules:  # oldest first: the oldest rule of an account_one wins
+        contras: dict[str, list[ReconRule]] = {}
+        for rule in rules:  # by (priority, id): the first rule of an account_one wins
             rules_by_one.setdefault(rule.account_one_id, rule)
-            contras.setdefault(rule.account_one_id, []).append(rule.account_two_id)
+            contras.setdefault(rule.account_one_id, []).append(rule)
         account_ids = {e.account_id for e in entries} | {r.account_two_id for r in rules_by_one.values()}
         if lock:
             _lock_contested_orders(conn, entries)
         booked = ledger.existing_logical_ids(conn, sorted({logical_transaction_id(e) for e in entries}))
+        # validate reads no metadata unless asked: a confirmation keyed on the metadata of a booked
+        # line needs this chunk's lines with theirs to see their bookings
+        contra_ids = sorted({r.account_two_id for rs in contras.values() for r in rs})
+        if any(expected.startswith(match_keys.METADATA) for r in accounts.load_rules(conn, contra_ids)
+               if r.account_two_id in contra_ids for _, expected in r.match_keys):
+            lines = staging.load_entries(conn, [e.staging_entry_id for e in entries], lock=False)
+            entries = [lines.get(e.staging_entry_id, e) for e in entries]
         for e in entries:  # a confirmation of the chunk waits for these lines, as for queued ones
-            if _pending_with_order(e):
-                reservations.announce_booking(e.staging_entry_id, [(two, e.order_id) for two in contras.get(e.account_id, ())])
-        return _Loaded(rules_by_one, accounts.load_accounts(conn, sorted(account_ids)), booked)
+            if e.status == StagingStatus.PENDING:
+                reservations.announce_booking(e.staging_entry_id, [
+                    _expected_leg(e, r.account_two_id, r.merchant_id, e.staging_entry_id, e.staging_entry_id)
+                    for r in contras.get(e.account_id, ())])
+        return _Loaded(rules_by_one, accounts.load_accounts(conn, sorted(account_ids)), booked,
+                       {e.staging_entry_id: e for e in entries if e.metadata})
 
     def validate(self, item: WorkItem, loaded: _Loaded, reservations: Reservations) -> Verdict:
-        entry = item.staging
-        assert entry is not None
+        assert item.staging is not None
+        entry = loaded.lines.get(item.staging.staging_entry_id, item.staging)
         rule = loaded.rules_by_account_one.get(entry.account_id)
         if rule is None:
             return ManualReview(
@@ -83,6 +94,7 @@ class TransactionCreationTask(ReconTask):
             return ManualReview(
                 ErrorType.CURRENCY_MISMATCH,
                 f"entry currency {entry.currency} differs from the account currency ({names})",
+                {"mismatched_fields": [{"field": "currency", "expected": wrong[0].currency, "actual": entry.currency}]},
             )
         logical_id = logical_transaction_id(entry)
         if logical_id in loaded.booked_logical_ids or not reservations.claim_logical_id(logical_id):
@@ -91,7 +103,7 @@ class TransactionCreationTask(ReconTask):
                 f"order {entry.order_id!r} is already booked for account {entry.account_id}"
                 f" (logical transaction {logical_id})",
             )
-        if entry.order_id and reservations.wants((contra.account_id, entry.order_id)):
+        if reservations.wants(contra.account_id):
             # a confirmation later in the chunk finds this booking, as it would one at a time; until
             # run writes it, the leg is named by this line's staging entry id
             reservations.publish_booking(entry.staging_entry_id, _expected_leg(
@@ -152,7 +164,7 @@ class TransactionCreationTask(ReconTask):
                 metadata={**entry.metadata, **order, **source, "recon_rule_id": plan.rule_id},
             )
         )
-        if entry.order_id and reservations.wants((plan.contra_account_id, entry.order_id)):
+        if reservations.wants(plan.contra_account_id):
             # the confirmation of this chunk that fulfils this booking carries its POSTED leg over
             posted = PostedLeg(posted_id, entry.account_id, transaction_id, entry.entry_type, entry.amount,
                                entry.currency, entry.effective_date, posted_metadata)
@@ -181,6 +193,8 @@ def _expected_leg(entry: StagingEntry, contra_account_id: str, merchant_id: str,
         merchant_id=merchant_id,
         transaction_amount=entry.amount,
         transaction_metadata={**entry.metadata, "source_staging_entry_id": entry.staging_entry_id},
+        effective_date=entry.effective_date,
+        metadata=entry.metadata,
     )
 
 
