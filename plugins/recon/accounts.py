@@ -126,6 +126,26 @@ def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | N
     return created
 
 
+def set_variance_account(rule_id: str, variance_account_id: str | None, *, db: Database) -> ReconRule:
+    """Where reviewers' write-offs (`review accept`, `force-match` with a difference) of this rule
+    go: an account of the rule's merchant in its currency (None: no write-offs)."""
+    with db.begin() as conn:
+        rule = get_rule(rule_id, conn)
+        if variance_account_id is not None:
+            account = get_account(variance_account_id, conn)
+            two = get_account(rule.account_two_id, conn)
+            if (account.merchant_id, account.currency) != (rule.merchant_id, two.currency):
+                raise InvalidInputError(
+                    f"variance account {account.account_id} ({account.merchant_id}, {account.currency}) must belong"
+                    f" to the rule's merchant {rule.merchant_id} and be in {two.currency}", field="variance_account_id")
+            if account.account_id in (rule.account_one_id, rule.account_two_id):
+                raise InvalidInputError(f"variance account {account.account_id} must not be one of the rule's own"
+                                        " accounts", field="variance_account_id")
+        conn.execute(sa.text("UPDATE recon_rules SET variance_account_id = :v, updated_at = now() WHERE id = :id"),
+                     {"v": variance_account_id, "id": rule_id})
+        return get_rule(rule_id, conn)
+
+
 def get_account(account_id: str, conn: Connection) -> Account:
     row = conn.execute(sa.text(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = :id"), {"id": account_id}).first()
     if row is None:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from recon import accounts, ledger, settings, staging
 from recon.db.engine import database_now
 from recon.errors import ErrorType
-from recon.ledger import LedgerBatch, NewEntry, NewTransaction, new_id
+from recon.ledger import LedgerBatch
 from recon.model import Account, ExpectedLeg, PostedLeg, ProcessingMode, ReconRule, StagingEntry
 from recon.tasks.base import ReconTask, VerdictOutdated
 from recon.tasks.chunk import OrderKey, Reservations, WorkItem
@@ -207,57 +207,7 @@ class ExpectedEntryMatchingTask(ReconTask):
 
 def _fulfil(entry: StagingEntry, leg: ExpectedLeg, posted_legs: Sequence[PostedLeg], batch: LedgerBatch) -> Applied:
     """Version N archived; version N+1 POSTED with the fulfilling leg and the POSTED legs carried over."""
-    new_transaction_id = new_id("txn")
-    batch.archive_transaction_ids.append(leg.transaction_id)
-    batch.transactions.append(
-        NewTransaction(
-            transaction_id=new_transaction_id,
-            logical_transaction_id=leg.logical_transaction_id,
-            version=leg.version + 1,
-            amount=leg.transaction_amount,
-            currency=leg.currency,
-            merchant_id=leg.merchant_id,
-            status="POSTED",
-            metadata={
-                **leg.transaction_metadata,
-                "evolved_from_transaction_id": leg.transaction_id,
-                "fulfilled_expected_entry_id": leg.entry_id,
-            },
-            source_staging_entry_id=entry.staging_entry_id,
-        )
-    )
-    batch.entries.append(
-        NewEntry(
-            entry_id=new_id("ent"),
-            account_id=entry.account_id,
-            transaction_id=new_transaction_id,
-            entry_type=entry.entry_type,
-            amount=entry.amount,
-            currency=entry.currency,
-            status="POSTED",
-            effective_date=entry.effective_date,
-            metadata={
-                **entry.metadata,
-                "source_staging_entry_id": entry.staging_entry_id,
-                "fulfilled_expected_entry_id": leg.entry_id,
-            },
-            fulfilled_expected_entry_id=leg.entry_id,
-        )
-    )
-    for posted in posted_legs:
-        batch.entries.append(
-            NewEntry(
-                entry_id=new_id("ent"),
-                account_id=posted.account_id,
-                transaction_id=new_transaction_id,
-                entry_type=posted.entry_type,
-                amount=posted.amount,
-                currency=posted.currency,
-                status="POSTED",
-                effective_date=posted.effective_date,
-                metadata={**posted.metadata, "derived_from_entry_id": posted.entry_id},
-            )
-        )
+    new_transaction_id = ledger.fulfil_expected_leg(entry, leg, posted_legs, batch)
     return Applied(
         "fulfil",
         {
