@@ -1,6 +1,8 @@
 """The demo data set: one merchant, a bank account and its PSP clearing account, a rule,
 and two statement files (demo/transactions.csv, demo/confirmations.csv) that include a
-duplicate line, an invalid line, amount and side mismatches and an unmatched confirmation.
+duplicate line, an invalid line, amount and side mismatches and an unmatched confirmation. The
+rule writes reviewers' write-offs to a variance account, so the amount mismatch (ORD-1007) can be
+accepted as the README shows.
 
 The demo runs in its own database (``recon_demo`` on the same server as the resolved
 database), recreated on every run, so it is repeatable and never touches real data.
@@ -57,7 +59,11 @@ def load_demo_data(db: Database) -> dict[str, Any]:
                                  account_id="acc_demo_bank", db=db)
     psp = accounts.create_account(merchant, "PSP clearing USD", "CREDIT_NORMAL", "USD",
                                 account_id="acc_demo_psp", db=db)
-    accounts.create_recon_rule(bank, psp, rule_id="rule_demo_bank_psp", db=db)
+    rule = accounts.create_recon_rule(bank, psp, rule_id="rule_demo_bank_psp", db=db)
+    # where a reviewer's write-offs go: the README resolves the demo's ORD-1007 mismatch with it
+    writeoffs = accounts.create_account(merchant, "Write-offs USD", "CREDIT_NORMAL", "USD",
+                                        account_id="acc_demo_writeoffs", db=db)
+    accounts.set_variance_account(rule, writeoffs, db=db)
     transactions = ingest_csv(DEMO_DIR / "transactions.csv", bank, "TRANSACTION", db=db)
     confirmations = ingest_csv(DEMO_DIR / "confirmations.csv", psp, "CONFIRMATION", db=db)
     return {"transactions": transactions, "confirmations": confirmations}

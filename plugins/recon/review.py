@@ -386,7 +386,9 @@ def show(db: Database, staging_entry_id: str) -> dict[str, Any]:
             raise NotFoundError(f"no staging entry with id {staging_entry_id!r}")
         meta = row.metadata
         named = [meta["matched_entry_id"]] if row.status == StagingStatus.NEEDS_MANUAL_REVIEW and meta.get("matched_entry_id") else []
-        named += [c["entry_id"] for c in meta.get("candidates", []) if isinstance(c, dict) and c.get("entry_id")]
+        # the matcher's own candidates when it recorded them (entry ids, or objects naming one)
+        named += [c.get("entry_id") if isinstance(c, dict) else c for c in meta.get("candidates") or []
+                  if isinstance(c, str) or (isinstance(c, dict) and isinstance(c.get("entry_id"), str))]
         legs = ledger.candidate_legs(conn, row.account_id, row.order_id, named)
         history = decisions(conn, staging_entry_id)
     candidates = [{

@@ -85,3 +85,21 @@ def test_export_decide_import_and_import_again(books, db_url, tmp_path):
 
     missing = recon(db_url, "review", "import", str(tmp_path / "nope.csv"), check=False)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_the_readme_walk_through_resolves_the_demo_mismatch(db, db_url, monkeypatch):
+    """What `./recon demo` leaves in review, resolved with the README's commands."""
+    from recon import demo, ledger, pipeline
+
+    monkeypatch.setenv("RECON_MATCHING_WINDOW_SECONDS", "0")
+    demo.load_demo_data(db)
+    pipeline.process_queue(db=db)
+    listed = json.loads(recon(db_url, "review", "list", "--type", "MismatchError", "--json").stdout)
+    sid = next(i["staging_entry_id"] for i in listed if i["order_id"] == "ORD-1007")
+    assert "mismatch: amount expected 99.9000, actual 89.9000" in recon(db_url, "review", "show", sid).stdout
+    recon(db_url, "review", "accept", sid, "--reason", "BANK_FEE", "--note", "PSP kept a 10.00 fee")
+    report = json.loads(recon(db_url, "report", "--json").stdout)
+    balances = {b["account_id"]: b for b in report["balances"]}
+    assert balances["acc_demo_writeoffs"]["posted"] == "10.0000"
+    assert report["invariants"]["ok"] and ledger.check_invariants(db).ok
+    assert recon(db_url, "review", "verify").stdout.strip() == "audit chain intact: 1 decision(s)"
