@@ -179,13 +179,24 @@ def _older_than(text: str | None) -> Any:
     return dt.timedelta(**{units[unit]: value})
 
 
+def _review_database(args: argparse.Namespace) -> Any:
+    """The database the review commands work on: the resolved one, or with --demo the one
+    `./recon demo` filled (as `./recon ui --demo`)."""
+    if args.demo:
+        from recon import demo
+
+        os.environ["RECON_DATABASE_URL"] = demo.existing_demo_database()
+        reset_default_database()
+    _announce_database()
+    return default_database()
+
+
 def cmd_review_list(args: argparse.Namespace) -> int:
     from recon import staging
 
     if args.limit < 1:
         raise InvalidInputError(f"--limit must be at least 1, got {args.limit}")
-    _announce_database()
-    with default_database().begin() as conn:
+    with _review_database(args).begin() as conn:
         items = staging.open_items(conn, args.type, args.account, _older_than(args.older_than), args.limit)
     rows = [{k: v for k, v in vars(i).items() if k != "metadata"} for i in items]
     text = "\n".join(f"{i.staging_entry_id}  {i.error_type:<24} {i.account_id}  {i.order_id or '-':<12}"
@@ -197,8 +208,7 @@ def cmd_review_list(args: argparse.Namespace) -> int:
 def cmd_review_show(args: argparse.Namespace) -> int:
     from recon import review
 
-    _announce_database()
-    item = review.show(default_database(), args.staging_entry_id)
+    item = review.show(_review_database(args), args.staging_entry_id)
     lines = [f"{item['staging_entry_id']}: {item['status']} {item['error_type'] or item['match_type'] or ''}",
              f"  line:   {item['processing_mode']} {item['entry_type']} {item['amount']} {item['currency']}"
              f" on {item['account_id']}, order {item['order_id'] or '-'}",
@@ -220,8 +230,7 @@ def cmd_review_show(args: argparse.Namespace) -> int:
 def cmd_review_act(args: argparse.Namespace) -> int:
     from recon import review
 
-    _announce_database()
-    db = default_database()
+    db = _review_database(args)
     if args.action == "requeue" and args.staging_entry_id is None:
         outcomes = review.requeue_matching(db, reason=args.reason, note=args.note, actor=args.actor,
                                            error_type=args.type, account_id=args.account,
@@ -241,8 +250,7 @@ def cmd_review_act(args: argparse.Namespace) -> int:
 def cmd_review_verify(args: argparse.Namespace) -> int:
     from recon import review
 
-    _announce_database()
-    result = review.verify(default_database())
+    result = review.verify(_review_database(args))
     if result.ok:
         print(f"audit chain intact: {result.rows} decision(s)")
         return 0
@@ -253,8 +261,7 @@ def cmd_review_verify(args: argparse.Namespace) -> int:
 def cmd_review_export(args: argparse.Namespace) -> int:
     from recon import review
 
-    _announce_database()
-    n = review.export_csv(default_database(), args.file, args.type, args.account, _older_than(args.older_than))
+    n = review.export_csv(_review_database(args), args.file, args.type, args.account, _older_than(args.older_than))
     print(f"wrote {n} open item(s) to {args.file}: fill in decision (one of {', '.join(review.ACTIONS)}),"
           f" reason_code, note (expected_entry_id for force-match), then `recon review import`")
     return 0
@@ -263,8 +270,7 @@ def cmd_review_export(args: argparse.Namespace) -> int:
 def cmd_review_import(args: argparse.Namespace) -> int:
     from recon import review
 
-    _announce_database()
-    report = review.import_csv(default_database(), args.file, actor=args.actor)
+    report = review.import_csv(_review_database(args), args.file, actor=args.actor)
     print(f"applied {len(report.applied)}, already applied {len(report.already_applied)},"
           f" undecided {report.undecided}, errors {len(report.errors)}")
     for number, message in report.errors:
@@ -511,6 +517,8 @@ def _add_review_commands(review: argparse._SubParsersAction) -> None:
     imported.add_argument("file", type=Path, metavar="FILE.csv")
     imported.add_argument("--actor", default=None, help="who decides (default: the OS user)")
     imported.set_defaults(func=cmd_review_import)
+    for command in review.choices.values():
+        command.add_argument("--demo", action="store_true", help="work on the database `./recon demo` filled")
 
 
 def main(argv: list[str] | None = None) -> int:
