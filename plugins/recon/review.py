@@ -201,7 +201,24 @@ def default_actor() -> str:
 # ---- the actions ---------------------------------------------------------------------------------
 
 
-def _fulfil(conn: Connection, item: ReviewItem, expected_entry_id: str, action: str, review_note: dict[str, Any]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Asked:
+    """What the reviewer asked for, as each action's effect reads it."""
+
+    db: Database
+    action: str
+    reason: str
+    note: str
+    actor: str
+    expected_entry_id: str | None
+
+    @property
+    def review_note(self) -> dict[str, str]:
+        """Kept in the booked version's metadata: the ledger says which decision made it."""
+        return {"action": self.action, "reason_code": self.reason, "note": self.note, "actor": self.actor}
+
+
+def _fulfil(conn: Connection, item: ReviewItem, expected_entry_id: str, asked: _Asked) -> dict[str, Any]:
     """Fulfil the expected leg with this line at the line's amount; a difference goes to the rule's
     variance account. Refused (nothing written) when the pair cannot be matched."""
     entry = item.entry
@@ -234,9 +251,9 @@ def _fulfil(conn: Connection, item: ReviewItem, expected_entry_id: str, action: 
     batch = LedgerBatch()
     new_transaction_id = ledger.fulfil_expected_leg(
         entry, leg, ledger.posted_legs(conn, [leg.transaction_id]).get(leg.transaction_id, []), batch,
-        variance, {"review": review_note})
+        variance, {"review": asked.review_note})
     batch.flush(conn)  # checks the new version balances per currency
-    match_type = "Accepted" if action == "accept" else "ForceMatched"
+    match_type = "Accepted" if asked.action == "accept" else "ForceMatched"
     after = {"status": StagingStatus.PROCESSED.value, "match_type": match_type,
              "matched_transaction_id": leg.transaction_id, "matched_entry_id": leg.entry_id,
              "evolved_transaction_id": new_transaction_id}
@@ -257,23 +274,23 @@ def _rule_of(conn: Connection, found: ledger.ReviewLeg) -> Any:
     return rules[0]
 
 
-def _accept(conn: Connection, item: ReviewItem, args: dict[str, Any]) -> dict[str, Any]:
+def _accept(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]:
     meta = item.entry.metadata
     if not meta.get("matched_entry_id"):
         raise InvalidInputError(
             f"accept resolves a mismatch with its expected entry; staging entry {item.entry.staging_entry_id} is"
             f" {meta.get('error_type')}: use force-match --expected ENTRY_ID")
-    return _fulfil(conn, item, meta["matched_entry_id"], "accept", args["review_note"])
+    return _fulfil(conn, item, meta["matched_entry_id"], asked)
 
 
-def _force_match(conn: Connection, item: ReviewItem, args: dict[str, Any]) -> dict[str, Any]:
-    if not args.get("expected_entry_id"):
+def _force_match(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]:
+    if not asked.expected_entry_id:
         raise InvalidInputError("force-match needs the expected entry to match (--expected ENTRY_ID)",
                                 field="expected_entry_id")
-    return _fulfil(conn, item, args["expected_entry_id"], "force-match", args["review_note"])
+    return _fulfil(conn, item, asked.expected_entry_id, asked)
 
 
-def _ignore(conn: Connection, item: ReviewItem, args: dict[str, Any]) -> dict[str, Any]:
+def _ignore(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]:
     """PROCESSED with no ledger effect; an expected leg this line held in MISMATCH is open again."""
     after: dict[str, Any] = {"status": StagingStatus.PROCESSED.value, "match_type": "Ignored"}
     mismatched = item.entry.metadata.get("matched_transaction_id")
@@ -284,11 +301,11 @@ def _ignore(conn: Connection, item: ReviewItem, args: dict[str, Any]) -> dict[st
             batch.flush(conn)
             after.update(reopened)
     staging.apply_updates(conn, [StagingUpdate(item.entry.staging_entry_id, StagingStatus.PROCESSED,
-                                               {"match_type": "Ignored", "review": args["review_note"]})])
+                                               {"match_type": "Ignored", "review": asked.review_note})])
     return after
 
 
-def _reopen(conn: Connection, item: ReviewItem, args: dict[str, Any]) -> dict[str, Any]:
+def _reopen(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]:
     entry = item.entry
     mismatched = entry.metadata.get("matched_transaction_id") if entry.status == StagingStatus.NEEDS_MANUAL_REVIEW else None
     batch = LedgerBatch()
@@ -297,20 +314,20 @@ def _reopen(conn: Connection, item: ReviewItem, args: dict[str, Any]) -> dict[st
         raise InvalidInputError(f"staging entry {entry.staging_entry_id} has no match or mismatch to reopen"
                                 f" ({entry.status}, {entry.metadata.get('match_type') or entry.metadata.get('error_type')})")
     batch.flush(conn)
-    staging.back_to_review(conn, entry.staging_entry_id, f"reopened by {args['actor']}: {args['reason']}",
+    staging.back_to_review(conn, entry.staging_entry_id, f"reopened by {asked.actor}: {asked.reason}",
                            ErrorType.REOPENED.value, {"reopened_transaction_id": reopened["reopened_transaction_id"]})
     return {"status": StagingStatus.NEEDS_MANUAL_REVIEW.value, **reopened}
 
 
-def _requeue(conn: Connection, item: ReviewItem, args: dict[str, Any]) -> dict[str, Any]:
+def _requeue(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]:
     """Today's reprocess, for this one entry: back to PENDING with a fresh task."""
     reopened = staging.reopen_for_review(conn, None, None, [item.entry.staging_entry_id])
-    tasks = ProcessTracker(args["db"]).enqueue_entries(reopened, conn)
+    tasks = ProcessTracker(asked.db).enqueue_entries(reopened, conn)
     return {"status": StagingStatus.PENDING.value, "task_ids": tasks}
 
 
 # action -> (its effect, the status the item must be in; None: the effect checks)
-_EFFECTS: dict[str, tuple[Callable[[Connection, ReviewItem, dict[str, Any]], dict[str, Any]], str | None]] = {
+_EFFECTS: dict[str, tuple[Callable[[Connection, ReviewItem, _Asked], dict[str, Any]], str | None]] = {
     "accept": (_accept, StagingStatus.NEEDS_MANUAL_REVIEW),
     "force-match": (_force_match, StagingStatus.NEEDS_MANUAL_REVIEW),
     "ignore": (_ignore, StagingStatus.NEEDS_MANUAL_REVIEW),
@@ -341,9 +358,7 @@ def act(db: Database, action: str, staging_entry_id: str, *, reason: str, note: 
             if done is not None:
                 return Outcome(Decision(*done), already_applied=True)
         item = _lock(conn, staging_entry_id, seen_at, status)
-        review_note = {"action": action, "reason_code": reason, "note": note, "actor": actor}
-        after = effect(conn, item, {"db": db, "review_note": review_note, "expected_entry_id": expected_entry_id,
-                                    "actor": actor, "reason": reason})
+        after = effect(conn, item, _Asked(db, action, reason, note, actor, expected_entry_id))
         return Outcome(_append(conn, item, action, reason, note, actor, after, decision_key))
 
 

@@ -14,7 +14,7 @@ import hashlib
 import hmac
 from typing import Any
 
-from fastapi import APIRouter, Depends, Form, Path, Request
+from fastapi import APIRouter, Depends, Form, Path, Query, Request
 from fastapi.exceptions import HTTPException
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -69,7 +69,7 @@ def _check_same_origin(request: Request, user: BaseUser, token: str) -> None:
 
 
 @router.get("/exceptions", response_class=HTMLResponse)
-async def exceptions_page(request: Request, decided: str | None = None) -> HTMLResponse:
+async def exceptions_page(request: Request, decided: int | None = Query(None, ge=1)) -> HTMLResponse:
     """Open items oldest first, the ageing buckets per error type, the latest decisions."""
     links = page_links(request)
 
