@@ -591,7 +591,8 @@ def reopen_confirmed(conn: Connection, staging_entry_id: str, mismatched_transac
     ), {"id": live.transaction_id}).all()
     expected_id = live.metadata.get("fulfilled_expected_entry_id") if live.status == "POSTED" else None
     new_transaction_id = new_id("txn")
-    reopened_metadata = {k: v for k, v in live.metadata.items() if k not in ("fulfilled_expected_entry_id", "variance")}
+    reopened_metadata = {k: v for k, v in live.metadata.items()
+                         if k not in ("fulfilled_expected_entry_id", "variance", "review")}
     batch.archive_transaction_ids.append(live.transaction_id)
     batch.transactions.append(NewTransaction(
         transaction_id=new_transaction_id,

@@ -307,12 +307,14 @@ def _ignore(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]
 
 def _reopen(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]:
     entry = item.entry
-    mismatched = entry.metadata.get("matched_transaction_id") if entry.status == StagingStatus.NEEDS_MANUAL_REVIEW else None
+    in_review = entry.status == StagingStatus.NEEDS_MANUAL_REVIEW
+    mismatched = entry.metadata.get("matched_transaction_id") if in_review else None
     batch = LedgerBatch()
     reopened = ledger.reopen_confirmed(conn, entry.staging_entry_id, mismatched, batch)
     if reopened is None:
+        state = entry.metadata.get("match_type") or entry.metadata.get("error_type")
         raise InvalidInputError(f"staging entry {entry.staging_entry_id} has no match or mismatch to reopen"
-                                f" ({entry.status}, {entry.metadata.get('match_type') or entry.metadata.get('error_type')})")
+                                f" ({entry.status}, {state})")
     batch.flush(conn)
     staging.back_to_review(conn, entry.staging_entry_id, f"reopened by {asked.actor}: {asked.reason}",
                            ErrorType.REOPENED.value, {"reopened_transaction_id": reopened["reopened_transaction_id"]})
@@ -400,7 +402,8 @@ def show(db: Database, staging_entry_id: str) -> dict[str, Any]:
         if row is None:
             raise NotFoundError(f"no staging entry with id {staging_entry_id!r}")
         meta = row.metadata
-        named = [meta["matched_entry_id"]] if row.status == StagingStatus.NEEDS_MANUAL_REVIEW and meta.get("matched_entry_id") else []
+        in_review = row.status == StagingStatus.NEEDS_MANUAL_REVIEW
+        named = [meta["matched_entry_id"]] if in_review and meta.get("matched_entry_id") else []
         # the matcher's own candidates when it recorded them (entry ids, or objects naming one)
         named += [c.get("entry_id") if isinstance(c, dict) else c for c in meta.get("candidates") or []
                   if isinstance(c, str) or (isinstance(c, dict) and isinstance(c.get("entry_id"), str))]
