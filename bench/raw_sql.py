@@ -168,7 +168,7 @@ UNION ALL  -- a difference within tolerance: to the variance account, on the sid
 SELECT variance_account_id, new_transaction_id,
        CASE WHEN amount < leg_amount THEN entry_type WHEN entry_type = 'DEBIT' THEN 'CREDIT' ELSE 'DEBIT' END,
        abs(amount - leg_amount), currency, 'POSTED', effective_date,
-       jsonb_build_object('source_staging_entry_id', staging_entry_id, 'variance_of_entry_id', leg_entry_id), NULL
+       jsonb_build_object('source_staging_entry_id', staging_entry_id, 'variance_of_expected_entry_id', leg_entry_id), NULL
 FROM cf WHERE error_type IS NULL AND amount <> leg_amount
 """
 

@@ -157,7 +157,7 @@ def _fulfil(conn: Connection, entry: Any) -> dict[str, Any]:
         side = entry.entry_type if variance < 0 else ("CREDIT" if entry.entry_type == "DEBIT" else "DEBIT")
         _insert_entry(conn, account=rule.variance_account_id, txn=new_txn, side=side, amount=abs(variance),
                       currency=leg.currency, status="POSTED", date=entry.effective_date,
-                      metadata={"source_staging_entry_id": entry.staging_entry_id, "variance_of_entry_id": leg.entry_id})
+                      metadata={"source_staging_entry_id": entry.staging_entry_id, "variance_of_expected_entry_id": leg.entry_id})
         result.update(match_type="FulfilledWithTolerance", variance=str(variance),
                       variance_account_id=rule.variance_account_id)
     return result

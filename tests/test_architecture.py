@@ -26,6 +26,7 @@ OWNERS = {
     "run_summaries": "plugins/recon/reporting/run_summaries.py",
     "recon_schema_migrations": "plugins/recon/db/migrations.py",
     "api_idempotency_keys": "plugins/recon/web/api/idempotency.py",
+    "review_decisions": "plugins/recon/review.py",
 }
 _TABLE_REFERENCE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE|EXISTS)\s+(?:ONLY\s+)?([a-z_][a-z0-9_]*)")
 

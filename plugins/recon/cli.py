@@ -2,7 +2,8 @@
 
 Every command that touches the database says which one on stderr (never its password).
 Exit codes: 0 success, 2 bad input or configuration (a ``ReconError``: the message names what
-was wrong), 3 a CSV had rejected rows (the valid rows were ingested), 1 the demo's books did not
+was wrong), 3 a CSV had rejected rows (the valid rows were ingested; for `review import`, rows whose
+decision was refused, the others applied), 1 the demo's books did not
 balance or its DAG run failed, or a bug (its traceback with ``--debug``).
 """
 
@@ -21,7 +22,7 @@ import sqlalchemy.exc
 from recon import json_encoding, settings
 from recon.db import default_database, migrations, reset_default_database, stop_embedded_server
 from recon.db.engine import describe_error
-from recon.errors import ReconError
+from recon.errors import InvalidInputError, ReconError
 
 
 def _announce_database() -> None:
@@ -262,6 +263,125 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- review: exceptions --------------------------------------------------------------------
+
+
+def _older_than(text: str | None) -> Any:
+    """'3d', '12h', '90m' or a number of days, as a timedelta."""
+    import datetime as dt
+
+    if text is None:
+        return None
+    units = {"d": "days", "h": "hours", "m": "minutes"}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "d")
+    try:
+        value = float(number)
+    except ValueError:
+        raise InvalidInputError(f"--older-than {text!r} must look like 3d, 12h or 90m") from None
+    if value < 0:
+        raise InvalidInputError(f"--older-than {text!r} must not be negative")
+    return dt.timedelta(**{units[unit]: value})
+
+
+def _review_database(args: argparse.Namespace) -> Any:
+    """The database the review commands work on: the resolved one, or with --demo the one
+    `./recon demo` filled (as `./recon ui --demo`)."""
+    if args.demo:
+        from recon import demo
+
+        os.environ["RECON_DATABASE_URL"] = demo.existing_demo_database()
+        reset_default_database()
+    _announce_database()
+    return default_database()
+
+
+def cmd_review_list(args: argparse.Namespace) -> int:
+    from recon import staging
+
+    if args.limit < 1:
+        raise InvalidInputError(f"--limit must be at least 1, got {args.limit}")
+    with _review_database(args).begin() as conn:
+        items = staging.open_items(conn, args.type, args.account, _older_than(args.older_than), args.limit)
+    rows = [{k: v for k, v in vars(i).items() if k != "metadata"} for i in items]
+    text = "\n".join(f"{i.staging_entry_id}  {i.error_type:<24} {i.account_id}  {i.order_id or '-':<12}"
+                     f" {i.entry_type:<6} {i.amount:>12} {i.currency}  {i.reason or ''}" for i in items)
+    _print(rows, args.json, text or "no open items")
+    return 0
+
+
+def cmd_review_show(args: argparse.Namespace) -> int:
+    from recon import review
+
+    item = review.show(_review_database(args), args.staging_entry_id)
+    lines = [f"{item['staging_entry_id']}: {item['status']} {item['error_type'] or item['match_type'] or ''}",
+             f"  line:   {item['processing_mode']} {item['entry_type']} {item['amount']} {item['currency']}"
+             f" on {item['account_id']}, order {item['order_id'] or '-'}",
+             f"  reason: {item['reason'] or '-'}",
+             f"  seen:   {item['seen']}  (pass as --seen to refuse the action if it changes meanwhile)"]
+    for field in item["mismatched_fields"]:
+        lines.append(f"  mismatch: {field['field']} expected {field['expected']}, actual {field['actual']}")
+    lines.append("  candidate expected entries:" if item["candidates"] else "  candidate expected entries: none")
+    for c in item["candidates"]:
+        lines.append(f"    {c['entry_id']}  {c['entry_type']} {c['amount']} {c['currency']}  difference"
+                     f" {c['difference']}  ({c['transaction_status']}, transaction {c['transaction_id']})")
+    for d in item["decisions"]:
+        lines.append(f"  decision #{d['seq']}: {d['action']} {d['reason_code']} by {d['actor']} at {d['decided_at']}"
+                     f" - {d['note']}")
+    _print(item, args.json, "\n".join(lines))
+    return 0
+
+
+def cmd_review_act(args: argparse.Namespace) -> int:
+    from recon import review
+
+    db = _review_database(args)
+    if args.action == "requeue" and args.staging_entry_id is None:
+        outcomes = review.requeue_matching(db, reason=args.reason, note=args.note, actor=args.actor,
+                                           error_type=args.type, account_id=args.account,
+                                           older_than=_older_than(args.older_than))
+        print(f"requeued {len(outcomes)} item(s)")
+        return 0
+    if args.staging_entry_id is None:
+        raise InvalidInputError(f"{args.action} needs a STAGING_ENTRY_ID (or, for requeue, a filter)")
+    outcome = review.act(db, args.action, args.staging_entry_id, reason=args.reason, note=args.note,
+                         actor=args.actor, seen=args.seen, expected_entry_id=getattr(args, "expected", None))
+    d = outcome.decision
+    _print(vars(d), args.json, f"{d.action} {d.staging_entry_id}: {json_encoding.dumps(d.after)}"
+                               f" (audit row #{d.seq} by {d.actor})")
+    return 0
+
+
+def cmd_review_verify(args: argparse.Namespace) -> int:
+    from recon import review
+
+    result = review.verify(_review_database(args))
+    if result.ok:
+        print(f"audit chain intact: {result.rows} decision(s)")
+        return 0
+    print(f"recon: audit chain broken at row {result.first_broken_seq}: {result.problem}", file=sys.stderr)
+    return 1
+
+
+def cmd_review_export(args: argparse.Namespace) -> int:
+    from recon import review
+
+    n = review.export_csv(_review_database(args), args.file, args.type, args.account, _older_than(args.older_than))
+    print(f"wrote {n} open item(s) to {args.file}: fill in decision (one of {', '.join(review.ACTIONS)}),"
+          f" reason_code, note (expected_entry_id for force-match), then `recon review import`")
+    return 0
+
+
+def cmd_review_import(args: argparse.Namespace) -> int:
+    from recon import review
+
+    report = review.import_csv(_review_database(args), args.file, actor=args.actor)
+    print(f"applied {len(report.applied)}, already applied {len(report.already_applied)},"
+          f" undecided {report.undecided}, errors {len(report.errors)}")
+    for number, message in report.errors:
+        print(f"  row {number}: {message}", file=sys.stderr)
+    return 3 if report.errors else 0
+
+
 # ---- demo and local Airflow -----------------------------------------------------------------
 
 
@@ -456,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("--task-id", action="append", help="repeatable")
     reprocess.set_defaults(func=cmd_reprocess)
 
+    _add_review_commands(group("review", "exceptions: list, show, act on, export/import, verify the audit log"))
+
     report = commands.add_parser("report", help="statuses, manual-review reasons, balances, invariants")
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_report)
@@ -483,6 +605,56 @@ def build_parser() -> argparse.ArgumentParser:
     airflow.add_argument("airflow_args", nargs=argparse.REMAINDER, metavar="ARGS")
     airflow.set_defaults(func=cmd_airflow)
     return parser
+
+
+def _add_review_commands(review: argparse._SubParsersAction) -> None:
+    from recon.review import ACTIONS, REASON_CODES
+
+    def filters(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--type", help="error_type, e.g. MismatchError")
+        p.add_argument("--account", help="account_id")
+        p.add_argument("--older-than", help="created before this long ago: 3d, 12h, 90m")
+
+    listing = review.add_parser("list", help="open manual-review items, oldest first")
+    filters(listing)
+    listing.add_argument("--limit", type=int, default=1000)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_review_list)
+    show = review.add_parser("show", help="an item: the line, its reason, mismatched fields, candidates")
+    show.add_argument("staging_entry_id", metavar="STAGING_ENTRY_ID")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_review_show)
+    helps = {"accept": "fulfil the mismatched expected entry at the line's amount; the difference to the"
+                       " rule's variance account",
+             "force-match": "fulfil a named open expected entry with this line",
+             "ignore": "PROCESSED with no ledger effect (match_type Ignored)",
+             "reopen": "undo a match or mismatch: the expected entry EXPECTED again, the line back in review",
+             "requeue": "back to the queue (one item, or every item matching a filter)"}
+    for action in ACTIONS:
+        p = review.add_parser(action, help=helps[action])
+        p.add_argument("staging_entry_id", metavar="STAGING_ENTRY_ID", nargs="?" if action == "requeue" else None)
+        p.add_argument("--reason", required=True, choices=REASON_CODES)
+        p.add_argument("--note", default="")
+        p.add_argument("--actor", default=None, help="who decides (default: the OS user)")
+        p.add_argument("--seen", help="the item's `seen` from `review show`: refuse if it changed since")
+        p.add_argument("--json", action="store_true")
+        if action == "force-match":
+            p.add_argument("--expected", required=True, metavar="ENTRY_ID", help="the open expected entry")
+        if action == "requeue":
+            filters(p)
+        p.set_defaults(func=cmd_review_act, action=action)
+    verify = review.add_parser("verify", help="recompute the audit log's hash chain; names the first broken row")
+    verify.set_defaults(func=cmd_review_verify)
+    export = review.add_parser("export", help="open items to CSV with a decision column to fill in")
+    export.add_argument("file", type=Path, metavar="FILE.csv")
+    filters(export)
+    export.set_defaults(func=cmd_review_export)
+    imported = review.add_parser("import", help="apply the filled-in decisions of an export, row by row")
+    imported.add_argument("file", type=Path, metavar="FILE.csv")
+    imported.add_argument("--actor", default=None, help="who decides (default: the OS user)")
+    imported.set_defaults(func=cmd_review_import)
+    for command in review.choices.values():
+        command.add_argument("--demo", action="store_true", help="work on the database `./recon demo` filled")
 
 
 def main(argv: list[str] | None = None) -> int:

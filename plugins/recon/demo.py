@@ -1,7 +1,9 @@
 """The demo data set: one merchant, a bank account, its PSP clearing account and a variance
 account, a rule with a 0.05 tolerance, and two statement files (demo/transactions.csv,
 demo/confirmations.csv) that include a duplicate line, an invalid line, a settlement 0.02 short
-(booked to the variance account), amount and side mismatches and an unmatched confirmation.
+(booked to the variance account), amount and side mismatches and an unmatched confirmation. A
+reviewer's write-off (`review accept`) of the amount mismatch ORD-1007 goes to the same variance
+account, as the README shows.
 
 The demo runs in its own database (``recon_demo`` on the same server as the resolved
 database), recreated on every run, so it is repeatable and never touches real data.

@@ -32,6 +32,7 @@ class ErrorType(enum.StrEnum):
     NO_TASK_HANDLER = "NoTaskHandlerError"
     RETRIES_EXHAUSTED = "RetriesExhaustedError"
     UNEXPECTED = "UnexpectedError"
+    REOPENED = "ReopenedByReviewer"  # a reviewer reopened the match this line had made
 
 
 class ReconError(Exception):
@@ -56,6 +57,13 @@ class ConflictError(InvalidInputError):
     still refers to); nothing was written."""
 
     error_type = "ConflictError"
+
+
+class StaleReviewError(ConflictError):
+    """A reviewer's action on an item that changed since they looked (the engine or another
+    reviewer got there first); nothing was written."""
+
+    error_type = "StaleReviewError"
 
 
 class NotFoundError(ReconError, LookupError):

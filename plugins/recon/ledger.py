@@ -164,15 +164,23 @@ def assert_balanced(conn: Connection, transaction_ids: Iterable[str]) -> None:
         raise LedgerInvariantError(f"{len(rows)} unbalanced transaction(s): {shown}")
 
 
+@dataclass(frozen=True, slots=True)
+class Fulfilment:
+    """What book_fulfilment wrote: the new version's transaction id and its variance leg, if any."""
+
+    transaction_id: str
+    variance: NewEntry | None
+
+
 def book_fulfilment(batch: LedgerBatch, leg: ExpectedLeg, posted_legs: Sequence[PostedLeg], line: StagingEntry,
-                    variance_account_id: str | None = None) -> str:
-    """Fulfil an expected leg with a statement line; returns the new version's transaction id.
+                    variance_account_id: str | None = None, metadata: dict[str, Any] | None = None) -> Fulfilment:
+    """Fulfil an expected leg with a statement line (the one booking of a fulfilment: the matching
+    strategy's and a reviewer's accept / force-match).
 
     Version N is archived; version N+1 is POSTED with the fulfilling leg on the line's account at the
     line's amount, the POSTED legs carried over, and, when the line's amount differs from the
     expected one, a variance leg on `variance_account_id` for the difference, on the side that
-    balances the transaction. The matching strategy uses it within a rule's tolerance; a reviewer
-    accepting a mismatch books the same way.
+    balances the transaction. `metadata` adds to the new version's transaction metadata.
     """
     difference = line.amount - leg.amount
     if difference and variance_account_id is None:
@@ -185,7 +193,7 @@ def book_fulfilment(batch: LedgerBatch, leg: ExpectedLeg, posted_legs: Sequence[
         transaction_id=transaction_id, logical_transaction_id=leg.logical_transaction_id, version=leg.version + 1,
         amount=leg.transaction_amount, currency=leg.currency, merchant_id=leg.merchant_id, status="POSTED",
         metadata={**leg.transaction_metadata, "evolved_from_transaction_id": leg.transaction_id,
-                  "fulfilled_expected_entry_id": leg.entry_id, **variance},
+                  "fulfilled_expected_entry_id": leg.entry_id, **variance, **(metadata or {})},
         source_staging_entry_id=line.staging_entry_id,
     ))
     legs = [NewEntry(
@@ -209,11 +217,11 @@ def book_fulfilment(batch: LedgerBatch, leg: ExpectedLeg, posted_legs: Sequence[
             entry_type=(EntryType.CREDIT if debits_over_credits > 0 else EntryType.DEBIT).value,
             amount=abs(debits_over_credits), currency=leg.currency, status="POSTED",
             effective_date=line.effective_date,
-            metadata={"source_staging_entry_id": line.staging_entry_id, "variance_of_entry_id": leg.entry_id,
+            metadata={"source_staging_entry_id": line.staging_entry_id, "variance_of_expected_entry_id": leg.entry_id,
                       **({"order_id": leg.order_id} if leg.order_id else {})},
         ))
     batch.entries.extend(legs)
-    return transaction_id
+    return Fulfilment(transaction_id, legs[-1] if difference else None)
 
 
 @dataclass(frozen=True)
@@ -247,6 +255,7 @@ def check_invariants(db: Database) -> InvariantReport:
                     AS expected_entries_fulfilled_twice,
                   (SELECT count(*) FROM (
                       SELECT 1 FROM transactions WHERE source_staging_entry_id IS NOT NULL
+                        AND status <> 'ARCHIVED'  -- a reopened confirmation may confirm again (sql/0020)
                       GROUP BY source_staging_entry_id HAVING count(*) > 1) d) AS entries_booked_twice
                 """
             )
@@ -529,6 +538,134 @@ def rule_is_referenced(conn: Connection, rule_id: str) -> bool:
         sa.text("SELECT EXISTS (SELECT 1 FROM entries WHERE metadata ->> 'recon_rule_id' = :rule_id)"),
         {"rule_id": rule_id},
     ).scalar())
+
+
+# ---- fulfilment and reviewer operations -----------------------------------------------------------
+
+
+def _carried(posted: PostedLeg, transaction_id: str, status: str = "POSTED") -> NewEntry:
+    return NewEntry(
+        entry_id=new_id("ent"),
+        account_id=posted.account_id,
+        transaction_id=transaction_id,
+        entry_type=posted.entry_type,
+        amount=posted.amount,
+        currency=posted.currency,
+        status=status,
+        effective_date=posted.effective_date,
+        metadata={**posted.metadata, "derived_from_entry_id": posted.entry_id},
+    )
+
+
+@dataclass(frozen=True)
+class ReviewLeg:
+    """An expected leg a reviewer may fulfil: open (EXPECTED) or held by a mismatch (MISMATCH)."""
+
+    leg: ExpectedLeg
+    transaction_status: str
+    recon_rule_id: str | None
+
+
+def lock_leg_for_review(conn: Connection, entry_id: str) -> ReviewLeg | None:
+    """This EXPECTED leg with its transaction locked FOR UPDATE, if its transaction is still EXPECTED
+    or MISMATCH (not fulfilled, archived or reopened meanwhile); else None."""
+    columns = _EXPECTED_LEG_COLUMNS.format(transaction_metadata="t.metadata")
+    row = conn.execute(sa.text(
+        f"""
+        SELECT {columns}, t.status AS transaction_status, e.metadata ->> 'recon_rule_id' AS recon_rule_id
+        FROM entries e JOIN transactions t ON t.transaction_id = e.transaction_id
+        WHERE e.entry_id = :id AND e.status = 'EXPECTED' AND t.status IN ('EXPECTED', 'MISMATCH')
+        FOR UPDATE OF t
+        """
+    ), {"id": entry_id}).first()
+    if row is None:
+        return None
+    return ReviewLeg(ExpectedLeg(*row[:12]), row.transaction_status, row.recon_rule_id)
+
+
+def candidate_legs(conn: Connection, account_id: str, order_id: str | None,
+                   also_entry_ids: Sequence[str] = ()) -> list[ReviewLeg]:
+    """The expected legs a reviewer may match a line on `account_id` to: EXPECTED legs of its order
+    whose transaction is still EXPECTED or MISMATCH, and these entries (e.g. the mismatched one)."""
+    columns = _EXPECTED_LEG_COLUMNS.format(transaction_metadata="t.metadata")
+    rows = conn.execute(sa.text(
+        f"""
+        SELECT {columns}, t.status AS transaction_status, e.metadata ->> 'recon_rule_id' AS recon_rule_id
+        FROM entries e JOIN transactions t ON t.transaction_id = e.transaction_id
+        WHERE e.status = 'EXPECTED' AND t.status IN ('EXPECTED', 'MISMATCH')
+          AND ((e.account_id = :account AND e.order_id = :order_id) OR e.entry_id = ANY(:ids))
+        ORDER BY t.transaction_id, e.entry_id
+        """
+    ), {"account": account_id, "order_id": order_id, "ids": list(also_entry_ids)}).all()
+    return [ReviewLeg(ExpectedLeg(*r[:12]), r.transaction_status, r.recon_rule_id) for r in rows]
+
+
+@dataclass(frozen=True)
+class _LiveVersion:
+    transaction_id: str
+    logical_transaction_id: str
+    version: int
+    amount: Decimal
+    currency: str
+    merchant_id: str
+    status: str
+    metadata: dict[str, Any]
+
+
+def reopen_confirmed(conn: Connection, staging_entry_id: str, mismatched_transaction_id: str | None,
+                     batch: LedgerBatch) -> dict[str, str] | None:
+    """The live version this confirmation fulfilled (or the MISMATCH transaction it was compared
+    with) archived, and a new version restoring its expected leg
+    to EXPECTED: the confirming leg and any variance leg are not carried over. Nothing is deleted.
+
+    Returns the ids before and after, or None when the confirmation has no live version to reopen."""
+    row = conn.execute(sa.text(
+        """
+        SELECT transaction_id, logical_transaction_id, version, amount, currency, merchant_id, status, metadata
+        FROM transactions
+        WHERE (source_staging_entry_id = :source AND status = 'POSTED')
+           OR (transaction_id = :mismatched AND status = 'MISMATCH')
+        ORDER BY transaction_id LIMIT 1
+        FOR UPDATE
+        """
+    ), {"source": staging_entry_id, "mismatched": mismatched_transaction_id}).first()
+    if row is None:
+        return None
+    live = _LiveVersion(*row)
+    legs = conn.execute(sa.text(
+        "SELECT entry_id, account_id, transaction_id, entry_type, amount, currency, effective_date, metadata,"
+        " status, fulfilled_expected_entry_id FROM entries WHERE transaction_id = :id ORDER BY entry_id"
+    ), {"id": live.transaction_id}).all()
+    expected_id = live.metadata.get("fulfilled_expected_entry_id") if live.status == "POSTED" else None
+    new_transaction_id = new_id("txn")
+    reopened_metadata = {k: v for k, v in live.metadata.items()
+                         if k not in ("fulfilled_expected_entry_id", "variance", "variance_account_id", "review")}
+    batch.archive_transaction_ids.append(live.transaction_id)
+    batch.transactions.append(NewTransaction(
+        transaction_id=new_transaction_id,
+        logical_transaction_id=live.logical_transaction_id,
+        version=live.version + 1,
+        amount=live.amount,
+        currency=live.currency,
+        merchant_id=live.merchant_id,
+        status="EXPECTED",
+        metadata={**reopened_metadata, "evolved_from_transaction_id": live.transaction_id, "reopened": True},
+        source_staging_entry_id=None,
+    ))
+    for leg in legs:
+        if leg.fulfilled_expected_entry_id or "variance_of_expected_entry_id" in leg.metadata:
+            continue  # the confirmation's own leg and its write-off leave with it
+        batch.entries.append(_carried(PostedLeg(*leg[:8]), new_transaction_id, status=leg.status))
+    restored = None
+    if expected_id is not None:
+        original = conn.execute(sa.text(
+            "SELECT entry_id, account_id, transaction_id, entry_type, amount, currency, effective_date, metadata"
+            " FROM entries WHERE entry_id = :id"
+        ), {"id": expected_id}).one()
+        restored = _carried(PostedLeg(*original), new_transaction_id, status="EXPECTED")
+        batch.entries.append(restored)
+    return {"archived_transaction_id": live.transaction_id, "reopened_transaction_id": new_transaction_id,
+            **({"restored_expected_entry_id": restored.entry_id} if restored else {})}
 
 
 # ---- read models: the report and the Recon view ------------------------------------------------------

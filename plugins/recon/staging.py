@@ -482,6 +482,110 @@ def reopen_for_review(
     )
 
 
+# ---- reviewer actions (recon.review) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """A staging entry as a reviewer acts on it: the line, and when it last changed (what the
+    reviewer saw is compared with it)."""
+
+    entry: StagingEntry
+    updated_at: dt.datetime
+
+
+def lock_for_review(conn: Connection, staging_entry_id: str) -> ReviewItem | None:
+    """The entry locked FOR UPDATE (the engine's chunk locks it too: one of them waits)."""
+    row = conn.execute(
+        sa.text(
+            "SELECT staging_entry_id, account_id, entry_type, amount, currency, status, processing_mode,"
+            " effective_date, metadata, order_id, created_at, updated_at"
+            " FROM staging_entries WHERE staging_entry_id = :id FOR UPDATE"
+        ),
+        {"id": staging_entry_id},
+    ).first()
+    return ReviewItem(StagingEntry(*row[:11]), row.updated_at) if row is not None else None
+
+
+_MATCH_KEYS = ("match_type", "matched_transaction_id", "matched_entry_id", "evolved_transaction_id")
+
+
+def back_to_review(conn: Connection, staging_entry_id: str, error: str, error_type: str,
+                   patch: dict[str, Any]) -> None:
+    """A reopened confirmation goes back to manual review (from PROCESSED too), its match keys removed."""
+    conn.execute(
+        sa.text(
+            """
+            UPDATE staging_entries SET status = 'NEEDS_MANUAL_REVIEW', discarded_at = NULL, updated_at = now(),
+                   metadata = (metadata - CAST(:drop AS text[])) || CAST(:patch AS jsonb)
+                              || jsonb_build_object('error', CAST(:error AS text), 'error_type', CAST(:error_type AS text))
+            WHERE staging_entry_id = :id
+            """
+        ),
+        {"id": staging_entry_id, "drop": list(_MATCH_KEYS), "patch": json.dumps(patch), "error": error,
+         "error_type": error_type},
+    )
+
+
+@dataclass(frozen=True)
+class OpenItem:
+    """A line in manual review, as the review list and its export show it."""
+
+    staging_entry_id: str
+    account_id: str
+    order_id: str | None
+    entry_type: str
+    amount: Decimal
+    currency: str
+    processing_mode: str
+    error_type: str
+    reason: str | None
+    metadata: dict[str, Any]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+def open_items(conn: Connection, error_type: str | None = None, account_id: str | None = None,
+               older_than: dt.timedelta | None = None, limit: int = 10_000) -> list[OpenItem]:
+    """Lines in manual review, oldest first; `older_than` compares with the line's created_at."""
+    rows = conn.execute(
+        sa.text(
+            """
+            SELECT staging_entry_id, account_id, order_id, entry_type, amount, currency, processing_mode,
+                   coalesce(metadata ->> 'error_type', '(none)'), metadata ->> 'error', metadata,
+                   created_at, updated_at
+            FROM staging_entries
+            WHERE status = 'NEEDS_MANUAL_REVIEW'
+              AND (CAST(:error_type AS text) IS NULL OR coalesce(metadata ->> 'error_type', '(none)') = :error_type)
+              AND (CAST(:account_id AS text) IS NULL OR account_id = :account_id)
+              AND (CAST(:older_than AS interval) IS NULL OR created_at < now() - CAST(:older_than AS interval))
+            ORDER BY created_at, staging_entry_id
+            LIMIT :limit
+            """
+        ),
+        {"error_type": error_type, "account_id": account_id, "older_than": older_than, "limit": limit},
+    )
+    return [OpenItem(*r) for r in rows]
+
+
+def ageing_buckets(conn: Connection) -> list[Any]:
+    """Lines in manual review per error type and age (since created_at): under 1 day, 1-3, 3-7,
+    over 7 days; count and amount per currency."""
+    return conn.execute(
+        sa.text(
+            """
+            SELECT coalesce(metadata ->> 'error_type', '(none)') AS error_type,
+                   CASE WHEN age < interval '1 day' THEN '<1d' WHEN age < interval '3 days' THEN '1-3d'
+                        WHEN age < interval '7 days' THEN '3-7d' ELSE '>7d' END AS bucket,
+                   currency, count(*) AS count, sum(amount) AS amount
+            FROM (SELECT *, now() - created_at AS age FROM staging_entries
+                  WHERE status = 'NEEDS_MANUAL_REVIEW') s
+            GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+            """
+        )
+    ).all()
+
+
 # ---- read models: the report and the Recon view ------------------------------------------------------
 
 

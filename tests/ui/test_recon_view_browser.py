@@ -3,11 +3,13 @@
 Headless Chromium (Debian package, driven by Playwright) logs in through Airflow's login form,
 opens "Recon" from the navigation, checks the figures against the database, filters the
 manual-review list, reprocesses it with the pre-filled trigger form, follows the link to the
-DAG run and opens the run's "Recon summary" tab. Screenshots go to test-artifacts/.
+DAG run and opens the run's "Recon summary" tab; then accepts the mismatch from its detail page
+(it leaves the list, its decision is in the audit log) and checks that a viewer cannot act. Screenshots go to test-artifacts/.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import urllib.parse
@@ -16,6 +18,7 @@ from typing import Iterator
 
 import pytest
 
+from recon import accounts, review
 from recon.reporting import monitoring, run_summaries
 from tests.ui.airflow_harness import ARTIFACTS, AirflowServer, running_airflow
 from tests.ui.seed import SeededBooks
@@ -35,7 +38,12 @@ UI_TIMEOUT_MS = 30_000
 @pytest.fixture
 def standalone(books: SeededBooks, db_url: str, pg_admin_url: str, tmp_path: Path) -> Iterator[AirflowServer]:
     home = tmp_path / "airflow"
+    # the rule writes off to a variance account, so a reviewer can accept the seeded mismatch
+    variance = accounts.create_account(books.merchant_id, "Write-offs USD", "DEBIT_NORMAL", "USD", db=books.db)
+    accounts.update_recon_rule(books.scalar("SELECT id FROM recon_rules"), {"variance_account_id": variance}, db=books.db)
     with running_airflow(["standalone"], home, pg_admin_url, db_url, "recon-view-standalone.log") as server:
+        passwords = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())
+        server.extra["viewer_password"] = passwords["viewer"]
         yield server
 
 
@@ -137,6 +145,51 @@ def test_recon_view_in_a_real_browser(standalone: AirflowServer, books: SeededBo
             expect(summary).to_contain_text("3 claimed")
             expect(summary).to_contain_text("3 completed")
             page.screenshot(path=str(ARTIFACTS / "recon-run-summary-tab.png"))
+
+            # resolve the mismatch from its detail page: accept it with a reason; it leaves the list
+            # and its decision appears in the audit log, recorded as the Airflow user
+            page.get_by_role("link", name="Recon", exact=True).click()
+            frame = page.frame_locator("iframe[title='Recon']")
+            frame.get_by_test_id("exceptions-link").click()
+            mismatch = books.scalar(
+                "SELECT staging_entry_id FROM staging_entries WHERE metadata ->> 'error_type' = 'MismatchError'")
+            frame.get_by_test_id(f"open-{mismatch}").click()
+            expect(frame.get_by_test_id("mismatched-fields")).to_contain_text("249.0000")
+            expect(frame.get_by_test_id("candidate-difference")).to_have_text("-1.0000")
+            accept = frame.get_by_test_id("form-accept")
+            accept.locator("select[name=reason]").select_option("BANK_FEE")
+            accept.locator("input[name=note]").fill("PSP fee withheld")
+            page.screenshot(path=str(ARTIFACTS / "recon-exception-detail.png"))
+            accept.get_by_role("button", name="Accept").click()
+            expect(frame.get_by_test_id("decided")).to_be_visible()
+            expect(frame.get_by_test_id(f"open-{mismatch}")).to_have_count(0)
+            audit = frame.get_by_test_id("audit-row").filter(has_text=mismatch)
+            expect(audit).to_contain_text("BANK_FEE")
+            expect(audit).to_contain_text("admin")
+            assert books.scalar("SELECT status FROM staging_entries WHERE staging_entry_id = :s", s=mismatch) == "PROCESSED"
+            assert review.verify(books.db).ok
+            page.screenshot(path=str(ARTIFACTS / "recon-exceptions-after-accept.png"))
+
+            # a viewer reads the detail page but gets no actions, and a 403 when posting one anyway
+            unmatched = books.scalar(
+                "SELECT staging_entry_id FROM staging_entries WHERE metadata ->> 'error_type' = 'NoMatchFoundError'")
+            viewer = browser.new_context()
+            viewer_page = viewer.new_page()
+            viewer_page.goto(server.base_url + "/")
+            viewer_page.wait_for_url(re.compile(r"/auth/login"))
+            viewer_page.fill("input[name=username]", "viewer")
+            viewer_page.fill("input[name=password]", server.extra["viewer_password"])
+            viewer_page.click("button[type=submit]")
+            viewer_page.wait_for_url(re.compile(r"^(?!.*/auth/login)"))
+            viewer_page.goto(server.base_url + f"/recon/exceptions/{unmatched}")
+            expect(viewer_page.get_by_test_id("read-only")).to_be_visible()
+            expect(viewer_page.locator("form")).to_have_count(0)
+            refused = viewer.request.post(server.base_url + f"/recon/exceptions/{unmatched}/ignore",
+                                          form={"reason": "NOT_OURS", "note": "not mine"})
+            assert refused.status == 403, refused.text()
+            assert books.scalar("SELECT status FROM staging_entries WHERE staging_entry_id = :s",
+                                s=unmatched) == "NEEDS_MANUAL_REVIEW"
+            viewer.close()
 
             # without a session: no data, only the login page
             anonymous = browser.new_context()

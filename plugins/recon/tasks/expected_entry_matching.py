@@ -301,7 +301,7 @@ class ExpectedEntryMatchingTask(ReconTask):
                 metadata={"matched_transaction_id": leg.transaction_id, "matched_entry_id": leg.entry_id,
                           "mismatched_fields": differs},
             )
-        transaction_id = ledger.book_fulfilment(batch, leg, posted_legs, entry, plan.variance_account_id)
+        transaction_id = ledger.book_fulfilment(batch, leg, posted_legs, entry, plan.variance_account_id).transaction_id
         result = {
             "matched_transaction_id": leg.transaction_id,
             "matched_entry_id": leg.entry_id,

@@ -20,6 +20,7 @@ from recon.errors import DatabaseConfigError
 from recon.web.access import login_for_browsers
 from recon.web.api.app import MOUNT_PATH as API_MOUNT_PATH, build_api_app
 from recon.web.database import RETRY_AFTER_SECONDS, ReconViewTimeout, describe_unusable_database
+from recon.web.exceptions import router as exceptions_router
 from recon.web.routes import router
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def build_app() -> FastAPI:
     app.add_api_route("/static/recon.svg", navigation_icon, methods=["GET"], include_in_schema=False)
     app.mount(API_MOUNT_PATH, build_api_app())  # the REST API: its own app, errors and OpenAPI document
     app.include_router(router)
+    app.include_router(exceptions_router)
     return app
 
 
