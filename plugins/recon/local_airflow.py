@@ -217,6 +217,19 @@ def ensure_metadata_migrated(env: Mapping[str, str]) -> bool:
     return True
 
 
+def ensure_chunk_pool(env: Mapping[str, str]) -> None:
+    """Create (or resize) the pool of the chunk tasks: the scheduler never queues a task whose pool
+    does not exist. RECON_CHUNK_POOL_SLOTS slots of about 420 MiB each."""
+    slots = str(settings.chunk_pool_slots())
+    description = f"recon chunk tasks: one slot needs about {settings.CHUNK_SLOT_MEMORY_MIB} MiB on its worker"
+    result = subprocess.run(
+        airflow_command(["pools", "set", settings.CHUNK_POOL, slots, description]),
+        env=dict(env), capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise AirflowSetupError(f"airflow pools set {settings.CHUNK_POOL} failed:\n{result.stderr[-3000:]}")
+
+
 def recon_url_of(env: Mapping[str, str]) -> str:
     """The recon database Airflow's tasks will use with this environment."""
     from recon.db.resolve import connection_value_uri
@@ -302,6 +315,7 @@ def standalone(home: Path | None = None, port: int = 8080) -> int:
     env = airflow_environment(home, port=port)
     ensure_metadata_migrated(env)
     ensure_recon_schema(env)
+    ensure_chunk_pool(env)
     home_dir = Path(env["AIRFLOW_HOME"])
     print(f"recon: Airflow UI on http://localhost:{port} (DAG {DAG_ID})", file=sys.stderr)
     print(

@@ -156,6 +156,54 @@ def max_active_runs() -> int:
     return int_env("RECON_MAX_ACTIVE_RUNS", 2, minimum=1)
 
 
+CHUNK_POOL = "recon_chunks"  # the Airflow pool of the chunk tasks (decide, validate, run)
+CHUNK_SLOT_MEMORY_MIB = 420  # peak resident memory of one chunk task at the default chunk size (README)
+
+
+def chunk_pool_slots() -> int:
+    """RECON_CHUNK_POOL_SLOTS (4): chunk tasks running at once across every run and worker; each slot
+    needs about CHUNK_SLOT_MEMORY_MIB on its worker. Set when the pool is created (init, ./recon ui)."""
+    return int_env("RECON_CHUNK_POOL_SLOTS", 4, minimum=1)
+
+
+def max_active_chunk_runs() -> int:
+    """RECON_MAX_ACTIVE_CHUNK_RUNS (4): `chunk.run` instances at once over all runs of the DAG
+    (max_active_tis_per_dag): the writers, which hold row locks."""
+    return int_env("RECON_MAX_ACTIVE_CHUNK_RUNS", 4, minimum=1)
+
+
+def dagrun_timeout_minutes() -> int:
+    """RECON_DAGRUN_TIMEOUT_MINUTES (120): a tracker run still going after this is failed (alert)."""
+    return int_env("RECON_DAGRUN_TIMEOUT_MINUTES", 120, minimum=1)
+
+
+def deadline_minutes() -> int:
+    """RECON_DEADLINE_MINUTES (60): a tracker run not finished this long after it was queued raises a
+    deadline alert (it keeps running)."""
+    return int_env("RECON_DEADLINE_MINUTES", 60, minimum=1)
+
+
+def alert_email() -> str | None:
+    """RECON_ALERT_EMAIL: comma-separated recipients of failure and deadline mails; unset: no mail."""
+    return _text_env("RECON_ALERT_EMAIL")
+
+
+def alert_smtp_conn_id() -> str:
+    """RECON_ALERT_SMTP_CONN_ID (smtp_default): the Airflow SMTP connection the mails go through."""
+    return _text_env("RECON_ALERT_SMTP_CONN_ID", "smtp_default") or "smtp_default"
+
+
+def statsd_address() -> tuple[str, int] | None:
+    """RECON_STATSD_HOST:RECON_STATSD_PORT (8125) for the engine's own metrics; unset host: none."""
+    host = _text_env("RECON_STATSD_HOST")
+    return (host, int_env("RECON_STATSD_PORT", 8125, minimum=1, maximum=65535)) if host else None
+
+
+def statsd_prefix() -> str:
+    """RECON_STATSD_PREFIX (recon): the engine's metric names start with it."""
+    return _text_env("RECON_STATSD_PREFIX", "recon") or "recon"
+
+
 def task_retries() -> int:
     """Airflow retries of a task that hit an infrastructure error (see errors.RETRYABLE_ERRORS)."""
     return int_env("RECON_TASK_RETRIES", 2)
