@@ -358,7 +358,7 @@ def recon_process_tracker():
     def summary(chunk_results, chunks, written_back: dict | None, dag_run=None, params=None, ti=None) -> dict:
         """Log and return the run's counts; fail the run when a chunk did not finish."""
         from recon import pipeline
-        from recon.reporting import run_summaries
+        from recon.reporting import metrics, run_summaries
 
         results = _chunk_results(chunk_results)
         claimed = _claimed(ti, "count")
@@ -374,6 +374,8 @@ def recon_process_tracker():
         run_summaries.record_run_summary(dag_run.run_id, counts, outcome="failed" if incomplete else "success",
                                       db=_recon_db())
         log.info("%s", run_summaries.summary_markdown(counts, dag_run.run_id))
+        if not params["dry_run"]:
+            metrics.record_run(counts, _recon_db())  # StatsD, when RECON_STATSD_HOST is set
         if incomplete:
             ti.xcom_push(key="summary", value=counts)
             raise AirflowFailException(

@@ -144,9 +144,6 @@ def airflow_environment(
     }
     if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in env:
         ours["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = metadata_url or default_metadata_url()
-    metadata = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or ours["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    # the maintenance DAG's `airflow db clean` needs it: task processes cannot see Airflow's own setting
-    ours["RECON_AIRFLOW_METADATA_URL"] = metadata
     if "AIRFLOW_CONN_RECON_DB" not in env and "RECON_DATABASE_URL" not in env:
         ours["AIRFLOW_CONN_RECON_DB"] = recon_url or default_recon_url()
     forced = {"AIRFLOW_HOME", "AIRFLOW__API_AUTH__JWT_SECRET"}

@@ -222,9 +222,9 @@ def tracker_retention_days() -> int:
     return int_env("RECON_TRACKER_RETENTION_DAYS", 30)
 
 
-def airflow_retention_days() -> int:
-    """Airflow metadata (runs, task instances, XComs) older than this is cleaned."""
-    return int_env("RECON_AIRFLOW_RETENTION_DAYS", 7, minimum=1)
+def prune_batch_size() -> int:
+    """RECON_PRUNE_BATCH_SIZE (5000): tracker rows deleted per transaction by the prune."""
+    return int_env("RECON_PRUNE_BATCH_SIZE", 5_000, minimum=1)
 
 
 # ---- databases ----------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ def database_url() -> str | None:
 
 
 def airflow_metadata_url() -> str | None:
-    """RECON_AIRFLOW_METADATA_URL: Airflow's own database for `./recon ui` and maintenance."""
+    """RECON_AIRFLOW_METADATA_URL: Airflow's own database for `./recon ui` (default: the embedded server)."""
     return _text_env("RECON_AIRFLOW_METADATA_URL")
 
 
@@ -300,6 +300,15 @@ def web_database_timeouts() -> DatabaseTimeouts:
     rows); a view that waits longer only holds a thread of Airflow's API server.
     """
     return DatabaseTimeouts.from_env("RECON_WEB_DB", connect=3, statement=10, lock=2)
+
+
+def listener_database_timeouts() -> DatabaseTimeouts:
+    """The run-note listener's timeouts: RECON_LISTENER_DB_CONNECT_TIMEOUT_SECONDS (2),
+    RECON_LISTENER_DB_STATEMENT_TIMEOUT_SECONDS (2), RECON_LISTENER_DB_LOCK_TIMEOUT_SECONDS (1).
+
+    The listener runs inside the scheduler's loop: every second it waits, no DAG is scheduled.
+    Its one query reads a row by primary key."""
+    return DatabaseTimeouts.from_env("RECON_LISTENER_DB", connect=2, statement=2, lock=1)
 
 
 # ---- the Recon view -----------------------------------------------------------------------------
