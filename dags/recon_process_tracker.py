@@ -76,7 +76,8 @@ bug or a constraint violation fails at once).
 Chunk tasks run in the pool **`recon_chunks`** (`RECON_CHUNK_POOL_SLOTS`, default 4, created by
 the compose init service and `./recon ui`; each slot needs about 420 MiB on its worker), at most
 `RECON_MAX_ACTIVE_CHUNK_RUNS` (4) `chunk.run` at once over all runs, each with the same absolute
-priority weight. A run still going after `RECON_DAGRUN_TIMEOUT_MINUTES` (120) fails. With
+priority weight, on the executor queue `RECON_CHUNK_QUEUE` (`recon`: Celery workers must
+listen on it, `airflow celery worker --queues default,recon`). A run still going after `RECON_DAGRUN_TIMEOUT_MINUTES` (120) fails. With
 `RECON_ALERT_EMAIL` set, a failed run mails its run id and reason, and a run not finished
 `RECON_DEADLINE_MINUTES` (60) after it was queued mails a deadline alert (SMTP connection
 `RECON_ALERT_SMTP_CONN_ID`, default `smtp_default`).
@@ -121,7 +122,7 @@ CHUNK_LABEL = "{{ chunk_label }}"
 # Every chunk task takes a slot of the pool (about 420 MiB each, README "Concurrency and memory"),
 # and weighs the same whatever is downstream: a run mapped 1,024 wide does not outrank other DAGs.
 CHUNK_TASK = dict(map_index_template=CHUNK_LABEL, multiple_outputs=False, pool=settings.CHUNK_POOL,
-                  priority_weight=1, weight_rule="absolute")
+                  priority_weight=1, weight_rule="absolute", queue=settings.chunk_queue())
 ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
 
 

@@ -160,6 +160,13 @@ CHUNK_POOL = "recon_chunks"  # the Airflow pool of the chunk tasks (decide, vali
 CHUNK_SLOT_MEMORY_MIB = 420  # peak resident memory of one chunk task at the default chunk size (README)
 
 
+def chunk_queue() -> str:
+    """RECON_CHUNK_QUEUE (recon): the executor queue of the chunk tasks. The CeleryExecutor sends them
+    to the workers that listen on it (`airflow celery worker --queues default,recon`); the
+    LocalExecutor ignores queues."""
+    return _text_env("RECON_CHUNK_QUEUE", "recon") or "recon"
+
+
 def chunk_pool_slots() -> int:
     """RECON_CHUNK_POOL_SLOTS (4): chunk tasks running at once across every run and worker; each slot
     needs about CHUNK_SLOT_MEMORY_MIB on its worker. Set when the pool is created (init, ./recon ui)."""

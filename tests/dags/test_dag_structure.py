@@ -77,9 +77,10 @@ def test_chunk_tasks_share_one_pool_with_a_flat_weight(tracker_dag):
     does not outrank other DAGs (absolute weight: downstream tasks add nothing)."""
     for task_id in ("chunk.decide", "chunk.validate", "chunk.run"):
         task = tracker_dag.get_task(task_id)
-        assert (task.pool, task.priority_weight, task.weight_rule) == ("recon_chunks", 1, "absolute"), task_id
+        assert (task.pool, task.priority_weight, task.weight_rule, task.queue) == (
+            "recon_chunks", 1, "absolute", "recon"), task_id
     assert tracker_dag.get_task("chunk.run").max_active_tis_per_dag == 4
-    assert tracker_dag.get_task("claim").pool == "default_pool"
+    assert (tracker_dag.get_task("claim").pool, tracker_dag.get_task("claim").queue) == ("default_pool", "default")
 
 
 def test_runs_time_out_and_alert_only_when_asked():
