@@ -220,8 +220,9 @@ def task_retry_delay_seconds() -> int:
     return int_env("RECON_TASK_RETRY_DELAY_SECONDS", 30)
 
 
-def maintenance_schedule() -> str:
-    return _text_env("RECON_MAINTENANCE_SCHEDULE", "@daily") or "@daily"
+def maintenance_schedule() -> str | None:
+    """RECON_MAINTENANCE_SCHEDULE (@daily); `none` for manual runs only."""
+    return _schedule_env("RECON_MAINTENANCE_SCHEDULE", "@daily")
 
 
 def tracker_retention_days() -> int:
