@@ -101,7 +101,9 @@ def airflow(recon_db: Database, pg_admin_url: str, tmp_path_factory: pytest.Temp
                 "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
                 "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "RECON_MAINTENANCE_SCHEDULE": "none",  # only the tracker's runs in this deployment
                 "AIRFLOW__CORE__PARALLELISM": "8",
+                "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "7200",  # as in compose
                 "RECON_MAX_ACTIVE_RUNS": str(MAX_ACTIVE_RUNS),
                 "RECON_BATCH_SIZE": str(BATCH_SIZE),
                 "RECON_CHUNK_SIZE": str(CHUNK_SIZE),
