@@ -118,6 +118,7 @@ def _fresh_metadata(bench: Any) -> str:
         base={k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")})
     if local_airflow.ensure_metadata_migrated(env):
         bench.log("scheduler: migrated the Airflow metadata template (first run only)")
+    local_airflow.ensure_chunk_pool(env)  # an older template lacks it; the scheduler queues no chunk without it
     name = bench.name("airflow_scheduler")
     bench.created.append(name)
     return bench.server.copy(template, name)

@@ -1,33 +1,30 @@
 """
 # Recon: maintenance
 
-Daily housekeeping for the recon engine and for Airflow itself.
+Daily housekeeping of the recon database.
 
 | task | what it does |
 | --- | --- |
 | `prune_tracker` | deletes COMPLETED Process Tracker rows finished more than `tracker_retention_days` ago (FAILED and open tasks are kept) |
 | `forget_idempotency_keys` | forgets the REST API's `Idempotency-Key` answers stored more than `RECON_API_IDEMPOTENCY_RETENTION_HOURS` (24) ago: a replay after that is a new request |
-| `clean_airflow_metadata` | `airflow db clean` of runs, task instances, XComs and logs older than `airflow_retention_days`: runs of `recon_process_tracker` (one per batch of new work, more while a backlog drains) pile up otherwise |
 
-Airflow 3 does not let task code reach Airflow's own database, so `clean_airflow_metadata`
-needs the metadata URL in the worker's environment as `RECON_AIRFLOW_METADATA_URL` (set by
-`docker-compose.yaml` and `./recon ui`); without it the task is skipped and says so.
-It keeps the newest scheduled run of every DAG (Airflow's rule) and archives nothing.
+Airflow's own metadata (runs, task instances, XComs of the recon DAGs) is cleaned outside task
+code, where Airflow's credentials already are: `docker/airflow-db-clean.sh` (the compose service
+`airflow-db-clean`, or cron on the scheduler host; README, "Operations"). Tasks never get the
+metadata database's password.
 
 Environment (read when the file is parsed): `RECON_MAINTENANCE_SCHEDULE` (default `@daily`),
-`RECON_TRACKER_RETENTION_DAYS` (default 30), `RECON_AIRFLOW_RETENTION_DAYS` (default 7).
+`RECON_TRACKER_RETENTION_DAYS` (default 30), `RECON_PRUNE_BATCH_SIZE` (default 5000: rows deleted per
+transaction, oldest first).
 """
 
 from __future__ import annotations
 
-import shlex
-import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
-from airflow.sdk.exceptions import AirflowSkipException
 
-from recon import settings
+from recon import alerts, settings
 
 
 @dag(
@@ -36,6 +33,8 @@ from recon import settings
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,
+    dagrun_timeout=timedelta(hours=6),
+    on_failure_callback=alerts.failure_notifiers(),
     doc_md=__doc__,
     tags=["recon", "maintenance"],
     default_args={"owner": "recon", "retries": 1, "retry_delay": timedelta(minutes=5)},
@@ -46,13 +45,6 @@ from recon import settings
             minimum=0,
             title="Tracker retention (days)",
             description="COMPLETED Process Tracker rows finished longer ago than this are deleted.",
-        ),
-        "airflow_retention_days": Param(
-            settings.airflow_retention_days(),
-            type="integer",
-            minimum=1,
-            title="Airflow metadata retention (days)",
-            description="DAG runs, task instances, XComs and logs older than this are deleted from Airflow's database.",
         ),
     },
 )
@@ -66,22 +58,6 @@ def recon_maintenance():
 
         return pipeline.prune(params["tracker_retention_days"], default_database(allow_embedded=False))
 
-    @task.bash
-    def clean_airflow_metadata(params=None) -> str:
-        """`airflow db clean` older than the retention, against RECON_AIRFLOW_METADATA_URL."""
-        if not settings.airflow_metadata_url():
-            raise AirflowSkipException(
-                "RECON_AIRFLOW_METADATA_URL is not set in the worker's environment: "
-                "Airflow's metadata was not cleaned (run `airflow db clean` elsewhere, or set it)"
-            )
-        before = datetime.now(timezone.utc) - timedelta(days=params["airflow_retention_days"])
-        # the URL stays in the environment: it is never rendered into the command or the logs
-        return (
-            'AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="$RECON_AIRFLOW_METADATA_URL" '
-            f"exec {shlex.quote(sys.executable)} -m airflow db clean "
-            f"--clean-before-timestamp {shlex.quote(before.isoformat())} --skip-archive --yes"
-        )
-
     @task(multiple_outputs=False)
     def forget_idempotency_keys() -> int:
         """Forget old Idempotency-Key answers of the REST API (the table would grow forever)."""
@@ -91,7 +67,7 @@ def recon_maintenance():
         age = timedelta(hours=settings.api_idempotency_retention_hours())
         return idempotency.forget_older_than(default_database(allow_embedded=False), age)
 
-    prune_tracker() >> clean_airflow_metadata()
+    prune_tracker()
     forget_idempotency_keys()
 
 

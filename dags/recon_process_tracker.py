@@ -70,6 +70,17 @@ inserts is one look at the queue), `RECON_MAX_ACTIVE_RUNS` (default 2; claims st
 more), `RECON_BATCH_SIZE` and `RECON_CHUNK_SIZE` (param defaults), `RECON_TASK_RETRIES` and
 `RECON_TASK_RETRY_DELAY_SECONDS` (retries of infrastructure errors: connection loss, timeouts; a
 bug or a constraint violation fails at once).
+
+## Concurrency and alerts
+
+Chunk tasks run in the pool **`recon_chunks`** (`RECON_CHUNK_POOL_SLOTS`, default 4, created by
+the compose init service and `./recon ui`; each slot needs about 420 MiB on its worker), at most
+`RECON_MAX_ACTIVE_CHUNK_RUNS` (4) `chunk.run` at once over all runs, each with the same absolute
+priority weight, on the executor queue `RECON_CHUNK_QUEUE` (`recon`: Celery workers must
+listen on it, `airflow celery worker --queues default,recon`). A run still going after `RECON_DAGRUN_TIMEOUT_MINUTES` (120) fails. With
+`RECON_ALERT_EMAIL` set, a failed run mails its run id and reason, and a run not finished
+`RECON_DEADLINE_MINUTES` (60) after it was queued mails a deadline alert (SMTP connection
+`RECON_ALERT_SMTP_CONN_ID`, default `smtp_default`).
 """
 
 from __future__ import annotations
@@ -93,7 +104,7 @@ from airflow.sdk import (
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 # recon.settings and recon.errors import nothing heavy: parsing this file does not load the engine
-from recon import settings
+from recon import alerts, settings
 from recon.errors import RETRYABLE_ERRORS
 
 log = logging.getLogger("recon.dags.process_tracker")
@@ -108,6 +119,10 @@ INFRASTRUCTURE_ERRORS = ExceptionRetryPolicy(
 )
 
 CHUNK_LABEL = "{{ chunk_label }}"
+# Every chunk task takes a slot of the pool (about 420 MiB each, README "Concurrency and memory"),
+# and weighs the same whatever is downstream: a run mapped 1,024 wide does not outrank other DAGs.
+CHUNK_TASK = dict(map_index_template=CHUNK_LABEL, multiple_outputs=False, pool=settings.CHUNK_POOL,
+                  priority_weight=1, weight_rule="absolute", queue=settings.chunk_queue())
 ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
 
 
@@ -202,6 +217,9 @@ def _validation_totals(ti) -> dict:
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=settings.max_active_runs(),
+    dagrun_timeout=timedelta(minutes=settings.dagrun_timeout_minutes()),
+    on_failure_callback=alerts.failure_notifiers(),
+    deadline=alerts.deadline_alert(),
     doc_md=__doc__,
     tags=["recon", "process-tracker"],
     default_args={
@@ -298,7 +316,7 @@ def recon_process_tracker():
 
     @task_group(group_id="chunk", tooltip="One chunk of claimed tasks: decide → validate → run")
     def process_chunk(task_ids: list[str], lease_owner: str | None):
-        @task(map_index_template=CHUNK_LABEL, multiple_outputs=False)
+        @task(**CHUNK_TASK)
         def decide(task_ids: list[str]) -> dict:
             """Which strategy handles each claimed task (read-only): routes for validate."""
             from recon import pipeline
@@ -306,7 +324,7 @@ def recon_process_tracker():
             _label_chunk(task_ids)
             return pipeline.decide_chunk(task_ids, _recon_db())
 
-        @task(map_index_template=CHUNK_LABEL, multiple_outputs=False)
+        @task(**CHUNK_TASK)
         def validate(decision: dict) -> dict:
             """A verdict per task from what it read, before anything is written (read-only)."""
             from recon import pipeline
@@ -314,7 +332,7 @@ def recon_process_tracker():
             _label_chunk(decision["task_ids"])
             return pipeline.validate_chunk(decision, _recon_db())
 
-        @task(map_index_template=CHUNK_LABEL, multiple_outputs=False)
+        @task(**CHUNK_TASK, max_active_tis_per_dag=settings.max_active_chunk_runs())
         def run(validation: dict, lease_owner: str | None, params=None) -> dict:
             """Write validate's verdicts: ledger effect, staging status and tracker status together."""
             from recon import pipeline
@@ -341,7 +359,7 @@ def recon_process_tracker():
     def summary(chunk_results, chunks, written_back: dict | None, dag_run=None, params=None, ti=None) -> dict:
         """Log and return the run's counts; fail the run when a chunk did not finish."""
         from recon import pipeline
-        from recon.reporting import run_summaries
+        from recon.reporting import metrics, run_summaries
 
         results = _chunk_results(chunk_results)
         claimed = _claimed(ti, "count")
@@ -357,6 +375,8 @@ def recon_process_tracker():
         run_summaries.record_run_summary(dag_run.run_id, counts, outcome="failed" if incomplete else "success",
                                       db=_recon_db())
         log.info("%s", run_summaries.summary_markdown(counts, dag_run.run_id))
+        if not params["dry_run"]:
+            metrics.record_run(counts, _recon_db())  # StatsD, when RECON_STATSD_HOST is set
         if incomplete:
             ti.xcom_push(key="summary", value=counts)
             raise AirflowFailException(

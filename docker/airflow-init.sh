@@ -17,6 +17,9 @@ echo "airflow-init: connection recon_db"
 airflow connections delete recon_db >/dev/null 2>&1 || true
 airflow connections add recon_db --conn-uri "$RECON_DB_CONN_URI"
 
+echo "airflow-init: pool ${RECON_CHUNK_POOL_SLOTS:-4} slot(s) for the chunk tasks (about 420 MiB each)"
+airflow pools set recon_chunks "${RECON_CHUNK_POOL_SLOTS:-4}" "recon chunk tasks: one slot needs about 420 MiB on its worker"
+
 echo "airflow-init: admin password for the UI (simple auth manager)"
 mkdir -p "$(dirname "$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")"
 python - <<'PY'

@@ -17,6 +17,7 @@ the API server asks for ``fastapi_apps``, and by the listener when a run ends.
 """
 
 import logging
+import time
 from typing import Any
 
 from airflow.listeners import hookimpl
@@ -44,9 +45,22 @@ class RunNoteListener:
         write_run_note(dag_run)
 
 
+# After a failed attempt the listener leaves the recon database alone this long: runs ending
+# during an outage cost the scheduler nothing, not one timeout each.
+PAUSE_AFTER_FAILURE_S = 60.0
+_paused_until = 0.0
+
+
 def write_run_note(dag_run: Any) -> None:
+    """Write the summary note; bounded by the listener's database timeouts, and never raises: it runs
+    inside the scheduler's loop."""
+    global _paused_until
     try:
         if dag_run.dag_id != DAG_ID:
+            return
+        if time.monotonic() < _paused_until:
+            log.warning("recon plugin: no summary note for run %s: the recon database failed less than"
+                        " %.0f s ago", dag_run.run_id, PAUSE_AFTER_FAILURE_S)
             return
         from sqlalchemy.orm import object_session
 
@@ -59,14 +73,17 @@ def write_run_note(dag_run: Any) -> None:
         if dag_run.note:
             return
         from recon.reporting import run_summaries
-        from recon.web.database import recon_database
+        from recon.web.database import listener_database
 
-        row = run_summaries.run_summary(dag_run.run_id, recon_database())
+        row = run_summaries.run_summary(dag_run.run_id, listener_database())
         if row is not None:
             # the first line is what the UI shows of a collapsed note: the counts, not a heading
             dag_run.note = run_summaries.summary_markdown(row["summary"], heading=False)[:1000]  # column holds 1000
-    except Exception:
-        log.exception("recon plugin: could not write the summary note of run %s", getattr(dag_run, "run_id", "?"))
+    except Exception as exc:
+        _paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
+        log.warning("recon plugin: could not write the summary note of run %s (%s: %s); the next %.0f s of"
+                    " runs get none", getattr(dag_run, "run_id", "?"), type(exc).__name__, str(exc)[:300],
+                    PAUSE_AFTER_FAILURE_S)
 
 
 class ReconPlugin(AirflowPlugin):

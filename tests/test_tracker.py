@@ -729,6 +729,39 @@ def test_prune_completed_deletes_only_old_completed_tasks(tracker, db):
     assert tracker.prune_completed(dt.timedelta(days=1)) == 0
 
 
+def test_prune_deletes_in_bounded_batches_oldest_first(tracker, db):
+    tasks = entry_tasks(tracker, 7)
+    for task in tasks:
+        tracker.update_task_status(task.task_id, "COMPLETED")
+    sql(db, "UPDATE process_tracker SET completed_at = now() - interval '2 days'")
+    seen = []  # rows left as each transaction of the prune starts: each batch commits on its own
+    original = db.begin
+
+    def begin():
+        with original() as other:
+            seen.append(other.execute(sa.text("SELECT count(*) FROM process_tracker")).scalar_one())
+        return original()
+
+    db.begin = begin
+    try:
+        assert tracker.prune_completed(dt.timedelta(days=1), batch_size=3) == 7
+    finally:
+        del db.begin
+    assert seen == [7, 7, 4, 1]  # the cutoff, then batches of 3, 3 and 1 (the last one short)
+    assert sql(db, "SELECT count(*) FROM process_tracker") == [(0,)]
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        tracker.prune_completed(dt.timedelta(days=1), batch_size=0)
+
+
+def test_the_prune_reads_the_completed_at_index(db):
+    with db.begin() as conn:  # no seq scan: on a near-empty test table it would win on cost
+        conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+        plan = conn.execute(sa.text(
+            "EXPLAIN (COSTS OFF) SELECT task_id FROM process_tracker WHERE status = 'COMPLETED'"
+            " AND completed_at < now() ORDER BY completed_at LIMIT 5000")).all()
+    assert "process_tracker_completed_at_idx" in " ".join(row[0] for row in plan)
+
+
 # ---- deliberate waits (RETRY with wait_seconds) ------------------------------------------------------------
 
 

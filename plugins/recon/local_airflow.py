@@ -144,9 +144,6 @@ def airflow_environment(
     }
     if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in env:
         ours["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = metadata_url or default_metadata_url()
-    metadata = env.get("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN") or ours["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    # the maintenance DAG's `airflow db clean` needs it: task processes cannot see Airflow's own setting
-    ours["RECON_AIRFLOW_METADATA_URL"] = metadata
     if "AIRFLOW_CONN_RECON_DB" not in env and "RECON_DATABASE_URL" not in env:
         ours["AIRFLOW_CONN_RECON_DB"] = recon_url or default_recon_url()
     forced = {"AIRFLOW_HOME", "AIRFLOW__API_AUTH__JWT_SECRET"}
@@ -215,6 +212,19 @@ def ensure_metadata_migrated(env: Mapping[str, str]) -> bool:
         raise AirflowSetupError(f"airflow db migrate failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     stamp_file.write_text(stamp)
     return True
+
+
+def ensure_chunk_pool(env: Mapping[str, str]) -> None:
+    """Create (or resize) the pool of the chunk tasks: the scheduler never queues a task whose pool
+    does not exist. RECON_CHUNK_POOL_SLOTS slots of about 420 MiB each."""
+    slots = str(settings.chunk_pool_slots())
+    description = f"recon chunk tasks: one slot needs about {settings.CHUNK_SLOT_MEMORY_MIB} MiB on its worker"
+    result = subprocess.run(
+        airflow_command(["pools", "set", settings.CHUNK_POOL, slots, description]),
+        env=dict(env), capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise AirflowSetupError(f"airflow pools set {settings.CHUNK_POOL} failed:\n{result.stderr[-3000:]}")
 
 
 def recon_url_of(env: Mapping[str, str]) -> str:
@@ -302,6 +312,7 @@ def standalone(home: Path | None = None, port: int = 8080) -> int:
     env = airflow_environment(home, port=port)
     ensure_metadata_migrated(env)
     ensure_recon_schema(env)
+    ensure_chunk_pool(env)
     home_dir = Path(env["AIRFLOW_HOME"])
     print(f"recon: Airflow UI on http://localhost:{port} (DAG {DAG_ID})", file=sys.stderr)
     print(

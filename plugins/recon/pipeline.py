@@ -99,8 +99,12 @@ def validate_chunk(decision: dict[str, Any], db: Database) -> dict[str, Any]:
 
 def run_chunk(validation: dict[str, Any], owner: str, db: Database) -> dict[str, Any]:
     """The writes of validate's verdicts, in one transaction (see recon.tasks.manager)."""
+    from recon.reporting import metrics
+
     checked = Validation.from_xcom(validation)
+    started = time.monotonic()
     result = TaskManager(db).run_chunk(checked.task_ids, owner, checked)
+    metrics.record_chunk_duration(time.monotonic() - started)
     log.info("chunk of %d: %s", len(checked.task_ids), _one_line(result.to_dict()))
     return result.to_dict()
 
@@ -174,7 +178,8 @@ def requeue_scope(created_from: dt.datetime | str | None = None, created_to: dt.
 def prune(retention_days: int, db: Database) -> dict[str, int]:
     if retention_days < 0:
         raise InvalidInputError(f"retention_days must be >= 0, got {retention_days}")
-    return {"deleted": ProcessTracker(db).prune_completed(dt.timedelta(days=retention_days))}
+    return {"deleted": ProcessTracker(db).prune_completed(dt.timedelta(days=retention_days),
+                                                          settings.prune_batch_size())}
 
 
 def process_queue(

@@ -156,6 +156,61 @@ def max_active_runs() -> int:
     return int_env("RECON_MAX_ACTIVE_RUNS", 2, minimum=1)
 
 
+CHUNK_POOL = "recon_chunks"  # the Airflow pool of the chunk tasks (decide, validate, run)
+CHUNK_SLOT_MEMORY_MIB = 420  # peak resident memory of one chunk task at the default chunk size (README)
+
+
+def chunk_queue() -> str:
+    """RECON_CHUNK_QUEUE (recon): the executor queue of the chunk tasks. The CeleryExecutor sends them
+    to the workers that listen on it (`airflow celery worker --queues default,recon`); the
+    LocalExecutor ignores queues."""
+    return _text_env("RECON_CHUNK_QUEUE", "recon") or "recon"
+
+
+def chunk_pool_slots() -> int:
+    """RECON_CHUNK_POOL_SLOTS (4): chunk tasks running at once across every run and worker; each slot
+    needs about CHUNK_SLOT_MEMORY_MIB on its worker. Set when the pool is created (init, ./recon ui)."""
+    return int_env("RECON_CHUNK_POOL_SLOTS", 4, minimum=1)
+
+
+def max_active_chunk_runs() -> int:
+    """RECON_MAX_ACTIVE_CHUNK_RUNS (4): `chunk.run` instances at once over all runs of the DAG
+    (max_active_tis_per_dag): the writers, which hold row locks."""
+    return int_env("RECON_MAX_ACTIVE_CHUNK_RUNS", 4, minimum=1)
+
+
+def dagrun_timeout_minutes() -> int:
+    """RECON_DAGRUN_TIMEOUT_MINUTES (120): a tracker run still going after this is failed (alert)."""
+    return int_env("RECON_DAGRUN_TIMEOUT_MINUTES", 120, minimum=1)
+
+
+def deadline_minutes() -> int:
+    """RECON_DEADLINE_MINUTES (60): a tracker run not finished this long after it was queued raises a
+    deadline alert (it keeps running)."""
+    return int_env("RECON_DEADLINE_MINUTES", 60, minimum=1)
+
+
+def alert_email() -> str | None:
+    """RECON_ALERT_EMAIL: comma-separated recipients of failure and deadline mails; unset: no mail."""
+    return _text_env("RECON_ALERT_EMAIL")
+
+
+def alert_smtp_conn_id() -> str:
+    """RECON_ALERT_SMTP_CONN_ID (smtp_default): the Airflow SMTP connection the mails go through."""
+    return _text_env("RECON_ALERT_SMTP_CONN_ID", "smtp_default") or "smtp_default"
+
+
+def statsd_address() -> tuple[str, int] | None:
+    """RECON_STATSD_HOST:RECON_STATSD_PORT (8125) for the engine's own metrics; unset host: none."""
+    host = _text_env("RECON_STATSD_HOST")
+    return (host, int_env("RECON_STATSD_PORT", 8125, minimum=1, maximum=65535)) if host else None
+
+
+def statsd_prefix() -> str:
+    """RECON_STATSD_PREFIX (recon): the engine's metric names start with it."""
+    return _text_env("RECON_STATSD_PREFIX", "recon") or "recon"
+
+
 def task_retries() -> int:
     """Airflow retries of a task that hit an infrastructure error (see errors.RETRYABLE_ERRORS)."""
     return int_env("RECON_TASK_RETRIES", 2)
@@ -165,8 +220,9 @@ def task_retry_delay_seconds() -> int:
     return int_env("RECON_TASK_RETRY_DELAY_SECONDS", 30)
 
 
-def maintenance_schedule() -> str:
-    return _text_env("RECON_MAINTENANCE_SCHEDULE", "@daily") or "@daily"
+def maintenance_schedule() -> str | None:
+    """RECON_MAINTENANCE_SCHEDULE (@daily); `none` for manual runs only."""
+    return _schedule_env("RECON_MAINTENANCE_SCHEDULE", "@daily")
 
 
 def tracker_retention_days() -> int:
@@ -174,9 +230,9 @@ def tracker_retention_days() -> int:
     return int_env("RECON_TRACKER_RETENTION_DAYS", 30)
 
 
-def airflow_retention_days() -> int:
-    """Airflow metadata (runs, task instances, XComs) older than this is cleaned."""
-    return int_env("RECON_AIRFLOW_RETENTION_DAYS", 7, minimum=1)
+def prune_batch_size() -> int:
+    """RECON_PRUNE_BATCH_SIZE (5000): tracker rows deleted per transaction by the prune."""
+    return int_env("RECON_PRUNE_BATCH_SIZE", 5_000, minimum=1)
 
 
 # ---- databases ----------------------------------------------------------------------------------
@@ -188,7 +244,7 @@ def database_url() -> str | None:
 
 
 def airflow_metadata_url() -> str | None:
-    """RECON_AIRFLOW_METADATA_URL: Airflow's own database for `./recon ui` and maintenance."""
+    """RECON_AIRFLOW_METADATA_URL: Airflow's own database for `./recon ui` (default: the embedded server)."""
     return _text_env("RECON_AIRFLOW_METADATA_URL")
 
 
@@ -252,6 +308,15 @@ def web_database_timeouts() -> DatabaseTimeouts:
     rows); a view that waits longer only holds a thread of Airflow's API server.
     """
     return DatabaseTimeouts.from_env("RECON_WEB_DB", connect=3, statement=10, lock=2)
+
+
+def listener_database_timeouts() -> DatabaseTimeouts:
+    """The run-note listener's timeouts: RECON_LISTENER_DB_CONNECT_TIMEOUT_SECONDS (2),
+    RECON_LISTENER_DB_STATEMENT_TIMEOUT_SECONDS (2), RECON_LISTENER_DB_LOCK_TIMEOUT_SECONDS (1).
+
+    The listener runs inside the scheduler's loop: every second it waits, no DAG is scheduled.
+    Its one query reads a row by primary key."""
+    return DatabaseTimeouts.from_env("RECON_LISTENER_DB", connect=2, statement=2, lock=1)
 
 
 # ---- the Recon view -----------------------------------------------------------------------------

@@ -745,17 +745,22 @@ class ProcessTracker:
         ).all()
         return {r.staging_entry_id: r.task_id for r in rows}
 
-    def prune_completed(self, older_than: dt.timedelta, conn: Connection | None = None) -> int:
-        """Delete COMPLETED rows finished before now() - older_than (keeps the hot table small)."""
-        with self._transaction(conn) as c:
-            result = c.execute(
-                sa.text(
-                    "DELETE FROM process_tracker WHERE status = 'COMPLETED'"
-                    " AND completed_at < now() - make_interval(secs => :secs)"
-                ),
-                {"secs": older_than.total_seconds()},
-            )
-            return result.rowcount
+    def prune_completed(self, older_than: dt.timedelta, batch_size: int = 5_000) -> int:
+        """Delete COMPLETED rows finished before now() - older_than (keeps the hot table small), in
+        transactions of at most `batch_size` rows: a months-long backlog of finished rows never holds
+        one long transaction and its locks against the claim."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        deleted = 0
+        with self.db.begin() as c:
+            cutoff = c.execute(sa.text("SELECT now() - make_interval(secs => :secs)"),
+                               {"secs": older_than.total_seconds()}).scalar_one()
+        while True:
+            with self.db.begin() as c:
+                batch = c.execute(_PRUNE_BATCH, {"cutoff": cutoff, "batch": batch_size}).rowcount
+            deleted += batch
+            if batch < batch_size:
+                return deleted
 
     def _policy_params(self) -> dict[str, int]:
         return {
@@ -764,6 +769,13 @@ class ProcessTracker:
             "max_seconds": self.retry_policy.max_seconds,
         }
 
+
+# one batch of the prune, oldest first along process_tracker_completed_at_idx (partial: COMPLETED only)
+_PRUNE_BATCH = sa.text(
+    "DELETE FROM process_tracker WHERE task_id IN ("
+    " SELECT task_id FROM process_tracker WHERE status = 'COMPLETED' AND completed_at < :cutoff"
+    " ORDER BY completed_at LIMIT :batch FOR UPDATE SKIP LOCKED)"
+)
 
 _ONE_REQUEUE_AT_A_TIME = sa.text("SELECT pg_advisory_xact_lock(hashtextextended('recon.requeue', 0))")
 

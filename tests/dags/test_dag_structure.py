@@ -72,6 +72,30 @@ def test_chunk_tasks_are_mapped_and_labelled(tracker_dag):
     assert not isinstance(tracker_dag.get_task("summary"), MappedOperator)
 
 
+def test_chunk_tasks_share_one_pool_with_a_flat_weight(tracker_dag):
+    """A backlog cannot start more chunk tasks than the pool has slots, and a run mapped 1,024 wide
+    does not outrank other DAGs (absolute weight: downstream tasks add nothing)."""
+    for task_id in ("chunk.decide", "chunk.validate", "chunk.run"):
+        task = tracker_dag.get_task(task_id)
+        assert (task.pool, task.priority_weight, task.weight_rule, task.queue) == (
+            "recon_chunks", 1, "absolute", "recon"), task_id
+    assert tracker_dag.get_task("chunk.run").max_active_tis_per_dag == 4
+    assert (tracker_dag.get_task("claim").pool, tracker_dag.get_task("claim").queue) == ("default_pool", "default")
+
+
+def test_runs_time_out_and_alert_only_when_asked():
+    """No recipients: no notifier, no deadline; with them, a mail on failure and a deadline alert."""
+    shown = "dag.dagrun_timeout, dag.on_failure_callback, dag.deadline"
+    assert _parse_in_a_fresh_process(shown) == "(datetime.timedelta(seconds=7200), [], None)"
+    shown = ("dag.dagrun_timeout, [type(n).__name__ + ':' + ','.join(n.to) + ':' + n.smtp_conn_id "
+             "for n in dag.on_failure_callback], [str(d.interval) for d in dag.deadline]")
+    assert _parse_in_a_fresh_process(
+        shown, RECON_ALERT_EMAIL="ops@example.com, oncall@example.com", RECON_ALERT_SMTP_CONN_ID="smtp_ops",
+        RECON_DAGRUN_TIMEOUT_MINUTES="30", RECON_DEADLINE_MINUTES="20",
+    ) == ("(datetime.timedelta(seconds=1800), ['SmtpNotifier:ops@example.com,oncall@example.com:smtp_ops'], "
+          "['0:20:00'])")
+
+
 def test_schedule_and_run_settings(tracker_dag):
     """Due work starts it (the asset's watcher runs in the triggerer), or'ed with a slow safety net."""
     from airflow.sdk import AssetOrTimeSchedule

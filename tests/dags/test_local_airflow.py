@@ -37,7 +37,7 @@ def test_environment_points_airflow_at_this_project(tmp_path: Path):
     assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == str(PROJECT / "plugins")
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == "postgresql+psycopg2://a@/airflow?host=/s"
-    assert env["RECON_AIRFLOW_METADATA_URL"] == env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert "RECON_AIRFLOW_METADATA_URL" not in env  # tasks are not given the metadata database's password
     assert env["AIRFLOW_CONN_RECON_DB"] == "postgresql://r@/recon"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://localhost:18123/execution/"
     assert env["AIRFLOW__API__HOST"] == "127.0.0.1"  # not every interface, Airflow's default

@@ -1,11 +1,15 @@
-"""recon_maintenance with dag.test(): tracker and Idempotency-Key pruning on PostgreSQL and `airflow db clean`
-on the metadata DB."""
+"""recon_maintenance with dag.test(): tracker and Idempotency-Key pruning on PostgreSQL; and
+docker/airflow-db-clean.sh, which cleans Airflow's metadata of the recon DAGs outside task code."""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
 
 import pytest
+
+from recon import settings
 
 from tests.dags.conftest import task_instances
 from tests.dags.seed import Seed
@@ -16,7 +20,6 @@ pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 def test_structure(maintenance_dag):
     assert {t.task_id: set(t.upstream_task_ids) for t in maintenance_dag.tasks} == {
         "prune_tracker": set(),
-        "clean_airflow_metadata": {"prune_tracker"},
         "forget_idempotency_keys": set(),
     }
     assert maintenance_dag.schedule == "@daily" and maintenance_dag.catchup is False
@@ -26,7 +29,7 @@ def test_structure(maintenance_dag):
             maintenance_dag.params.get_param("tracker_retention_days").resolve(bad)
 
 
-def test_prunes_old_completed_tasks_and_old_airflow_runs(airflow_metadata, tracker_dag, maintenance_dag, db_url):
+def test_prunes_old_completed_tasks(airflow_metadata, tracker_dag, maintenance_dag, db_url):
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
@@ -44,15 +47,40 @@ def test_prunes_old_completed_tasks_and_old_airflow_runs(airflow_metadata, track
                   " created_at) VALUES ('u', 'old', 'h', 201, '{}', now() - interval '25 hours'),"
                   " ('u', 'recent', 'h', 201, '{}', now() - interval '23 hours')")
 
-    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=20)
-    old_run = tracker_dag.test(logical_date=long_ago, run_after=long_ago, run_conf={"dry_run": True})
-    maintenance = maintenance_dag.test(run_conf={"tracker_retention_days": 30, "airflow_retention_days": 7})
+    maintenance = maintenance_dag.test(run_conf={"tracker_retention_days": 30})
 
     assert maintenance.state == "success", task_instances(maintenance.run_id)
     remaining = {row[0] for row in seed.all("SELECT task_id FROM process_tracker")}
     assert remaining == {ids["recent"], ids["failed"]}
     assert [r[0] for r in seed.all("SELECT idempotency_key FROM api_idempotency_keys")] == ["recent"]
-    with create_session() as session:
-        run_ids = {r.run_id for r in session.query(DagRun).all()}
-    assert old_run.run_id not in run_ids
-    assert maintenance.run_id in run_ids
+
+
+CLEAN = settings.PROJECT_ROOT / "docker" / "airflow-db-clean.sh"
+
+
+def test_airflow_db_clean_removes_old_runs_of_the_recon_dags_only(airflow_metadata, tracker_dag, db_url):
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    long_ago = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=20)
+    old_runs = [tracker_dag.test(logical_date=day, run_after=day, run_conf={"dry_run": True})
+                for day in (long_ago - dt.timedelta(days=1), long_ago)]
+
+    def clean(**env: str) -> set[str]:
+        result = subprocess.run(["bash", str(CLEAN), "--once"], capture_output=True, text=True, timeout=300,
+                                env=dict(os.environ, RECON_AIRFLOW_RETENTION_DAYS="7",
+                                         RECON_AIRFLOW_CLEAN_BATCH_SIZE="1", **env))
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        with create_session() as session:
+            return {r.run_id for r in session.query(DagRun).filter(DagRun.dag_id == "recon_process_tracker")}
+
+    # scoped: the runs of a DAG not named (here the tracker itself) are kept
+    assert {r.run_id for r in old_runs} <= clean(RECON_AIRFLOW_CLEAN_DAG_IDS="recon_maintenance")
+    assert not {r.run_id for r in old_runs} & clean()  # the default names both recon DAGs
+
+
+def test_airflow_db_clean_refuses_a_bad_setting():
+    result = subprocess.run(["bash", str(CLEAN), "--once"], capture_output=True, text=True, timeout=60,
+                            env=dict(os.environ, RECON_AIRFLOW_CLEAN_BATCH_SIZE="lots"))
+    assert result.returncode == 2
+    assert "batch_size must be a positive integer, got 'lots'" in result.stderr

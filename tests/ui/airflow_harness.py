@@ -60,8 +60,10 @@ def _clean_environment() -> dict[str, str]:
 
 
 def airflow_metadata_template(admin_url: str) -> str:
-    """A database migrated by `airflow db migrate` for the installed Airflow; built once per server."""
-    name = "airflow_tpl_" + hashlib.sha256(version("apache-airflow-core").encode()).hexdigest()[:10]
+    """A database migrated by `airflow db migrate` for the installed Airflow, with the chunk pool;
+    built once per server."""
+    # "+pool": templates built before the chunk pool existed lack it
+    name = "airflow_tpl_" + hashlib.sha256(f"{version('apache-airflow-core')}+pool".encode()).hexdigest()[:10]
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (AIRFLOW_TEMPLATE_LOCK_KEY,))
         try:
@@ -83,6 +85,7 @@ def airflow_metadata_template(admin_url: str) -> str:
                 timeout=600,
             )
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            local_airflow.ensure_chunk_pool(env)  # as `./recon ui` and the compose init do
             conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(building), sql.Identifier(name)))
             return name
         finally:

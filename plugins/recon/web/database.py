@@ -1,5 +1,5 @@
-"""The recon database of the API server's web app and the scheduler's run-note listener, and where
-the view's database work runs.
+"""The recon database of the API server's web app and of the scheduler's run-note listener, and
+where the view's database work runs.
 
 Both run inside Airflow, where the resolver never falls back to an embedded server: the database
 is RECON_DATABASE_URL or the Airflow connection ``recon_db`` (asked through Airflow's Connection
@@ -76,6 +76,22 @@ def recon_database() -> Database:
                 pool_size=threads, max_overflow=0, pool_timeout=settings.web_request_timeout_seconds(),
             )
         return _database
+
+
+_listener_database: Database | None = None
+
+
+def listener_database() -> Database:
+    """The recon database of the scheduler's run-note listener: one connection, the listener's short
+    timeouts (it runs inside the scheduling loop), no wait for a pooled connection beyond them."""
+    global _listener_database
+    with _lock:
+        if _listener_database is None:
+            resolved = resolve_database(allow_embedded=False)
+            timeouts = settings.listener_database_timeouts()
+            _listener_database = Database(resolved.url, resolved.source, timeouts, pool_size=1, max_overflow=0,
+                                          pool_timeout=max(timeouts.connect, 1))
+        return _listener_database
 
 
 async def read_recon(query: Callable[[Database], T]) -> T:
