@@ -21,7 +21,7 @@ import sqlalchemy.exc
 from recon import json_encoding, settings
 from recon.db import default_database, migrations, reset_default_database, stop_embedded_server
 from recon.db.engine import describe_error
-from recon.errors import ReconError
+from recon.errors import InvalidInputError, ReconError
 
 
 def _announce_database() -> None:
@@ -43,9 +43,9 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:
-    """Print the resolved URL with its password, for tools that need it (e.g. psql)."""
+    """Print the resolved URL; the password only on request (a terminal is often shared or recorded)."""
     url = default_database().url.set(drivername="postgresql")
-    print(url.render_as_string(hide_password=args.hide_password))
+    print(url.render_as_string(hide_password=not args.show_password))
     return 0
 
 
@@ -75,10 +75,12 @@ def cmd_tracker_reap(args: argparse.Namespace) -> int:
 def cmd_reprocess(args: argparse.Namespace) -> int:
     from recon import pipeline
 
+    if not (args.created_from or args.created_to or args.task_id is not None):
+        raise InvalidInputError("reprocess needs a scope: --created-from and/or --created-to, or --task-id")
     _announce_database()
-    result = pipeline.requeue_scope(args.created_from, args.created_to, args.task_id or None, db=default_database())
-    print(f"requeued {result['requeued_tasks']} FAILED task(s);"
-          f" reopened {result['reopened_entries']} entries from manual review")
+    result = pipeline.requeue_scope(args.created_from, args.created_to, args.task_id, db=default_database())
+    print(f"requeued {result['requeued_tasks']:,} FAILED task(s);"
+          f" reopened {result['reopened_entries']:,} entries from manual review")
     return 0
 
 
@@ -121,7 +123,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                          order_id_pattern=args.order_id_pattern,
                          progress=lambda p: print(f"  {p.line()}", file=sys.stderr))
     _print(report.to_dict(), args.json, "\n".join(report.summary_lines()))
-    return 3 if report.rejected_count else 0
+    if report.rejected_count:
+        return 3
+    if report.duplicate_count and not report.ingested:
+        print("recon: nothing new: every row was ingested before", file=sys.stderr)
+        return 4
+    return 0
 
 
 def cmd_process(args: argparse.Namespace) -> int:
@@ -204,7 +211,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
         os.environ["RECON_DATABASE_URL"] = demo.existing_demo_database()
         print(f"recon: the UI works on the demo database {demo.DEMO_DATABASE}", file=sys.stderr)
-    return local_airflow.standalone(port=args.port)
+    return local_airflow.standalone(port=args.port, host=args.host)
 
 
 def cmd_compose_env(args: argparse.Namespace) -> int:
@@ -262,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     db = group("db", "database: migrate, url, stop")
     db.add_parser("migrate", help="apply pending migrations from sql/").set_defaults(func=cmd_db_migrate)
     url = db.add_parser("url", help="print the database URL the engine uses")
-    url.add_argument("--hide-password", action="store_true")
+    url.add_argument("--show-password", action="store_true", help="include the password (e.g. for psql)")
+    url.add_argument("--hide-password", action="store_true", help=argparse.SUPPRESS)  # the default now
     url.set_defaults(func=cmd_db_url)
     db.add_parser("stop", help="stop the embedded PostgreSQL server").set_defaults(func=cmd_db_stop)
 
@@ -330,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = commands.add_parser("ui", help="Airflow standalone with this project's DAGs and plugins")
     ui.add_argument("--port", type=int, default=8080)
+    ui.add_argument("--host", default=None,
+                    help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every one)")
     ui.add_argument("--demo", action="store_true", help="watch the demo database that ./recon demo filled")
     ui.set_defaults(func=cmd_ui)
 
