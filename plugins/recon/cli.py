@@ -75,12 +75,21 @@ def cmd_tracker_reap(args: argparse.Namespace) -> int:
 def cmd_reprocess(args: argparse.Namespace) -> int:
     from recon import pipeline
 
-    if not (args.created_from or args.created_to or args.task_id is not None):
-        raise InvalidInputError("reprocess needs a scope: --created-from and/or --created-to, or --task-id")
+    if not (args.created_from or args.created_to or args.task_id is not None or args.error_type or args.account):
+        raise InvalidInputError("reprocess needs a scope: --created-from and/or --created-to, --task-id,"
+                                " --error-type or --account")
     _announce_database()
-    result = pipeline.requeue_scope(args.created_from, args.created_to, args.task_id, db=default_database())
-    print(f"requeued {result['requeued_tasks']:,} FAILED task(s);"
-          f" reopened {result['reopened_entries']:,} entries from manual review")
+    result = pipeline.requeue_scope(args.created_from, args.created_to, args.task_id, db=default_database(),
+                                    error_type=args.error_type, account_id=args.account,
+                                    exclude_error_types=args.exclude_error_type or (), dry_run=args.dry_run)
+    if args.dry_run:
+        lines = [f"dry run: would requeue {result['failed_tasks']:,} FAILED task(s) and reopen"
+                 f" {result['entries']:,} entries from review; nothing written"]
+        lines += [f"  {error_type}: {n:,}" for error_type, n in result["entries_by_error_type"].items()]
+        _print(result, args.json, "\n".join(lines))
+        return 0
+    _print(result, args.json, f"requeued {result['requeued_tasks']:,} FAILED task(s);"
+                              f" reopened {result['reopened_entries']:,} entries from review")
     return 0
 
 
@@ -326,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("--created-from", help="ISO 8601, inclusive")
     reprocess.add_argument("--created-to", help="ISO 8601, exclusive")
     reprocess.add_argument("--task-id", action="append", help="repeatable")
+    reprocess.add_argument("--error-type", help="only entries in review for this reason, e.g. NoReconRuleFoundError")
+    reprocess.add_argument("--account", help="only entries of this account_id")
+    reprocess.add_argument("--exclude-error-type", action="append", metavar="ERROR_TYPE",
+                           help="leave entries in review for this reason alone (repeatable)")
+    reprocess.add_argument("--dry-run", action="store_true", help="say what would be reopened; write nothing")
+    reprocess.add_argument("--json", action="store_true")
     reprocess.set_defaults(func=cmd_reprocess)
 
     report = commands.add_parser("report", help="statuses, manual-review reasons, balances, invariants")

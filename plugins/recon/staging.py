@@ -396,24 +396,15 @@ def mark_for_review(conn: Connection, staging_entry_ids: Sequence[str], error: s
 # ---- reprocessing --------------------------------------------------------------------------------
 
 
-def reopen_for_review(
-    conn: Connection,
-    created_from: dt.datetime | None,
-    created_to: dt.datetime | None,
-    staging_entry_ids: Sequence[str] | None,
-) -> list[str]:
-    """Entries in manual review within the scope (a created_at window and/or ids) back to PENDING,
-    their error keys removed; returns their ids."""
+def reopen_for_review(conn: Connection, scope: ReprocessScope) -> list[str]:
+    """Entries in manual review within the scope back to PENDING, their error keys removed; returns
+    their ids."""
     return list(
         conn.execute(
             sa.text(
-                """
+                f"""
                 WITH in_scope AS (
-                    SELECT s.staging_entry_id FROM staging_entries s
-                    WHERE s.status = 'NEEDS_MANUAL_REVIEW'
-                      AND (CAST(:created_from AS timestamptz) IS NULL OR s.created_at >= :created_from)
-                      AND (CAST(:created_to AS timestamptz) IS NULL OR s.created_at < :created_to)
-                      AND (CAST(:ids AS text[]) IS NULL OR s.staging_entry_id = ANY(CAST(:ids AS text[])))
+                    SELECT s.staging_entry_id FROM staging_entries s WHERE {_SCOPE_FILTER}
                     FOR UPDATE OF s
                 )
                 UPDATE staging_entries s SET status = 'PENDING', metadata = s.metadata - 'error' - 'error_type'
@@ -421,13 +412,30 @@ def reopen_for_review(
                 RETURNING s.staging_entry_id
                 """
             ),
-            {
-                "created_from": created_from,
-                "created_to": created_to,
-                "ids": list(staging_entry_ids) if staging_entry_ids is not None else None,
-            },
+            scope.params(),
         ).scalars()
     )
+
+
+def review_scope_ids(conn: Connection, scope: ReprocessScope) -> list[str]:
+    """The manual-review entries a reprocess of the scope would reopen (read-only)."""
+    return list(conn.execute(sa.text(f"SELECT s.staging_entry_id FROM staging_entries s WHERE {_SCOPE_FILTER}"),
+                             scope.params()).scalars())
+
+
+def review_scope_by_type(conn: Connection, scope: ReprocessScope) -> dict[str, int]:
+    """What a reprocess of the scope would reopen: entries per error type (a dry run's answer)."""
+    rows = conn.execute(
+        sa.text(
+            f"""
+            SELECT coalesce(s.metadata ->> 'error_type', '(none)') AS error_type, count(*) AS n
+            FROM staging_entries s WHERE {_SCOPE_FILTER}
+            GROUP BY 1 ORDER BY n DESC, 1
+            """
+        ),
+        scope.params(),
+    ).all()
+    return {r.error_type: r.n for r in rows}
 
 
 # ---- read models: the report and the Recon view ------------------------------------------------------
@@ -482,6 +490,35 @@ _REVIEW_FILTER = """
     AND (CAST(:order_id AS text) IS NULL OR s.order_id = :order_id)
     AND (CAST(:q AS text) IS NULL OR s.staging_entry_id ILIKE :q_like OR s.order_id ILIKE :q_like
          OR s.metadata ->> 'error' ILIKE :q_like)
+"""
+
+
+@dataclass(frozen=True)
+class ReprocessScope:
+    """Which manual-review entries a reprocess reopens: a created_at window, explicit entries, the
+    Recon view's filter, and error types left out (a mismatch must not be requeued blindly)."""
+
+    created_from: dt.datetime | None = None
+    created_to: dt.datetime | None = None
+    staging_entry_ids: Sequence[str] | None = None
+    review: ReviewFilter = ReviewFilter()
+    exclude_error_types: Sequence[str] = ()
+
+    def params(self) -> dict[str, Any]:
+        return {
+            **self.review.params(),
+            "created_from": self.created_from,
+            "created_to": self.created_to,
+            "ids": list(self.staging_entry_ids) if self.staging_entry_ids is not None else None,
+            "excluded": list(self.exclude_error_types),
+        }
+
+
+_SCOPE_FILTER = _REVIEW_FILTER + """
+    AND (CAST(:created_from AS timestamptz) IS NULL OR s.created_at >= :created_from)
+    AND (CAST(:created_to AS timestamptz) IS NULL OR s.created_at < :created_to)
+    AND (CAST(:ids AS text[]) IS NULL OR s.staging_entry_id = ANY(CAST(:ids AS text[])))
+    AND coalesce(s.metadata ->> 'error_type', '(none)') <> ALL(CAST(:excluded AS text[]))
 """
 
 

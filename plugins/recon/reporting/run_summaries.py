@@ -106,6 +106,12 @@ def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None, head
         verdicts = s.get("verdicts") or {}
         if verdicts:
             lines += ["", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))]
+        scope = s.get("reprocess_scope")
+        if scope:
+            by_type = ", ".join(f"`{k}` × {v}" for k, v in scope.get("entries_by_error_type", {}).items())
+            lines += ["", f"Reprocess scope: {scope.get('failed_tasks', 0)} FAILED task(s) and"
+                          f" {scope.get('entries', 0)} entries in review would be queued again"
+                          + (f" ({by_type})" if by_type else "") + "."]
     else:
         claimed = int(s.get("claimed", 0) or 0)
         lines = [f"### {title}", ""] if heading else []
