@@ -126,6 +126,23 @@ def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | N
     return created
 
 
+def require_rule_for_mode(conn: Connection, account_id: str, mode: str) -> None:
+    """Lines of `mode` on this account can be processed only if a rule names the account on that
+    side: TRANSACTION lines arrive on a rule's account_one, CONFIRMATION lines on its account_two.
+    Refused up front: every line would otherwise fail later as NoReconRuleFoundError."""
+    get_account(account_id, conn)  # NotFoundError for an unknown account
+    side, other, other_mode = (("account_one", "account_two", "CONFIRMATION") if mode == "TRANSACTION"
+                               else ("account_two", "account_one", "TRANSACTION"))
+    if conn.execute(sa.text(f"SELECT 1 FROM recon_rules WHERE {side}_id = :a LIMIT 1"), {"a": account_id}).first():
+        return
+    is_other = conn.execute(sa.text(f"SELECT 1 FROM recon_rules WHERE {other}_id = :a LIMIT 1"),
+                            {"a": account_id}).first()
+    hint = (f"it is a rule's {other}: its lines are {other_mode} lines" if is_other
+            else f"create a rule with --{side.replace('_', '-')} {account_id} first")
+    raise InvalidInputError(f"account {account_id} is no recon rule's {side}, so {mode} lines on it could never"
+                            f" be processed ({hint}); nothing was read or written", field="mode")
+
+
 def get_account(account_id: str, conn: Connection) -> Account:
     row = conn.execute(sa.text(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = :id"), {"id": account_id}).first()
     if row is None:

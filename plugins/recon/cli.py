@@ -140,6 +140,16 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest_void(args: argparse.Namespace) -> int:
+    """`recon ingest void FILE_OR_ID`: take back a wrong ingest (see recon.ingest.void)."""
+    from recon.ingest.void import void_ingest
+
+    _announce_database()
+    report = void_ingest(args.file_or_id, args.account, db=default_database())
+    _print(report.to_dict(), args.json, "\n".join(report.summary_lines()))
+    return 0
+
+
 def cmd_process(args: argparse.Namespace) -> int:
     from recon import pipeline
 
@@ -324,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--json", action="store_true")
     ingest.set_defaults(func=cmd_ingest)
 
+    void = commands.add_parser("ingest-void", help="`ingest void FILE_OR_ID`: discard a file's entries not yet"
+                               " processed (their tasks cancelled); names those already processed")
+    void.add_argument("file_or_id", help="the file (path or name) or the staging_entry_id of one of its lines")
+    void.add_argument("--account", help="only the file's entries on this account")
+    void.add_argument("--json", action="store_true")
+    void.set_defaults(func=cmd_ingest_void)
+
     process = commands.add_parser("process", help="drain the queue in-process (the DAG's own steps)")
     process.add_argument("--batch-size", type=int, default=settings.batch_size())
     process.add_argument("--chunk-size", type=int, default=settings.chunk_size())
@@ -374,8 +391,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommand_words(argv: list[str]) -> list[str]:
+    """`ingest void X` is the command `ingest-void X` (`ingest FILE` takes a file as its first word)."""
+    words = [i for i, a in enumerate(argv) if not a.startswith("-")]
+    if len(words) >= 2 and argv[words[0]] == "ingest" and argv[words[1]] == "void" and words[1] == words[0] + 1:
+        return [*argv[: words[0]], "ingest-void", *argv[words[1] + 1:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_subcommand_words(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -438,6 +438,40 @@ def review_scope_by_type(conn: Connection, scope: ReprocessScope) -> dict[str, i
     return {r.error_type: r.n for r in rows}
 
 
+# ---- taking back a wrong ingest ------------------------------------------------------------------
+
+
+def file_entries(conn: Connection, source_file: str, account_id: str | None) -> list[Any]:
+    """The entries ingested from a file (metadata.source_file), locked: (staging_entry_id, status)."""
+    return conn.execute(
+        sa.text(
+            "SELECT staging_entry_id, status FROM staging_entries"
+            " WHERE metadata ->> 'source_file' = :file AND (CAST(:account AS text) IS NULL OR account_id = :account)"
+            " ORDER BY created_at, staging_entry_id FOR UPDATE"
+        ),
+        {"file": source_file, "account": account_id},
+    ).all()
+
+
+def source_of(conn: Connection, staging_entry_id: str) -> tuple[str, str] | None:
+    """(source_file, account_id) of an entry, None when it has no file or does not exist."""
+    row = conn.execute(
+        sa.text("SELECT metadata ->> 'source_file', account_id FROM staging_entries"
+                " WHERE staging_entry_id = :id AND metadata ? 'source_file'"),
+        {"id": staging_entry_id},
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def delete_unprocessed(conn: Connection, staging_entry_ids: Sequence[str]) -> list[str]:
+    """Delete PENDING entries that never had an effect (a voided ingest); returns those deleted."""
+    return list(conn.execute(
+        sa.text("DELETE FROM staging_entries WHERE staging_entry_id = ANY(CAST(:ids AS text[]))"
+                " AND status = 'PENDING' RETURNING staging_entry_id"),
+        {"ids": list(staging_entry_ids)},
+    ).scalars())
+
+
 # ---- read models: the report and the Recon view ------------------------------------------------------
 
 

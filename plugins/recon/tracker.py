@@ -486,6 +486,34 @@ class ProcessTracker:
                  "created_to": created_to},
             ).scalar_one()
 
+    def cancel_unstarted(self, staging_entry_ids: Sequence[str], conn: Connection | None = None) -> list[str]:
+        """Delete the tasks of entries no task has started on yet (every task PENDING or RETRY with no
+        attempt); returns those entries. Entries with any other task are left alone."""
+        with self._transaction(conn) as c:
+            return list(
+                c.execute(
+                    sa.text(
+                        """
+                        WITH started AS (
+                            SELECT DISTINCT payload ->> 'staging_entry_id' AS id FROM process_tracker
+                            WHERE payload ? 'staging_entry_id'
+                              AND payload ->> 'staging_entry_id' = ANY(CAST(:ids AS text[]))
+                              AND (status NOT IN ('PENDING', 'RETRY') OR attempts > 0)
+                        ), cancelled AS (
+                            DELETE FROM process_tracker t
+                            WHERE t.payload ? 'staging_entry_id'
+                              AND t.payload ->> 'staging_entry_id' = ANY(CAST(:ids AS text[]))
+                              AND t.payload ->> 'staging_entry_id' NOT IN (SELECT id FROM started)
+                            RETURNING t.payload ->> 'staging_entry_id' AS id
+                        )
+                        SELECT e.id FROM unnest(CAST(:ids AS text[])) AS e(id)
+                        WHERE e.id NOT IN (SELECT id FROM started)
+                        """
+                    ),
+                    {"ids": list(staging_entry_ids)},
+                ).scalars()
+            )
+
     def enqueue_entries(self, staging_entry_ids: Sequence[str], conn: Connection | None = None) -> list[str]:
         """A new PENDING task for each staging entry that has no unfinished task (backfill)."""
         if not staging_entry_ids:

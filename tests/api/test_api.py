@@ -408,6 +408,9 @@ def test_a_bank_statement_upload_is_detected_and_replayed_by_its_key(api: TestCl
     merchant = api.post("/merchants", json={"merchant_name": "Acme"}).json()["merchant_id"]
     bank = api.post("/accounts", json={"merchant_id": merchant, "account_name": "Bank", "account_type": "DEBIT_NORMAL",
                                        "currency": "EUR"}).json()["account_id"]
+    orders = api.post("/accounts", json={"merchant_id": merchant, "account_name": "Orders", "account_type": "DEBIT_NORMAL",
+                                         "currency": "EUR"}).json()["account_id"]
+    assert api.post("/rules", json={"account_one_id": orders, "account_two_id": bank}).status_code == 201
     statement = (DATA / "statements" / "camt053_v2.xml").read_bytes()
     send = lambda key: api.post("/uploads", data={"account_id": bank, "processing_mode": "CONFIRMATION"},  # noqa: E731
                                 files={"file": ("day.xml", statement)}, headers={"Idempotency-Key": key})

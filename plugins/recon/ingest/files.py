@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO, Union
 
 from recon import settings, staging
-from recon.accounts import get_account
+from recon.accounts import get_account, require_rule_for_mode
 from recon.db import Database
 from recon.errors import InvalidInputError
 from recon.ingest import bai2, camt, mt940
@@ -54,13 +54,17 @@ def ingest_file(
 
     `order_id_pattern` (default RECON_ORDER_ID_PATTERN) finds an order id in a bank line's
     remittance text. Raises InvalidInputError (bad file, format, figures that do not add up,
-    limits) or NotFoundError (unknown account), in which case nothing was written.
+    limits, a mode no rule gives the account) or NotFoundError (unknown account), in which case
+    nothing was written.
     """
     if file_format not in FORMATS:
         raise InvalidInputError(f"format {file_format!r} is not one of {', '.join(FORMATS)}")
     if source_file is None:
         source_file = _file_name(source)
     with _opened(source) as stream:
+        if isinstance(account_id, str) and account_id.strip():  # an unusable id: the format's reader names it
+            with db.begin() as conn:  # before a row is read
+                require_rule_for_mode(conn, account_id, staging.parse_processing_mode(mode))
         if file_format == "auto":
             file_format = detect_format(stream.peek(DETECT_BYTES)[:DETECT_BYTES])
         if file_format == "csv":
