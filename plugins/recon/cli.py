@@ -121,17 +121,171 @@ def cmd_rule_create(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- look-ups and exports -------------------------------------------------------------------
+
+_PAGE = 1_000  # keyset pages: a list of any length never holds more than this per query
+
+
+def _all_pages(fetch: Any, key: Any) -> list[Any]:
+    """Every row of a keyset-paged read (fetch(conn, after, limit)), page after page."""
+    rows: list[Any] = []
+    with default_database().begin() as conn:
+        while page := fetch(conn, key(rows[-1]) if rows else None, _PAGE):
+            rows += page
+            if len(page) < _PAGE:
+                break
+    return rows
+
+
+def cmd_merchant_list(args: argparse.Namespace) -> int:
+    from recon import accounts
+
+    _announce_database()
+    merchants = _all_pages(accounts.merchants_page, lambda m: m.merchant_id)
+    _print(merchants, args.json, "\n".join(f"{m.merchant_id}  {m.merchant_name}" for m in merchants))
+    return 0
+
+
+def cmd_merchant_show(args: argparse.Namespace) -> int:
+    from recon import accounts
+
+    _announce_database()
+    with default_database().begin() as conn:
+        merchant = accounts.get_merchant(args.merchant_id, conn)
+        listed = accounts.accounts_page(conn, merchant.merchant_id, None, _PAGE)
+    data = {"merchant": merchant, "accounts": listed}
+    text = [f"{merchant.merchant_id}  {merchant.merchant_name} (created {merchant.created_at:%Y-%m-%d %H:%M} UTC)"]
+    text += [f"  {a.account_id}  {a.account_name}  {a.account_type} {a.currency}" for a in listed]
+    _print(data, args.json, "\n".join(text))
+    return 0
+
+
+def cmd_account_list(args: argparse.Namespace) -> int:
+    from recon import accounts
+
+    _announce_database()
+    listed = _all_pages(lambda c, after, n: accounts.accounts_page(c, args.merchant, after, n), lambda a: a.account_id)
+    _print(listed, args.json, "\n".join(f"{a.account_id}  {a.merchant_id}  {a.account_name}  {a.account_type}"
+                                       f" {a.currency}" for a in listed))
+    return 0
+
+
+def cmd_account_show(args: argparse.Namespace) -> int:
+    from recon import accounts, ledger
+    from recon.money import format_money
+
+    _announce_database()
+    with default_database().begin() as conn:
+        account = accounts.get_account(args.account_id, conn)
+        (balance,) = ledger.balances_of(conn, [account])
+    text = [f"{account.account_id}  {account.account_name} ({account.merchant_id}), {account.account_type}"
+            f" {account.currency}"]
+    text += [f"  {name:>15}: {format_money(getattr(balance, name), account.currency)}"
+             for name in ("initial_balance", "posted", "pending", "available")]
+    _print({"account": account, "balance": balance}, args.json, "\n".join(text))
+    return 0
+
+
+def cmd_entry_show(args: argparse.Namespace) -> int:
+    """A staging entry by id, or every entry of an order id, each with its outcome history."""
+    from recon import staging
+    from recon.errors import NotFoundError
+    from recon.money import format_money
+
+    _announce_database()
+    with default_database().begin() as conn:
+        found = staging.get_staging_entry(conn, args.id_or_order)
+        entries = [found] if found is not None else staging.entries_of_order(conn, args.id_or_order)
+        if not entries:
+            raise NotFoundError(f"no staging entry with staging_entry_id or order_id {args.id_or_order!r}")
+        shown = [{"entry": e, "history": [dict(h._mapping) for h in staging.outcome_history(conn, e.staging_entry_id)]}
+                 for e in entries]
+    text = []
+    for item in shown:
+        e = item["entry"]
+        text += [f"{e.staging_entry_id}  {e.status}  {e.processing_mode} {e.entry_type}"
+                 f" {format_money(e.amount, e.currency)} on {e.account_id}, order {e.order_id or '-'}",
+                 f"  ingested {e.created_at:%Y-%m-%d %H:%M:%S} UTC from {e.metadata.get('source_file', '-')}"]
+        if e.metadata.get("error"):
+            text.append(f"  now: {e.metadata.get('error_type')}: {e.metadata['error']}")
+        text += [f"  {h['recorded_at']:%Y-%m-%d %H:%M:%S}  {h['status']:<19} {h['error_type'] or ''}"
+                 f" {h['reason'] or ''}  (task {h['task_id'] or '-'}, run {h['run'] or '-'})" for h in item["history"]]
+    _print(shown, args.json, "\n".join(text))
+    return 0
+
+
+def cmd_transaction_show(args: argparse.Namespace) -> int:
+    from recon import ledger
+    from recon.errors import NotFoundError
+    from recon.money import format_money
+
+    _announce_database()
+    with default_database().begin() as conn:
+        found = ledger.logical_transaction(conn, args.transaction_id)
+    if found is None:
+        raise NotFoundError(f"no transaction with transaction_id or logical_transaction_id {args.transaction_id!r}")
+    text = [f"logical transaction {found.logical_transaction_id}: {len(found.versions)} version(s)"]
+    for v in found.versions:
+        text.append(f"  v{v.version} {v.transaction_id}  {v.status}  {format_money(v.amount, v.currency)}"
+                    f"  from staging entry {v.source_staging_entry_id or '-'} at {v.created_at:%Y-%m-%d %H:%M:%S}")
+        text += [f"      {e.entry_type:<6} {format_money(e.amount, e.currency):>22} {e.status:<9} {e.account_id}"
+                 f" {e.entry_id}" for e in v.entries]
+    _print(found, args.json, "\n".join(text))
+    return 0
+
+
+_EXPORT_COLUMNS = ("staging_entry_id", "account_id", "order_id", "entry_type", "amount", "currency",
+                   "processing_mode", "error_type", "reason", "created_at", "updated_at")
+
+
+def cmd_exceptions_export(args: argparse.Namespace) -> int:
+    """Every open exception (manual review) as CSV or JSON, streamed: no cap, constant memory."""
+    import csv
+
+    from recon import staging
+    from recon.pipeline import parse_time
+
+    where = staging.ReviewFilter(error_type=args.error_type, account_id=args.account)
+    since = parse_time(args.since)
+    _announce_database()
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    count = 0
+    try:
+        with default_database().begin() as conn:
+            rows = staging.stream_review_entries(conn, where, since)
+            if args.format == "csv":
+                writer = csv.writer(out)
+                writer.writerow(_EXPORT_COLUMNS)
+                for count, row in enumerate(rows, 1):
+                    writer.writerow(["" if v is None else v if isinstance(v, str) else json_encoding.json_scalar(v)
+                                     for v in row])
+            else:
+                out.write("[")
+                for count, row in enumerate(rows, 1):
+                    out.write(("\n" if count == 1 else ",\n") + json_encoding.dumps(dict(zip(_EXPORT_COLUMNS, row))))
+                out.write("\n]\n")
+    finally:
+        if args.output:
+            out.close()
+    print(f"recon: exported {count:,} open exception(s)", file=sys.stderr)
+    return 0
+
+
 # ---- work -----------------------------------------------------------------------------------
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from recon.ingest.files import ingest_file
+    from recon.ingest.files import dry_run_ingest, ingest_file
 
     _announce_database()
-    report = ingest_file(args.file, args.account, args.mode, db=default_database(), file_format=args.format,
-                         order_id_pattern=args.order_id_pattern,
-                         progress=lambda p: print(f"  {p.line()}", file=sys.stderr))
+    source = sys.stdin.buffer if args.file == "-" else args.file
+    ingest = dry_run_ingest if args.dry_run else ingest_file
+    report = ingest(source, args.account, args.mode, db=default_database(), file_format=args.format,
+                    order_id_pattern=args.order_id_pattern, source_file=args.name,
+                    progress=lambda p: print(f"  {p.line()}", file=sys.stderr))
     _print(report.to_dict(), args.json, "\n".join(report.summary_lines()))
+    if args.dry_run:
+        print("recon: dry run: parsed and checked, nothing written", file=sys.stderr)
     if report.rejected_count:
         return 3
     if report.duplicate_count and not report.ingested:
@@ -305,6 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--id", help="merchant_id (default: generated)")
     create.set_defaults(func=cmd_merchant_create)
 
+    listing = merchant.add_parser("list", help="every merchant")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_merchant_list)
+    show = merchant.add_parser("show", help="a merchant and its accounts")
+    show.add_argument("merchant_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_merchant_show)
+
     account = group("account", "accounts")
     create = account.add_parser("create", help="create an account; prints its id")
     create.add_argument("--merchant", required=True)
@@ -315,6 +477,36 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--id", help="account_id (default: generated)")
     create.set_defaults(func=cmd_account_create)
 
+    listing = account.add_parser("list", help="every account (of a merchant)")
+    listing.add_argument("--merchant", help="only this merchant's accounts")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_account_list)
+    show = account.add_parser("show", help="an account and its balances")
+    show.add_argument("account_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_account_show)
+
+    entry = group("entry", "staging entries")
+    show = entry.add_parser("show", help="a staging entry (by id, or every entry of an order id) with its history")
+    show.add_argument("id_or_order", metavar="STAGING_ENTRY_ID_OR_ORDER_ID")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_entry_show)
+
+    transaction = group("transaction", "ledger transactions")
+    show = transaction.add_parser("show", help="a transaction with every version and its entries")
+    show.add_argument("transaction_id", help="any version's transaction_id, or the logical_transaction_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_transaction_show)
+
+    exceptions = group("exceptions", "the open exceptions (entries in manual review)")
+    export = exceptions.add_parser("export", help="every open exception as CSV or JSON, streamed (no cap)")
+    export.add_argument("--format", choices=["csv", "json"], default="csv")
+    export.add_argument("--error-type", help="only this reason, e.g. MismatchError")
+    export.add_argument("--account", help="only this account_id")
+    export.add_argument("--since", help="only entries created at or after this ISO 8601 time")
+    export.add_argument("--output", "-o", help="write to this file (default: standard output)")
+    export.set_defaults(func=cmd_exceptions_export)
+
     rule = group("rule", "recon rules")
     create = rule.add_parser("create", help="map account_one (entries arrive) to its contra account_two")
     create.add_argument("--account-one", required=True)
@@ -323,7 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(func=cmd_rule_create)
 
     ingest = commands.add_parser("ingest", help="ingest a statement file (CSV, camt.053/054, MT940/942, BAI2)")
-    ingest.add_argument("file")
+    ingest.add_argument("file", help="the file, or - for standard input")
+    ingest.add_argument("--dry-run", action="store_true", help="parse and check, report as usual, write nothing")
+    ingest.add_argument("--name", help="the name stored as each entry's source_file (default: the file's name;"
+                                       " give one for standard input, to void it later)")
     ingest.add_argument("--account", required=True)
     ingest.add_argument("--mode", required=True, choices=["TRANSACTION", "CONFIRMATION"])
     ingest.add_argument("--format", default="auto", choices=ingest_files.FORMATS,

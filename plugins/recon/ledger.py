@@ -523,6 +523,22 @@ def logical_transactions_page(
         ),
         {"merchant": merchant_id, "account": account_id, "after": after, "limit": limit},
     ).scalars())
+    return _with_versions(conn, logical_ids)
+
+
+def logical_transaction(conn: Connection, transaction_id: str) -> LogicalTransaction | None:
+    """The logical transaction of a transaction id (any version's) or of a logical id, every
+    version with its entries; None when neither exists."""
+    logical_id = conn.execute(
+        sa.text("SELECT logical_transaction_id FROM transactions WHERE transaction_id = :id"
+                " OR logical_transaction_id = :id LIMIT 1"),
+        {"id": transaction_id},
+    ).scalar()
+    return _with_versions(conn, [logical_id])[0] if logical_id is not None else None
+
+
+def _with_versions(conn: Connection, logical_ids: list[str]) -> list[LogicalTransaction]:
+    """These logical transactions with every version and its entries (two statements)."""
     if not logical_ids:
         return []
     versions = [TransactionVersion(*r) for r in conn.execute(

@@ -153,7 +153,7 @@ def requeue_scope(created_from: dt.datetime | str | None = None, created_to: dt.
     filter or an exclusion, only the FAILED tasks of the entries it selects are requeued. Entries in manual review
     get a fresh PENDING task when they have no open one. A dry run counts and writes nothing.
     """
-    created_from, created_to = _as_time(created_from), _as_time(created_to)
+    created_from, created_to = parse_time(created_from), parse_time(created_to)
     filtered = bool(error_type or account_id or exclude_error_types)
     if task_ids is None and created_from is None and created_to is None and not (error_type or account_id):
         raise InvalidInputError("reprocess needs a scope: created_from/created_to, task_ids, error_type or account_id")
@@ -239,7 +239,7 @@ def process_queue(
     return summarize(results, claimed_total, started)
 
 
-def _as_time(value: dt.datetime | str | None) -> dt.datetime | None:
+def parse_time(value: dt.datetime | str | None) -> dt.datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, dt.datetime):

@@ -17,7 +17,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -354,26 +354,35 @@ class StagingUpdate:
     staging_entry_id: str
     status: str
     patch: dict[str, Any]
+    task_id: str | None = None
 
 
+# the status change and its row in the entry's append-only history, in one statement
 _UPDATE_STAGING = sa.text(
     """
-    UPDATE staging_entries s SET
-        status = u.status,
-        metadata = CASE WHEN u.status = 'PROCESSED' THEN (s.metadata - 'error' - 'error_type') || u.patch
-                        ELSE s.metadata || u.patch END,
-        discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END,
-        updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
-    FROM json_to_recordset(CAST(:rows AS json)) AS u(staging_entry_id text, status text, patch jsonb)
-    WHERE s.staging_entry_id = u.staging_entry_id AND s.status <> 'PROCESSED'
+    WITH changed AS (
+        UPDATE staging_entries s SET
+            status = u.status,
+            metadata = CASE WHEN u.status = 'PROCESSED' THEN (s.metadata - 'error' - 'error_type') || u.patch
+                            ELSE s.metadata || u.patch END,
+            discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END,
+            updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
+        FROM json_to_recordset(CAST(:rows AS json)) AS u(staging_entry_id text, status text, patch jsonb,
+                                                          task_id text)
+        WHERE s.staging_entry_id = u.staging_entry_id AND s.status <> 'PROCESSED'
+        RETURNING s.staging_entry_id, u.status, u.patch, u.task_id
+    )
+    INSERT INTO staging_entry_outcomes (staging_entry_id, status, error_type, reason, task_id, run)
+    SELECT staging_entry_id, status, patch ->> 'error_type', patch ->> 'error', task_id, :run FROM changed
     """
 )
 
 
-def apply_updates(conn: Connection, updates: Sequence[StagingUpdate]) -> None:
-    """One statement for all staging status changes of a chunk; PROCESSED is never undone."""
+def apply_updates(conn: Connection, updates: Sequence[StagingUpdate], run: str | None = None) -> None:
+    """One statement for all staging status changes of a chunk, each kept in the entry's history
+    (`run`: the lease owner that wrote them); PROCESSED is never undone."""
     if updates:
-        conn.execute(_UPDATE_STAGING, {"rows": json_rows(updates)})
+        conn.execute(_UPDATE_STAGING, {"rows": json_rows(updates), "run": run})
 
 
 def mark_for_review(conn: Connection, staging_entry_ids: Sequence[str], error: str, error_type: ErrorType) -> None:
@@ -383,10 +392,15 @@ def mark_for_review(conn: Connection, staging_entry_ids: Sequence[str], error: s
     conn.execute(
         sa.text(
             """
-            UPDATE staging_entries SET status = 'NEEDS_MANUAL_REVIEW',
-                   metadata = metadata || jsonb_build_object('error', CAST(:error AS text),
-                                                             'error_type', CAST(:error_type AS text))
-            WHERE status <> 'PROCESSED' AND staging_entry_id = ANY(:ids)
+            WITH changed AS (
+                UPDATE staging_entries SET status = 'NEEDS_MANUAL_REVIEW',
+                       metadata = metadata || jsonb_build_object('error', CAST(:error AS text),
+                                                                 'error_type', CAST(:error_type AS text))
+                WHERE status <> 'PROCESSED' AND staging_entry_id = ANY(:ids)
+                RETURNING staging_entry_id
+            )
+            INSERT INTO staging_entry_outcomes (staging_entry_id, status, error_type, reason, run)
+            SELECT staging_entry_id, 'NEEDS_MANUAL_REVIEW', :error_type, :error, 'reaper' FROM changed
             """
         ),
         {"ids": list(staging_entry_ids), "error": error[:4000], "error_type": error_type.value},
@@ -397,8 +411,8 @@ def mark_for_review(conn: Connection, staging_entry_ids: Sequence[str], error: s
 
 
 def reopen_for_review(conn: Connection, scope: ReprocessScope) -> list[str]:
-    """Entries in manual review within the scope back to PENDING, their error keys removed; returns
-    their ids."""
+    """Entries in manual review within the scope back to PENDING, their error keys removed (the
+    reason stays in their history, with a row saying they were reopened); returns their ids."""
     return list(
         conn.execute(
             sa.text(
@@ -406,10 +420,15 @@ def reopen_for_review(conn: Connection, scope: ReprocessScope) -> list[str]:
                 WITH in_scope AS (
                     SELECT s.staging_entry_id FROM staging_entries s WHERE {_SCOPE_FILTER}
                     FOR UPDATE OF s
+                ), reopened AS (
+                    UPDATE staging_entries s SET status = 'PENDING', metadata = s.metadata - 'error' - 'error_type'
+                    FROM in_scope WHERE s.staging_entry_id = in_scope.staging_entry_id
+                    RETURNING s.staging_entry_id
+                ), recorded AS (
+                    INSERT INTO staging_entry_outcomes (staging_entry_id, status, reason, run)
+                    SELECT staging_entry_id, 'PENDING', 'reopened by a reprocess', 'reprocess' FROM reopened
                 )
-                UPDATE staging_entries s SET status = 'PENDING', metadata = s.metadata - 'error' - 'error_type'
-                FROM in_scope WHERE s.staging_entry_id = in_scope.staging_entry_id
-                RETURNING s.staging_entry_id
+                SELECT staging_entry_id FROM reopened
                 """
             ),
             scope.params(),
@@ -436,6 +455,46 @@ def review_scope_by_type(conn: Connection, scope: ReprocessScope) -> dict[str, i
         scope.params(),
     ).all()
     return {r.error_type: r.n for r in rows}
+
+
+# ---- look-ups: one entry and its history, the open exceptions in full -------------------------------
+
+
+def outcome_history(conn: Connection, staging_entry_id: str) -> list[Any]:
+    """Every outcome of an entry, oldest first (append-only: reasons a reprocess replaced included)."""
+    return conn.execute(
+        sa.text("SELECT status, error_type, reason, task_id, run, recorded_at FROM staging_entry_outcomes"
+                " WHERE staging_entry_id = :id ORDER BY outcome_id"),
+        {"id": staging_entry_id},
+    ).all()
+
+
+def entries_of_order(conn: Connection, order_id: str) -> list[StagingEntryRow]:
+    """Every staging entry carrying this order id, on any account, oldest first."""
+    rows = conn.execute(
+        sa.text(f"SELECT {_ROW_COLUMNS} FROM staging_entries WHERE order_id = :order ORDER BY created_at, staging_entry_id"),
+        {"order": order_id},
+    )
+    return [StagingEntryRow(*r) for r in rows]
+
+
+def stream_review_entries(conn: Connection, where: ReviewFilter, since: dt.datetime | None = None) -> Iterator[Any]:
+    """Every matching manual-review entry, no cap, read through a server-side cursor (an export of
+    200,000 rows holds one batch in memory, not all)."""
+    result = conn.execution_options(stream_results=True, yield_per=2_000).execute(
+        sa.text(
+            f"""
+            SELECT s.staging_entry_id, s.account_id, s.order_id, s.entry_type, s.amount, s.currency,
+                   s.processing_mode, coalesce(s.metadata ->> 'error_type', '(none)') AS error_type,
+                   s.metadata ->> 'error' AS reason, s.created_at, s.updated_at
+            FROM staging_entries s
+            WHERE {_REVIEW_FILTER} AND (CAST(:since AS timestamptz) IS NULL OR s.created_at >= :since)
+            ORDER BY s.staging_entry_id
+            """
+        ),
+        {**where.params(), "since": since},
+    )
+    yield from result
 
 
 # ---- taking back a wrong ingest ------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import BinaryIO, Union
 from recon import settings, staging
 from recon.accounts import get_account, require_rule_for_mode
 from recon.db import Database
+from recon.db.engine import JoinedTransaction
 from recon.errors import InvalidInputError
 from recon.ingest import bai2, camt, mt940
 from recon.ingest.bank_statement import write_lines
@@ -36,6 +37,17 @@ _BANK_READERS: dict[str, Callable[..., Iterator[StatementLine]]] = {
     "bai2": bai2.iter_bai2_lines,
 }
 FORMATS = ("auto", "csv", *_BANK_READERS)
+
+
+def dry_run_ingest(source: FileSource, account_id: str, mode: str, *, db: Database, **options: object) -> IngestReport:
+    """What ingest_file would report, written into a transaction that is rolled back: the same
+    parsing, checks, duplicate detection and report, and nothing kept."""
+    with db.engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            return ingest_file(source, account_id, mode, db=JoinedTransaction(conn, db), **options)  # type: ignore[arg-type]
+        finally:
+            transaction.rollback()
 
 
 def ingest_file(
