@@ -147,6 +147,7 @@ def _requeue(params) -> dict:
     """Backfill: queue FAILED tasks and manual-review entries in the `reprocess` scope again (a dry
     run only counts them, per error type)."""
     from recon import pipeline
+    from recon.staging import ReviewFilter
 
     scope = params["reprocess"]
     if not scope:
@@ -155,8 +156,7 @@ def _requeue(params) -> dict:
         created_from=scope.get("created_from"),
         created_to=scope.get("created_to"),
         task_ids=scope.get("task_ids"),
-        error_type=scope.get("error_type"),
-        account_id=scope.get("account_id"),
+        review=ReviewFilter(scope.get("error_type"), scope.get("account_id"), scope.get("order_id"), scope.get("q")),
         exclude_error_types=scope.get("exclude_error_types") or (),
         dry_run=params["dry_run"],
         db=_recon_db(),
@@ -262,7 +262,7 @@ def _validation_totals(ti) -> dict:
             description="Requeue FAILED tasks and NEEDS_MANUAL_REVIEW entries in a scope before claiming: "
             '{"created_from": "2026-11-01T00:00:00Z", "created_to": "2026-11-08T00:00:00Z"} '
             '(created_at window, end exclusive), {"task_ids": ["task_..."]}, or the Recon view\'s filter '
-            '{"error_type": "NoReconRuleFoundError", "account_id": "acc_..."}; "exclude_error_types" leaves '
+            '{"error_type": "NoReconRuleFoundError", "account_id": "acc_...", "order_id": ..., "q": ...}; "exclude_error_types" leaves '
             "reasons out. With dry run: counts per error type, nothing requeued. Empty: no requeue.",
             properties={
                 "created_from": {"type": "string", "format": "date-time", "pattern": ISO_TIMESTAMP},
@@ -270,6 +270,8 @@ def _validation_totals(ti) -> dict:
                 "task_ids": {"type": "array", "items": {"type": "string"}, "minItems": 1},
                 "error_type": {"type": "string", "minLength": 1},
                 "account_id": {"type": "string", "minLength": 1},
+                "order_id": {"type": "string", "minLength": 1},
+                "q": {"type": "string", "minLength": 1},
                 "exclude_error_types": {"type": "array", "items": {"type": "string"}},
             },
             additionalProperties=False,

@@ -113,3 +113,22 @@ def test_ingest_reads_standard_input(db_url, books, capsys, monkeypatch):
     code, err, out = run(capsys, "ingest", "-", "--account", "acc_bank", "--mode", "TRANSACTION", "--name", "pasted.csv")
     assert code == 0, err
     assert books.one("SELECT metadata ->> 'source_file' FROM staging_entries WHERE order_id = 'IN-1'")[0] == "pasted.csv"
+
+
+def test_unconfirmed_orders_by_account_and_age_in_report_and_export(db_url, books, capsys):
+    """Problem 6: orders the PSP never confirmed, by account and age bucket, with amounts."""
+    books.stage("acc_bank", "DEBIT", "1000.00", "TRANSACTION", "LATE-1")
+    books.stage("acc_bank", "DEBIT", "2500.00", "TRANSACTION", "LATE-2")
+    assert run(capsys, "process")[0] == 0
+    with psycopg_connect(db_url) as c:  # LATE-2 was ordered ten days ago
+        c.execute("UPDATE entries SET effective_date = now() - interval '10 days' WHERE order_id = 'LATE-2'")
+    code, _, out = run(capsys, "report", "--json")
+    (psp,) = json.loads(out)["unconfirmed"]
+    assert (psp["account_id"], psp["count"], psp["amount"]) == ("acc_psp", 2, "3500.0000")
+    assert psp["buckets"]["0-1 days"] == {"count": 1, "amount": "1000.0000"}
+    assert psp["buckets"]["> 7 days"] == {"count": 1, "amount": "2500.0000"}
+    code, _, text = run(capsys, "report")
+    assert "acc_psp: 2 legs, 3,500.00 USD" in text and "To review" in text
+    code, err, out = run(capsys, "exceptions", "export", "--kind", "unconfirmed")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and [(r["order_id"], r["age_days"]) for r in rows] == [("LATE-2", "10"), ("LATE-1", "0")]

@@ -78,3 +78,25 @@ def test_recon_ui_binds_this_machine_and_sizes_its_workers(tmp_path):
     assert 1 <= int(env["AIRFLOW__CORE__PARALLELISM"]) <= 2 * (local_airflow.os.cpu_count() or 1)
     told = local_airflow.airflow_environment(tmp_path, **NO_DATABASES, host="0.0.0.0")
     assert told["AIRFLOW__API__HOST"] == "0.0.0.0"
+
+
+def test_tracker_stats_reads_like_a_sentence(db_url, seed, capsys):
+    """Problem 10: `tracker stats` printed Python dicts."""
+    for n in range(3):
+        seed.stage("acc_bank", "DEBIT", "1.00", "TRANSACTION", f"TS-{n}")
+    code, err, out = run(capsys, "tracker", "stats")
+    assert code == 0, err
+    assert "tasks: 3 (3 PENDING)" in out and "PROCESS_STAGING_ENTRY: 3 PENDING" in out
+    assert "oldest due task: waiting" in out and "leases held: 0" in out
+    assert "{" not in out
+
+
+def test_run_summary_words_partition_the_claim(db_url, seed, capsys):
+    """Problem 10: business exceptions are "to review", mismatches part of them, never "failed"."""
+    seed.stage("acc_bank", "DEBIT", "10.00", "TRANSACTION", "W-1")
+    seed.stage("acc_psp", "CREDIT", "9.00", "CONFIRMATION", "W-1")
+    seed.stage("acc_norule", "DEBIT", "1.00", "TRANSACTION", "W-2")
+    code, err, out = run(capsys, "process")
+    assert code == 0, err
+    assert "3 claimed: 1 booked, 0 matched, 2 to review (1 of them mismatches)" in out
+    assert "failed" not in out and "to review: MismatchError x1" in out

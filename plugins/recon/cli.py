@@ -59,8 +59,29 @@ def cmd_tracker_stats(args: argparse.Namespace) -> int:
 
     _announce_database()
     stats = ProcessTracker(default_database()).stats()
-    _print(stats, args.json, "\n".join(f"{k:>24}: {v}" for k, v in stats.items()))
+    _print(stats, args.json, _format_stats(stats))
     return 0
+
+
+def _format_stats(stats: dict[str, Any]) -> str:
+    """The queue for people: counts with grouping, one line per task type, ages in words."""
+    def counts(by_status: dict[str, int]) -> str:
+        return ", ".join(f"{n:,} {status}" for status, n in by_status.items() if n) or "none"
+
+    age = stats["oldest_due_age_seconds"]
+    lines = [f"tasks: {stats['total']:,} ({counts(stats['by_status'])})"]
+    lines += [f"  {task_type}: {counts(by_status)}" for task_type, by_status in sorted(stats["by_type"].items())]
+    lines.append("oldest due task: " + ("none due" if age is None else f"waiting {_duration(age)}"))
+    lines.append(f"leases held: {stats['leases_held']:,} (tasks being processed now)")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [(days, "d"), (hours, "h"), (minutes, "min"), (secs, "s")]
+    return " ".join(f"{n} {unit}" for n, unit in parts if n) or "0 s"
 
 
 def cmd_tracker_reap(args: argparse.Namespace) -> int:
@@ -79,8 +100,10 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
         raise InvalidInputError("reprocess needs a scope: --created-from and/or --created-to, --task-id,"
                                 " --error-type or --account")
     _announce_database()
+    from recon.staging import ReviewFilter
+
     result = pipeline.requeue_scope(args.created_from, args.created_to, args.task_id, db=default_database(),
-                                    error_type=args.error_type, account_id=args.account,
+                                    review=ReviewFilter(error_type=args.error_type, account_id=args.account),
                                     exclude_error_types=args.exclude_error_type or (), dry_run=args.dry_run)
     if args.dry_run:
         lines = [f"dry run: would requeue {result['failed_tasks']:,} FAILED task(s) and reopen"
@@ -234,40 +257,54 @@ def cmd_transaction_show(args: argparse.Namespace) -> int:
     return 0
 
 
-_EXPORT_COLUMNS = ("staging_entry_id", "account_id", "order_id", "entry_type", "amount", "currency",
-                   "processing_mode", "error_type", "reason", "created_at", "updated_at")
+_EXPORT_COLUMNS = {
+    "review": ("staging_entry_id", "account_id", "order_id", "entry_type", "amount", "currency",
+               "processing_mode", "error_type", "reason", "created_at", "updated_at"),
+    "unconfirmed": ("entry_id", "account_id", "order_id", "entry_type", "amount", "currency", "transaction_id",
+                    "effective_date", "age_days"),
+}
+
+
+def _csv_cell(value: Any) -> Any:
+    """Exact text for money and times, as the JSON forms; nothing for NULL."""
+    if value is None:
+        return ""
+    return value if isinstance(value, (str, int)) else json_encoding.json_scalar(value)
 
 
 def cmd_exceptions_export(args: argparse.Namespace) -> int:
-    """Every open exception (manual review) as CSV or JSON, streamed: no cap, constant memory."""
+    """Every open exception as CSV or JSON, streamed (no cap, constant memory): the entries in
+    review, or the unconfirmed orders (open expected legs) with their age."""
     import csv
 
-    from recon import staging
+    from recon import ledger, staging
     from recon.pipeline import parse_time
 
     where = staging.ReviewFilter(error_type=args.error_type, account_id=args.account)
     since = parse_time(args.since)
+    columns = _EXPORT_COLUMNS[args.kind]
     _announce_database()
     out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     count = 0
     try:
         with default_database().begin() as conn:
-            rows = staging.stream_review_entries(conn, where, since)
+            rows = (staging.stream_review_entries(conn, where, since) if args.kind == "review"
+                    else ledger.stream_open_expected(conn, args.account))
             if args.format == "csv":
                 writer = csv.writer(out)
-                writer.writerow(_EXPORT_COLUMNS)
+                writer.writerow(columns)
                 for count, row in enumerate(rows, 1):
-                    writer.writerow(["" if v is None else v if isinstance(v, str) else json_encoding.json_scalar(v)
-                                     for v in row])
+                    writer.writerow([_csv_cell(v) for v in row])
             else:
                 out.write("[")
                 for count, row in enumerate(rows, 1):
-                    out.write(("\n" if count == 1 else ",\n") + json_encoding.dumps(dict(zip(_EXPORT_COLUMNS, row))))
+                    out.write(("\n" if count == 1 else ",\n") + json_encoding.dumps(dict(zip(columns, row))))
                 out.write("\n]\n")
     finally:
         if args.output:
             out.close()
-    print(f"recon: exported {count:,} open exception(s)", file=sys.stderr)
+    print(f"recon: exported {count:,} {'open exception(s)' if args.kind == 'review' else 'unconfirmed leg(s)'}",
+          file=sys.stderr)
     return 0
 
 
@@ -311,7 +348,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 
     def progress(summary: dict[str, Any]) -> None:
         print(f"  {summary['claimed']:,} claimed, {summary['completed']:,} completed,"
-              f" {summary['failed']:,} failed, {summary['retried']:,} retried"
+              f" {summary['manual_review']:,} to review, {summary['retried']:,} to retry"
               f" ({summary['entries_per_s']:,.0f} entries/s)", file=sys.stderr)
 
     summary = pipeline.process_queue(batch_size=args.batch_size, chunk_size=args.chunk_size, db=default_database(),
@@ -321,11 +358,15 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def _format_summary(summary: dict[str, Any]) -> str:
-    counts = ", ".join(f"{k} {summary[k]:,}" for k in (
-        "claimed", "completed", "failed", "retried", "booked", "matched", "mismatched", "manual_review"))
-    lines = [f"Run summary: {counts}; {summary['duration_s']}s, {summary['entries_per_s']:,} entries/s"]
+    from recon.reporting.run_summaries import outcome_words
+
+    parts = ", ".join(f"{n:,} {word}" for word, n in outcome_words(summary) if n or word in ("booked", "matched"))
+    mismatched = summary.get("mismatched", 0)
+    lines = [f"Run summary: {summary['claimed']:,} claimed: {parts}"
+             + (f" ({mismatched:,} of them mismatches)" if mismatched else "")
+             + f"; {summary['duration_s']}s, {summary['entries_per_s']:,} entries/s"]
     for error_type, n in summary.get("manual_review_by_type", {}).items():
-        lines.append(f"  manual review: {error_type} x{n}")
+        lines.append(f"  to review: {error_type} x{n:,}")
     return "\n".join(lines)
 
 
@@ -501,6 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     exceptions = group("exceptions", "the open exceptions (entries in manual review)")
     export = exceptions.add_parser("export", help="every open exception as CSV or JSON, streamed (no cap)")
     export.add_argument("--format", choices=["csv", "json"], default="csv")
+    export.add_argument("--kind", choices=sorted(_EXPORT_COLUMNS), default="review",
+                        help="review: entries in manual review (default); unconfirmed: open expected legs with age")
     export.add_argument("--error-type", help="only this reason, e.g. MismatchError")
     export.add_argument("--account", help="only this account_id")
     export.add_argument("--since", help="only entries created at or after this ISO 8601 time")

@@ -143,20 +143,23 @@ def summarize(chunk_results: Sequence[dict[str, Any] | None], claimed: int, star
 
 
 def requeue_scope(created_from: dt.datetime | str | None = None, created_to: dt.datetime | str | None = None,
-                  task_ids: Sequence[str] | None = None, *, db: Database, error_type: str | None = None,
-                  account_id: str | None = None, exclude_error_types: Sequence[str] = (),
+                  task_ids: Sequence[str] | None = None, *, db: Database,
+                  review: staging.ReviewFilter | None = None, exclude_error_types: Sequence[str] = (),
                   dry_run: bool = False) -> dict[str, Any]:
     """Backfill: FAILED tasks and NEEDS_MANUAL_REVIEW entries in scope get processed again.
 
     The scope is a created_at window (of the staging entry / task), explicit task ids, and the
-    Recon view's filter (error type, account); ``exclude_error_types`` leaves some out. With a
+    Recon view's filter (error type, account, order id, text); ``exclude_error_types`` leaves some out. With a
     filter or an exclusion, only the FAILED tasks of the entries it selects are requeued. Entries in manual review
     get a fresh PENDING task when they have no open one. A dry run counts and writes nothing.
     """
     created_from, created_to = parse_time(created_from), parse_time(created_to)
-    filtered = bool(error_type or account_id or exclude_error_types)
-    if task_ids is None and created_from is None and created_to is None and not (error_type or account_id):
-        raise InvalidInputError("reprocess needs a scope: created_from/created_to, task_ids, error_type or account_id")
+    review = review or staging.ReviewFilter()
+    narrowed = any(v is not None for v in review.params().values())
+    filtered = narrowed or bool(exclude_error_types)
+    if task_ids is None and created_from is None and created_to is None and not narrowed:
+        raise InvalidInputError("reprocess needs a scope: created_from/created_to, task_ids or a review filter"
+                                " (error_type, account_id, order_id, q)")
     if created_from is not None and created_to is not None and created_from >= created_to:
         raise InvalidInputError(
             f"created_from {created_from.isoformat()} must be before created_to {created_to.isoformat()}"
@@ -169,9 +172,7 @@ def requeue_scope(created_from: dt.datetime | str | None = None, created_to: dt.
     tracker = ProcessTracker(db)
     with db.begin() as conn:
         entry_ids = tracker.staging_entry_ids(task_ids, conn) if task_ids is not None else None
-        scope = staging.ReprocessScope(created_from, created_to, entry_ids,
-                                       staging.ReviewFilter(error_type=error_type, account_id=account_id),
-                                       tuple(exclude_error_types))
+        scope = staging.ReprocessScope(created_from, created_to, entry_ids, review, tuple(exclude_error_types))
         if dry_run:
             by_type = staging.review_scope_by_type(conn, scope)
             failed = (len(tracker.failed_task_ids(staging.review_scope_ids(conn, scope), conn)) if filtered

@@ -497,6 +497,11 @@ def stream_review_entries(conn: Connection, where: ReviewFilter, since: dt.datet
     yield from result
 
 
+def analyze(conn: Connection) -> None:
+    """Fresh planner statistics after a bulk ingest: the view's plans must not wait for autovacuum."""
+    conn.execute(sa.text("ANALYZE staging_entries"))
+
+
 # ---- taking back a wrong ingest ------------------------------------------------------------------
 
 
@@ -536,6 +541,13 @@ def delete_unprocessed(conn: Connection, staging_entry_ids: Sequence[str]) -> li
 
 def status_counts(conn: Connection) -> dict[str, int]:
     return dict(conn.execute(sa.text("SELECT status, count(*) FROM staging_entries GROUP BY status")).all())
+
+
+def review_amounts(conn: Connection) -> list[Any]:
+    """Money waiting for manual review, per currency: (currency, count, amount)."""
+    return conn.execute(sa.text(
+        "SELECT currency, count(*) AS count, sum(amount) AS amount FROM staging_entries"
+        " WHERE status = 'NEEDS_MANUAL_REVIEW' GROUP BY currency ORDER BY currency")).all()
 
 
 def review_reasons(conn: Connection, sample: int) -> list[Any]:
@@ -648,17 +660,6 @@ def review_entries(conn: Connection, where: ReviewFilter, limit: int) -> list[An
         ),
         {**where.params(), "limit": limit},
     ).all()
-
-
-def review_entry_ids(conn: Connection, where: ReviewFilter, limit: int) -> list[str]:
-    """Ids of matching manual-review entries, in id order."""
-    return list(
-        conn.execute(
-            sa.text(f"SELECT s.staging_entry_id FROM staging_entries s WHERE {_REVIEW_FILTER}"
-                    " ORDER BY s.staging_entry_id LIMIT :limit"),
-            {**where.params(), "limit": limit},
-        ).scalars()
-    )
 
 
 def reviews_of_transactions(conn: Connection, transaction_ids: Sequence[str]) -> dict[str, Any]:

@@ -514,6 +514,10 @@ class ProcessTracker:
                 ).scalars()
             )
 
+    def analyze(self, conn: Connection) -> None:
+        """Fresh planner statistics after a bulk enqueue (autovacuum may be late, or off)."""
+        conn.execute(sa.text("ANALYZE process_tracker"))
+
     def enqueue_entries(self, staging_entry_ids: Sequence[str], conn: Connection | None = None) -> list[str]:
         """A new PENDING task for each staging entry that has no unfinished task (backfill)."""
         if not staging_entry_ids:
