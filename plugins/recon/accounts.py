@@ -131,13 +131,17 @@ def require_rule_for_mode(conn: Connection, account_id: str, mode: str) -> None:
     side: TRANSACTION lines arrive on a rule's account_one, CONFIRMATION lines on its account_two.
     Refused up front: every line would otherwise fail later as NoReconRuleFoundError."""
     get_account(account_id, conn)  # NotFoundError for an unknown account
+    sides = conn.execute(
+        sa.text("SELECT coalesce(bool_or(account_one_id = :a), false) AS account_one,"
+                " coalesce(bool_or(account_two_id = :a), false) AS account_two"
+                " FROM recon_rules WHERE account_one_id = :a OR account_two_id = :a"),
+        {"a": account_id},
+    ).one()._mapping
     side, other, other_mode = (("account_one", "account_two", "CONFIRMATION") if mode == "TRANSACTION"
                                else ("account_two", "account_one", "TRANSACTION"))
-    if conn.execute(sa.text(f"SELECT 1 FROM recon_rules WHERE {side}_id = :a LIMIT 1"), {"a": account_id}).first():
+    if sides[side]:
         return
-    is_other = conn.execute(sa.text(f"SELECT 1 FROM recon_rules WHERE {other}_id = :a LIMIT 1"),
-                            {"a": account_id}).first()
-    hint = (f"it is a rule's {other}: its lines are {other_mode} lines" if is_other
+    hint = (f"it is a rule's {other}: its lines are {other_mode} lines" if sides[other]
             else f"create a rule with --{side.replace('_', '-')} {account_id} first")
     raise InvalidInputError(f"account {account_id} is no recon rule's {side}, so {mode} lines on it could never"
                             f" be processed ({hint}); nothing was read or written", field="mode")
