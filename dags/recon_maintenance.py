@@ -49,7 +49,8 @@ from recon import alerts, settings
     },
 )
 def recon_maintenance():
-    @task(multiple_outputs=False)  # a dict return annotation would push every key as its own XCom
+    # a dict return annotation would push every key as its own XCom; return values stay out of the logs
+    @task(multiple_outputs=False, show_return_value_in_logs=False)
     def prune_tracker(params=None) -> dict:
         """Delete old COMPLETED tracker rows (the queue's hot table stays small)."""
         from recon import pipeline
@@ -58,7 +59,7 @@ def recon_maintenance():
 
         return pipeline.prune(params["tracker_retention_days"], default_database(allow_embedded=False))
 
-    @task(multiple_outputs=False)
+    @task(multiple_outputs=False, show_return_value_in_logs=False)
     def forget_idempotency_keys() -> int:
         """Forget old Idempotency-Key answers of the REST API (the table would grow forever)."""
         from recon.db import default_database

@@ -47,7 +47,9 @@ locks, before anything is written; results never depend on chunking or on which 
   (or `{"task_ids": ["task_..."]}`): FAILED tasks and entries waiting for manual review
   in that scope are queued again, then processed by this run.
 - **Dry run**: `dry_run = true` peeks at the due tasks without claiming them and runs
-  `decide` and `validate` only; nothing is written.
+  `decide` and `validate` only; nothing is written. With `reprocess` it reports the scope: FAILED
+  tasks and entries in review per error type that a real run would queue again.
+- A conf key this DAG does not take (`{"dryrun": true}`) fails the run before anything is claimed.
 
 ## When it runs
 
@@ -85,6 +87,7 @@ listen on it, `airflow celery worker --queues default,recon`). A run still going
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections import Counter
 from datetime import datetime, timedelta
@@ -121,7 +124,7 @@ INFRASTRUCTURE_ERRORS = ExceptionRetryPolicy(
 CHUNK_LABEL = "{{ chunk_label }}"
 # Every chunk task takes a slot of the pool (about 420 MiB each, README "Concurrency and memory"),
 # and weighs the same whatever is downstream: a run mapped 1,024 wide does not outrank other DAGs.
-CHUNK_TASK = dict(map_index_template=CHUNK_LABEL, multiple_outputs=False, pool=settings.CHUNK_POOL,
+CHUNK_TASK = dict(map_index_template=CHUNK_LABEL, multiple_outputs=False, show_return_value_in_logs=False, pool=settings.CHUNK_POOL,
                   priority_weight=1, weight_rule="absolute", queue=settings.chunk_queue())
 ISO_TIMESTAMP = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$"
 
@@ -156,21 +159,37 @@ def _schedule():
 
 
 def _requeue(params) -> dict:
-    """Backfill: queue FAILED tasks and manual-review entries in the `reprocess` scope again."""
+    """Backfill: queue FAILED tasks and manual-review entries in the `reprocess` scope again (a dry
+    run only counts them, per error type)."""
     from recon import pipeline
+    from recon.staging import ReviewFilter
 
     scope = params["reprocess"]
     if not scope:
         return {"requeued": 0}
-    if params["dry_run"]:
-        log.info("dry run: would requeue %s; nothing written", scope)
-        return {"requeued": 0, "dry_run": True}
-    return pipeline.requeue_scope(
+    result = pipeline.requeue_scope(
         created_from=scope.get("created_from"),
         created_to=scope.get("created_to"),
         task_ids=scope.get("task_ids"),
+        review=ReviewFilter(scope.get("error_type"), scope.get("account_id"), scope.get("order_id"), scope.get("q")),
+        exclude_error_types=scope.get("exclude_error_types") or (),
+        dry_run=params["dry_run"],
         db=_recon_db(),
     )
+    log.info("reprocess%s: %s", " (dry run, nothing written)" if params["dry_run"] else "", result)
+    return result
+
+
+def _refuse_unknown_conf(conf_keys, params) -> None:
+    """A misspelt key (`dryrun`) would otherwise be ignored and the run be real: refuse it before
+    anything is claimed, naming the keys this DAG takes (`params`: the DAG's declared ones; the
+    run's params already hold every conf key)."""
+    unknown = sorted(set(conf_keys or ()) - set(params))
+    if unknown:
+        hints = [f"{key!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(key, params, 1))
+                 else repr(key) for key in unknown]
+        raise AirflowFailException(f"unknown conf key(s) {', '.join(hints)}: this DAG takes"
+                                   f" {', '.join(sorted(params))}; nothing was claimed or written")
 
 
 def _claimed(ti, key: str):
@@ -260,11 +279,18 @@ def _validation_totals(ti) -> dict:
             title="Reprocess (backfill)",
             description="Requeue FAILED tasks and NEEDS_MANUAL_REVIEW entries in a scope before claiming: "
             '{"created_from": "2026-11-01T00:00:00Z", "created_to": "2026-11-08T00:00:00Z"} '
-            '(created_at window, end exclusive) or {"task_ids": ["task_..."]}. Empty: no requeue.',
+            '(created_at window, end exclusive), {"task_ids": ["task_..."]}, or the Recon view\'s filter '
+            '{"error_type": "NoReconRuleFoundError", "account_id": "acc_...", "order_id": ..., "q": ...}; "exclude_error_types" leaves '
+            "reasons out. With dry run: counts per error type, nothing requeued. Empty: no requeue.",
             properties={
                 "created_from": {"type": "string", "format": "date-time", "pattern": ISO_TIMESTAMP},
                 "created_to": {"type": "string", "format": "date-time", "pattern": ISO_TIMESTAMP},
                 "task_ids": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                "error_type": {"type": "string", "minLength": 1},
+                "account_id": {"type": "string", "minLength": 1},
+                "order_id": {"type": "string", "minLength": 1},
+                "q": {"type": "string", "minLength": 1},
+                "exclude_error_types": {"type": "array", "items": {"type": "string"}},
             },
             additionalProperties=False,
             minProperties=1,
@@ -280,7 +306,7 @@ def _validation_totals(ti) -> dict:
 def recon_process_tracker():
     # A Mapping return annotation would turn on multiple_outputs (every key its own XCom): the
     # tasks returning a dict say multiple_outputs=False.
-    @task(multiple_outputs=False)
+    @task(multiple_outputs=False, show_return_value_in_logs=False)
     def reap() -> dict:
         """Rescue tasks whose lease expired (their worker died). Beside the claim, not before it: a
         rescued task is due again only after its retry backoff, so this run would not claim it."""
@@ -288,8 +314,8 @@ def recon_process_tracker():
 
         return pipeline.reap(_recon_db())
 
-    @task
-    def claim(params=None, run_id=None, ti=None) -> list[list[str]]:
+    @task(show_return_value_in_logs=False)
+    def claim(params=None, run_id=None, ti=None, dag_run=None, dag=None) -> list[list[str]]:
         """Requeue the `reprocess` scope if there is one, then lease a batch of due tasks to this run
         (a dry run only peeks) and cut it into chunks: one mapped `chunk` group per chunk.
 
@@ -298,6 +324,7 @@ def recon_process_tracker():
         and the counts are XComs of their own."""
         from recon import pipeline
 
+        _refuse_unknown_conf(dag_run.conf, dag.params)
         requeued = _requeue(params)
         if params["dry_run"]:
             task_ids = pipeline.peek(params["batch_size"], params["task_type"], db=_recon_db())
@@ -344,7 +371,7 @@ def recon_process_tracker():
 
         return run(validate(decide(task_ids)), lease_owner)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
+    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False, show_return_value_in_logs=False)
     def write_back(chunks: list[list[str]] | None, ti=None) -> dict:
         """Whatever happened to the chunks, no claimed task stays PROCESSING after this run."""
         from recon import pipeline
@@ -355,7 +382,7 @@ def recon_process_tracker():
             return {"leftover": 0, "retried": 0, "failed": 0}
         return pipeline.write_back(task_ids, lease_owner, _recon_db())
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
+    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False, show_return_value_in_logs=False)
     def summary(chunk_results, chunks, written_back: dict | None, dag_run=None, params=None, ti=None) -> dict:
         """Log and return the run's counts; fail the run when a chunk did not finish."""
         from recon import pipeline
@@ -366,9 +393,13 @@ def recon_process_tracker():
         if params["dry_run"]:
             counts = pipeline.summarize([], 0, dag_run.start_date.timestamp())
             counts.update(dry_run=True, due=claimed or 0, **_validation_totals(ti))
+            if params["reprocess"]:
+                counts["reprocess_scope"] = _claimed(ti, "requeued")
         else:
             counts = pipeline.summarize(results, claimed or 0, dag_run.start_date.timestamp(), written_back)
         log.info("recon summary: %s", " ".join(f"{k}={v}" for k, v in counts.items()))
+        if claimed is None:  # the claim itself failed (a refused conf, the database away): so does the run
+            raise AirflowFailException("claim did not finish: see its log; nothing was processed")
         expected = len(chunks) if chunks else 0
         incomplete = not params["dry_run"] and (len(results) < expected or written_back is None)
         # the Recon view (Airflow UI → Recon, and this run's "Recon summary" tab) reads this row

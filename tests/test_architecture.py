@@ -18,6 +18,7 @@ SOURCES = sorted([*(ROOT / "plugins").rglob("*.py"), *(ROOT / "dags").glob("*.py
 OWNERS = {
     "process_tracker": "plugins/recon/tracker.py",
     "staging_entries": "plugins/recon/staging.py",
+    "staging_entry_outcomes": "plugins/recon/staging.py",
     "merchant_accounts": "plugins/recon/accounts.py",
     "accounts": "plugins/recon/accounts.py",
     "recon_rules": "plugins/recon/accounts.py",

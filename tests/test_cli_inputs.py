@@ -95,7 +95,7 @@ def test_process_with_good_sizes_does_the_work_the_refused_calls_did_not(db_url,
     (["--created-from", "2026-11-08T00:00:00Z", "--created-to", "2026-11-01T00:00:00Z"], "must be before created_to"),
     (["--created-from", "2026-11-01T00:00:00Z", "--created-to", "2026-11-01T00:00:00Z"], "must be before created_to"),
     (["--task-id", ""], "task_ids must be a non-empty list of task ids"),
-    ([], "reprocess needs created_from/created_to or task_ids"),
+    ([], "reprocess needs a scope: --created-from and/or --created-to, --task-id, --error-type or --account"),
 ])
 def test_reprocess_refuses_a_bad_scope_before_requeueing(db_url, seed, capsys, args, message):
     before = snapshot(db_url)

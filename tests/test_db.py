@@ -175,10 +175,10 @@ def test_display_names_the_database_and_its_source_but_never_the_password(monkey
 
 
 def test_cli_announces_the_database_without_its_password(monkeypatch, capsys):
-    """`db url --hide-password` and every command's announcement hide the password."""
+    """`db url` (without --show-password) and every command's announcement hide the password."""
     monkeypatch.setenv("RECON_DATABASE_URL", f"postgresql://recon:{SECRET}@db.example:5433/ledger")
     cli._announce_database()  # announcing only renders the URL; it does not log in
-    assert cli.main(["db", "url", "--hide-password"]) == 0
+    assert cli.main(["db", "url"]) == 0
     out, err = capsys.readouterr()
     assert SECRET not in out + err
     assert "recon: database " in err and "(from RECON_DATABASE_URL)" in err

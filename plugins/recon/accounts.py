@@ -257,6 +257,25 @@ def list_rules(conn: Connection) -> list[ReconRule]:
     rows = conn.execute(sa.text(f"SELECT {_RULE_COLUMNS} FROM recon_rules ORDER BY merchant_id, account_two_id,"
                                 " priority, id"))
     return [ReconRule.from_row(r) for r in rows]
+def require_rule_for_mode(conn: Connection, account_id: str, mode: str) -> None:
+    """Lines of `mode` on this account can be processed only if a rule names the account on that
+    side: TRANSACTION lines arrive on a rule's account_one, CONFIRMATION lines on its account_two.
+    Refused up front: every line would otherwise fail later as NoReconRuleFoundError."""
+    get_account(account_id, conn)  # NotFoundError for an unknown account
+    sides = conn.execute(
+        sa.text("SELECT coalesce(bool_or(account_one_id = :a), false) AS account_one,"
+                " coalesce(bool_or(account_two_id = :a), false) AS account_two"
+                " FROM recon_rules WHERE account_one_id = :a OR account_two_id = :a"),
+        {"a": account_id},
+    ).one()._mapping
+    side, other, other_mode = (("account_one", "account_two", "CONFIRMATION") if mode == "TRANSACTION"
+                               else ("account_two", "account_one", "TRANSACTION"))
+    if sides[side]:
+        return
+    hint = (f"it is a rule's {other}: its lines are {other_mode} lines" if sides[other]
+            else f"create a rule with --{side.replace('_', '-')} {account_id} first")
+    raise InvalidInputError(f"account {account_id} is no recon rule's {side}, so {mode} lines on it could never"
+                            f" be processed ({hint}); nothing was read or written", field="mode")
 
 
 def get_account(account_id: str, conn: Connection) -> Account:

@@ -44,9 +44,9 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_db_url(args: argparse.Namespace) -> int:
-    """Print the resolved URL with its password, for tools that need it (e.g. psql)."""
+    """Print the resolved URL; the password only on request (a terminal is often shared or recorded)."""
     url = default_database().url.set(drivername="postgresql")
-    print(url.render_as_string(hide_password=args.hide_password))
+    print(url.render_as_string(hide_password=not args.show_password))
     return 0
 
 
@@ -60,8 +60,29 @@ def cmd_tracker_stats(args: argparse.Namespace) -> int:
 
     _announce_database()
     stats = ProcessTracker(default_database()).stats()
-    _print(stats, args.json, "\n".join(f"{k:>24}: {v}" for k, v in stats.items()))
+    _print(stats, args.json, _format_stats(stats))
     return 0
+
+
+def _format_stats(stats: dict[str, Any]) -> str:
+    """The queue for people: counts with grouping, one line per task type, ages in words."""
+    def counts(by_status: dict[str, int]) -> str:
+        return ", ".join(f"{n:,} {status}" for status, n in by_status.items() if n) or "none"
+
+    age = stats["oldest_due_age_seconds"]
+    lines = [f"tasks: {stats['total']:,} ({counts(stats['by_status'])})"]
+    lines += [f"  {task_type}: {counts(by_status)}" for task_type, by_status in sorted(stats["by_type"].items())]
+    lines.append("oldest due task: " + ("none due" if age is None else f"waiting {_duration(age)}"))
+    lines.append(f"leases held: {stats['leases_held']:,} (tasks being processed now)")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    parts = [(days, "d"), (hours, "h"), (minutes, "min"), (secs, "s")]
+    return " ".join(f"{n} {unit}" for n, unit in parts if n) or "0 s"
 
 
 def cmd_tracker_reap(args: argparse.Namespace) -> int:
@@ -76,10 +97,23 @@ def cmd_tracker_reap(args: argparse.Namespace) -> int:
 def cmd_reprocess(args: argparse.Namespace) -> int:
     from recon import pipeline
 
+    if not (args.created_from or args.created_to or args.task_id is not None or args.error_type or args.account):
+        raise InvalidInputError("reprocess needs a scope: --created-from and/or --created-to, --task-id,"
+                                " --error-type or --account")
     _announce_database()
-    result = pipeline.requeue_scope(args.created_from, args.created_to, args.task_id or None, db=default_database())
-    print(f"requeued {result['requeued_tasks']} FAILED task(s);"
-          f" reopened {result['reopened_entries']} entries from manual review")
+    from recon.staging import ReviewFilter
+
+    result = pipeline.requeue_scope(args.created_from, args.created_to, args.task_id, db=default_database(),
+                                    review=ReviewFilter(error_type=args.error_type, account_id=args.account),
+                                    exclude_error_types=args.exclude_error_type or (), dry_run=args.dry_run)
+    if args.dry_run:
+        lines = [f"dry run: would requeue {result['failed_tasks']:,} FAILED task(s) and reopen"
+                 f" {result['entries']:,} entries from review; nothing written"]
+        lines += [f"  {error_type}: {n:,}" for error_type, n in result["entries_by_error_type"].items()]
+        _print(result, args.json, "\n".join(lines))
+        return 0
+    _print(result, args.json, f"requeued {result['requeued_tasks']:,} FAILED task(s);"
+                              f" reopened {result['reopened_entries']:,} entries from review")
     return 0
 
 
@@ -215,18 +249,201 @@ def _rule_text(rule: Any) -> str:
     ])
 
 
+# ---- look-ups and exports -------------------------------------------------------------------
+
+_PAGE = 1_000  # keyset pages: a list of any length never holds more than this per query
+
+
+def _all_pages(fetch: Any, key: Any) -> list[Any]:
+    """Every row of a keyset-paged read (fetch(conn, after, limit)), page after page."""
+    rows: list[Any] = []
+    with default_database().begin() as conn:
+        while page := fetch(conn, key(rows[-1]) if rows else None, _PAGE):
+            rows += page
+            if len(page) < _PAGE:
+                break
+    return rows
+
+
+def cmd_merchant_list(args: argparse.Namespace) -> int:
+    from recon import accounts
+
+    _announce_database()
+    merchants = _all_pages(accounts.merchants_page, lambda m: m.merchant_id)
+    _print(merchants, args.json, "\n".join(f"{m.merchant_id}  {m.merchant_name}" for m in merchants))
+    return 0
+
+
+def cmd_merchant_show(args: argparse.Namespace) -> int:
+    from recon import accounts
+
+    _announce_database()
+    with default_database().begin() as conn:
+        merchant = accounts.get_merchant(args.merchant_id, conn)
+        listed = accounts.accounts_page(conn, merchant.merchant_id, None, _PAGE)
+    data = {"merchant": merchant, "accounts": listed}
+    text = [f"{merchant.merchant_id}  {merchant.merchant_name} (created {merchant.created_at:%Y-%m-%d %H:%M} UTC)"]
+    text += [f"  {a.account_id}  {a.account_name}  {a.account_type} {a.currency}" for a in listed]
+    _print(data, args.json, "\n".join(text))
+    return 0
+
+
+def cmd_account_list(args: argparse.Namespace) -> int:
+    from recon import accounts
+
+    _announce_database()
+    listed = _all_pages(lambda c, after, n: accounts.accounts_page(c, args.merchant, after, n), lambda a: a.account_id)
+    _print(listed, args.json, "\n".join(f"{a.account_id}  {a.merchant_id}  {a.account_name}  {a.account_type}"
+                                       f" {a.currency}" for a in listed))
+    return 0
+
+
+def cmd_account_show(args: argparse.Namespace) -> int:
+    from recon import accounts, ledger
+    from recon.money import format_money
+
+    _announce_database()
+    with default_database().begin() as conn:
+        account = accounts.get_account(args.account_id, conn)
+        (balance,) = ledger.balances_of(conn, [account])
+    text = [f"{account.account_id}  {account.account_name} ({account.merchant_id}), {account.account_type}"
+            f" {account.currency}"]
+    text += [f"  {name:>15}: {format_money(getattr(balance, name), account.currency)}"
+             for name in ("initial_balance", "posted", "pending", "available")]
+    _print({"account": account, "balance": balance}, args.json, "\n".join(text))
+    return 0
+
+
+def cmd_entry_show(args: argparse.Namespace) -> int:
+    """A staging entry by id, or every entry of an order id, each with its outcome history."""
+    from recon import staging
+    from recon.errors import NotFoundError
+    from recon.money import format_money
+
+    _announce_database()
+    with default_database().begin() as conn:
+        found = staging.get_staging_entry(conn, args.id_or_order)
+        entries = [found] if found is not None else staging.entries_of_order(conn, args.id_or_order)
+        if not entries:
+            raise NotFoundError(f"no staging entry with staging_entry_id or order_id {args.id_or_order!r}")
+        shown = [{"entry": e, "history": [dict(h._mapping) for h in staging.outcome_history(conn, e.staging_entry_id)]}
+                 for e in entries]
+    text = []
+    for item in shown:
+        e = item["entry"]
+        text += [f"{e.staging_entry_id}  {e.status}  {e.processing_mode} {e.entry_type}"
+                 f" {format_money(e.amount, e.currency)} on {e.account_id}, order {e.order_id or '-'}",
+                 f"  ingested {e.created_at:%Y-%m-%d %H:%M:%S} UTC from {e.metadata.get('source_file', '-')}"]
+        if e.metadata.get("error"):
+            text.append(f"  now: {e.metadata.get('error_type')}: {e.metadata['error']}")
+        text += [f"  {h['recorded_at']:%Y-%m-%d %H:%M:%S}  {h['status']:<19} {h['error_type'] or ''}"
+                 f" {h['reason'] or ''}  (task {h['task_id'] or '-'}, run {h['run'] or '-'})" for h in item["history"]]
+    _print(shown, args.json, "\n".join(text))
+    return 0
+
+
+def cmd_transaction_show(args: argparse.Namespace) -> int:
+    from recon import ledger
+    from recon.errors import NotFoundError
+    from recon.money import format_money
+
+    _announce_database()
+    with default_database().begin() as conn:
+        found = ledger.logical_transaction(conn, args.transaction_id)
+    if found is None:
+        raise NotFoundError(f"no transaction with transaction_id or logical_transaction_id {args.transaction_id!r}")
+    text = [f"logical transaction {found.logical_transaction_id}: {len(found.versions)} version(s)"]
+    for v in found.versions:
+        text.append(f"  v{v.version} {v.transaction_id}  {v.status}  {format_money(v.amount, v.currency)}"
+                    f"  from staging entry {v.source_staging_entry_id or '-'} at {v.created_at:%Y-%m-%d %H:%M:%S}")
+        text += [f"      {e.entry_type:<6} {format_money(e.amount, e.currency):>22} {e.status:<9} {e.account_id}"
+                 f" {e.entry_id}" for e in v.entries]
+    _print(found, args.json, "\n".join(text))
+    return 0
+
+
+_EXPORT_COLUMNS = {
+    "review": ("staging_entry_id", "account_id", "order_id", "entry_type", "amount", "currency",
+               "processing_mode", "error_type", "reason", "created_at", "updated_at"),
+    "unconfirmed": ("entry_id", "account_id", "order_id", "entry_type", "amount", "currency", "transaction_id",
+                    "effective_date", "age_days"),
+}
+
+
+def _csv_cell(value: Any) -> Any:
+    """Exact text for money and times, as the JSON forms; nothing for NULL."""
+    if value is None:
+        return ""
+    return value if isinstance(value, (str, int)) else json_encoding.json_scalar(value)
+
+
+def cmd_exceptions_export(args: argparse.Namespace) -> int:
+    """Every open exception as CSV or JSON, streamed (no cap, constant memory): the entries in
+    review, or the unconfirmed orders (open expected legs) with their age."""
+    import csv
+
+    from recon import ledger, staging
+    from recon.pipeline import parse_time
+
+    where = staging.ReviewFilter(error_type=args.error_type, account_id=args.account)
+    since = parse_time(args.since)
+    columns = _EXPORT_COLUMNS[args.kind]
+    _announce_database()
+    out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    count = 0
+    try:
+        with default_database().begin() as conn:
+            rows = (staging.stream_review_entries(conn, where, since) if args.kind == "review"
+                    else ledger.stream_open_expected(conn, args.account))
+            if args.format == "csv":
+                writer = csv.writer(out)
+                writer.writerow(columns)
+                for count, row in enumerate(rows, 1):
+                    writer.writerow([_csv_cell(v) for v in row])
+            else:
+                out.write("[")
+                for count, row in enumerate(rows, 1):
+                    out.write(("\n" if count == 1 else ",\n") + json_encoding.dumps(dict(zip(columns, row))))
+                out.write("\n]\n")
+    finally:
+        if args.output:
+            out.close()
+    print(f"recon: exported {count:,} {'open exception(s)' if args.kind == 'review' else 'unconfirmed leg(s)'}",
+          file=sys.stderr)
+    return 0
+
+
 # ---- work -----------------------------------------------------------------------------------
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from recon.ingest.files import ingest_file
+    from recon.ingest.files import dry_run_ingest, ingest_file
 
     _announce_database()
-    report = ingest_file(args.file, args.account, args.mode, db=default_database(), file_format=args.format,
-                         order_id_pattern=args.order_id_pattern,
-                         progress=lambda p: print(f"  {p.line()}", file=sys.stderr))
+    source = sys.stdin.buffer if args.file == "-" else args.file
+    ingest = dry_run_ingest if args.dry_run else ingest_file
+    report = ingest(source, args.account, args.mode, db=default_database(), file_format=args.format,
+                    order_id_pattern=args.order_id_pattern, source_file=args.name,
+                    progress=lambda p: print(f"  {p.line()}", file=sys.stderr))
     _print(report.to_dict(), args.json, "\n".join(report.summary_lines()))
-    return 3 if report.rejected_count else 0
+    if args.dry_run:
+        print("recon: dry run: parsed and checked, nothing written", file=sys.stderr)
+    if report.rejected_count:
+        return 3
+    if report.duplicate_count and not report.ingested:
+        print("recon: nothing new: every row was ingested before", file=sys.stderr)
+        return 4
+    return 0
+
+
+def cmd_ingest_void(args: argparse.Namespace) -> int:
+    """`recon ingest void FILE_OR_ID`: take back a wrong ingest (see recon.ingest.void)."""
+    from recon.ingest.void import void_ingest
+
+    _announce_database()
+    report = void_ingest(args.file_or_id, args.account, db=default_database())
+    _print(report.to_dict(), args.json, "\n".join(report.summary_lines()))
+    return 0
 
 
 def cmd_process(args: argparse.Namespace) -> int:
@@ -236,7 +453,7 @@ def cmd_process(args: argparse.Namespace) -> int:
 
     def progress(summary: dict[str, Any]) -> None:
         print(f"  {summary['claimed']:,} claimed, {summary['completed']:,} completed,"
-              f" {summary['failed']:,} failed, {summary['retried']:,} retried"
+              f" {summary['manual_review']:,} to review, {summary['retried']:,} to retry"
               f" ({summary['entries_per_s']:,.0f} entries/s)", file=sys.stderr)
 
     summary = pipeline.process_queue(batch_size=args.batch_size, chunk_size=args.chunk_size, db=default_database(),
@@ -246,11 +463,15 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def _format_summary(summary: dict[str, Any]) -> str:
-    counts = ", ".join(f"{k} {summary[k]:,}" for k in (
-        "claimed", "completed", "failed", "retried", "booked", "matched", "mismatched", "manual_review"))
-    lines = [f"Run summary: {counts}; {summary['duration_s']}s, {summary['entries_per_s']:,} entries/s"]
+    from recon.reporting.run_summaries import outcome_words
+
+    parts = ", ".join(f"{n:,} {word}" for word, n in outcome_words(summary) if n or word in ("booked", "matched"))
+    mismatched = summary.get("mismatched", 0)
+    lines = [f"Run summary: {summary['claimed']:,} claimed: {parts}"
+             + (f" ({mismatched:,} of them mismatches)" if mismatched else "")
+             + f"; {summary['duration_s']}s, {summary['entries_per_s']:,} entries/s"]
     for error_type, n in summary.get("manual_review_by_type", {}).items():
-        lines.append(f"  manual review: {error_type} x{n}")
+        lines.append(f"  to review: {error_type} x{n:,}")
     return "\n".join(lines)
 
 
@@ -428,7 +649,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
         os.environ["RECON_DATABASE_URL"] = demo.existing_demo_database()
         print(f"recon: the UI works on the demo database {demo.DEMO_DATABASE}", file=sys.stderr)
-    return local_airflow.standalone(port=args.port)
+    return local_airflow.standalone(port=args.port, host=args.host)
 
 
 def cmd_compose_env(args: argparse.Namespace) -> int:
@@ -500,7 +721,8 @@ def build_parser() -> argparse.ArgumentParser:
     db = group("db", "database: migrate, url, stop")
     db.add_parser("migrate", help="apply pending migrations from sql/").set_defaults(func=cmd_db_migrate)
     url = db.add_parser("url", help="print the database URL the engine uses")
-    url.add_argument("--hide-password", action="store_true")
+    url.add_argument("--show-password", action="store_true", help="include the password (e.g. for psql)")
+    url.add_argument("--hide-password", action="store_true", help=argparse.SUPPRESS)  # the default now
     url.set_defaults(func=cmd_db_url)
     db.add_parser("stop", help="stop the embedded PostgreSQL server").set_defaults(func=cmd_db_stop)
 
@@ -516,6 +738,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--id", help="merchant_id (default: generated)")
     create.set_defaults(func=cmd_merchant_create)
 
+    listing = merchant.add_parser("list", help="every merchant")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_merchant_list)
+    show = merchant.add_parser("show", help="a merchant and its accounts")
+    show.add_argument("merchant_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_merchant_show)
+
     account = group("account", "accounts")
     create = account.add_parser("create", help="create an account; prints its id")
     create.add_argument("--merchant", required=True)
@@ -525,6 +755,38 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--initial-balance", default="0")
     create.add_argument("--id", help="account_id (default: generated)")
     create.set_defaults(func=cmd_account_create)
+
+    listing = account.add_parser("list", help="every account (of a merchant)")
+    listing.add_argument("--merchant", help="only this merchant's accounts")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_account_list)
+    show = account.add_parser("show", help="an account and its balances")
+    show.add_argument("account_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_account_show)
+
+    entry = group("entry", "staging entries")
+    show = entry.add_parser("show", help="a staging entry (by id, or every entry of an order id) with its history")
+    show.add_argument("id_or_order", metavar="STAGING_ENTRY_ID_OR_ORDER_ID")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_entry_show)
+
+    transaction = group("transaction", "ledger transactions")
+    show = transaction.add_parser("show", help="a transaction with every version and its entries")
+    show.add_argument("transaction_id", help="any version's transaction_id, or the logical_transaction_id")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_transaction_show)
+
+    exceptions = group("exceptions", "the open exceptions (entries in manual review)")
+    export = exceptions.add_parser("export", help="every open exception as CSV or JSON, streamed (no cap)")
+    export.add_argument("--format", choices=["csv", "json"], default="csv")
+    export.add_argument("--kind", choices=sorted(_EXPORT_COLUMNS), default="review",
+                        help="review: entries in manual review (default); unconfirmed: open expected legs with age")
+    export.add_argument("--error-type", help="only this reason, e.g. MismatchError")
+    export.add_argument("--account", help="only this account_id")
+    export.add_argument("--since", help="only entries created at or after this ISO 8601 time")
+    export.add_argument("--output", "-o", help="write to this file (default: standard output)")
+    export.set_defaults(func=cmd_exceptions_export)
 
     rule = group("rule", "recon rules: create, list, show, update, delete")
     create = rule.add_parser("create", help="map account_one (entries arrive) to its contra account_two")
@@ -552,7 +814,10 @@ def build_parser() -> argparse.ArgumentParser:
     delete.set_defaults(func=cmd_rule_delete)
 
     ingest = commands.add_parser("ingest", help="ingest a statement file (CSV, camt.053/054, MT940/942, BAI2)")
-    ingest.add_argument("file")
+    ingest.add_argument("file", help="the file, or - for standard input")
+    ingest.add_argument("--dry-run", action="store_true", help="parse and check, report as usual, write nothing")
+    ingest.add_argument("--name", help="the name stored as each entry's source_file (default: the file's name;"
+                                       " give one for standard input, to void it later)")
     ingest.add_argument("--account", required=True)
     ingest.add_argument("--mode", required=True, choices=["TRANSACTION", "CONFIRMATION"])
     ingest.add_argument("--format", default="auto", choices=ingest_files.FORMATS,
@@ -562,6 +827,13 @@ def build_parser() -> argparse.ArgumentParser:
                              " (default: RECON_ORDER_ID_PATTERN)")
     ingest.add_argument("--json", action="store_true")
     ingest.set_defaults(func=cmd_ingest)
+
+    void = commands.add_parser("ingest-void", help="`ingest void FILE_OR_ID`: discard a file's entries not yet"
+                               " processed (their tasks cancelled); names those already processed")
+    void.add_argument("file_or_id", help="the file (path or name) or the staging_entry_id of one of its lines")
+    void.add_argument("--account", help="only the file's entries on this account")
+    void.add_argument("--json", action="store_true")
+    void.set_defaults(func=cmd_ingest_void)
 
     process = commands.add_parser("process", help="drain the queue in-process (the DAG's own steps)")
     process.add_argument("--batch-size", type=int, default=settings.batch_size())
@@ -574,6 +846,12 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("--created-from", help="ISO 8601, inclusive")
     reprocess.add_argument("--created-to", help="ISO 8601, exclusive")
     reprocess.add_argument("--task-id", action="append", help="repeatable")
+    reprocess.add_argument("--error-type", help="only entries in review for this reason, e.g. NoReconRuleFoundError")
+    reprocess.add_argument("--account", help="only entries of this account_id")
+    reprocess.add_argument("--exclude-error-type", action="append", metavar="ERROR_TYPE",
+                           help="leave entries in review for this reason alone (repeatable)")
+    reprocess.add_argument("--dry-run", action="store_true", help="say what would be reopened; write nothing")
+    reprocess.add_argument("--json", action="store_true")
     reprocess.set_defaults(func=cmd_reprocess)
 
     _add_review_commands(group("review", "exceptions: list, show, act on, export/import, verify the audit log"))
@@ -588,6 +866,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ui = commands.add_parser("ui", help="Airflow standalone with this project's DAGs and plugins")
     ui.add_argument("--port", type=int, default=8080)
+    ui.add_argument("--host", default=None,
+                    help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every one)")
     ui.add_argument("--demo", action="store_true", help="watch the demo database that ./recon demo filled")
     ui.set_defaults(func=cmd_ui)
 
@@ -655,10 +935,16 @@ def _add_review_commands(review: argparse._SubParsersAction) -> None:
     imported.set_defaults(func=cmd_review_import)
     for command in review.choices.values():
         command.add_argument("--demo", action="store_true", help="work on the database `./recon demo` filled")
+def _subcommand_words(argv: list[str]) -> list[str]:
+    """`ingest void X` is the command `ingest-void X` (`ingest FILE` takes a file as its first word)."""
+    words = [i for i, a in enumerate(argv) if not a.startswith("-")]
+    if len(words) >= 2 and argv[words[0]] == "ingest" and argv[words[1]] == "void" and words[1] == words[0] + 1:
+        return [*argv[: words[0]], "ingest-void", *argv[words[1] + 1:]]
+    return argv
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_subcommand_words(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -7,6 +7,7 @@ both. A Decimal becomes its exact text, never a float (``0.1000`` must not turn 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from decimal import Decimal
@@ -26,11 +27,14 @@ def json_scalar(value: Any) -> str:
 
 
 def jsonable(value: Any) -> Any:
-    """A JSON-safe copy of ``value``: Decimals and datetimes converted, through mappings and sequences."""
+    """A JSON-safe copy of ``value``: Decimals and datetimes converted, through mappings, dataclasses
+    and sequences."""
     if isinstance(value, (Decimal, dt.date)):
         return json_scalar(value)
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # rows the CLI prints as JSON
+        return jsonable(dataclasses.asdict(value))
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     return value

@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -699,6 +699,51 @@ def mismatch_transactions(conn: Connection, limit: int) -> tuple[int, list[Any]]
 # ---- read models: the REST API (a page at a time, in key order) ---------------------------------------
 
 
+# Ages of open expected legs (orders nobody confirmed yet), by effective date: the buckets a
+# controller asks about; the last one is open-ended.
+AGE_BUCKETS = ("0-1 days", "1-3 days", "3-7 days", "> 7 days")
+
+_OPEN_EXPECTED = """
+    FROM entries e JOIN transactions t ON t.transaction_id = e.transaction_id
+    WHERE e.status = 'EXPECTED' AND t.status = 'EXPECTED'
+      AND (CAST(:account AS text) IS NULL OR e.account_id = :account)
+"""
+_AGE_BUCKET = """
+    CASE WHEN e.effective_date > now() - interval '1 day' THEN 0
+         WHEN e.effective_date > now() - interval '3 days' THEN 1
+         WHEN e.effective_date > now() - interval '7 days' THEN 2 ELSE 3 END
+"""
+
+
+def open_expected_ageing(conn: Connection, account_id: str | None = None) -> list[dict[str, Any]]:
+    """Open EXPECTED legs (their transaction still EXPECTED: not confirmed, not in MISMATCH) per
+    account and currency, each with count and amount per age bucket (AGE_BUCKETS)."""
+    rows = conn.execute(
+        sa.text(f"SELECT e.account_id, e.currency, {_AGE_BUCKET} AS bucket, count(*) AS n, sum(e.amount) AS amount"
+                f" {_OPEN_EXPECTED} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"),
+        {"account": account_id},
+    ).all()
+    by_account: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        group = by_account.setdefault((r.account_id, r.currency), {
+            "account_id": r.account_id, "currency": r.currency, "count": 0, "amount": Decimal(0),
+            "buckets": {name: {"count": 0, "amount": Decimal(0)} for name in AGE_BUCKETS}})
+        group["buckets"][AGE_BUCKETS[r.bucket]] = {"count": r.n, "amount": r.amount}
+        group["count"] += r.n
+        group["amount"] += r.amount
+    return list(by_account.values())
+
+
+def stream_open_expected(conn: Connection, account_id: str | None = None) -> Iterator[Any]:
+    """Every open EXPECTED leg, oldest first, through a server-side cursor (exports have no cap)."""
+    yield from conn.execution_options(stream_results=True, yield_per=2_000).execute(
+        sa.text(f"SELECT e.entry_id, e.account_id, e.order_id, e.entry_type, e.amount, e.currency,"
+                f" e.transaction_id, e.effective_date, floor(extract(epoch FROM now() - e.effective_date) / 86400)"
+                f" AS age_days {_OPEN_EXPECTED} ORDER BY e.effective_date, e.entry_id"),
+        {"account": account_id},
+    )
+
+
 @dataclass(frozen=True)
 class LedgerEntry:
     """One leg of a transaction version, as the REST API shows it."""
@@ -773,6 +818,22 @@ def logical_transactions_page(
         ),
         {"merchant": merchant_id, "account": account_id, "after": after, "limit": limit},
     ).scalars())
+    return _with_versions(conn, logical_ids)
+
+
+def logical_transaction(conn: Connection, transaction_id: str) -> LogicalTransaction | None:
+    """The logical transaction of a transaction id (any version's) or of a logical id, every
+    version with its entries; None when neither exists."""
+    logical_id = conn.execute(
+        sa.text("SELECT logical_transaction_id FROM transactions WHERE transaction_id = :id"
+                " OR logical_transaction_id = :id LIMIT 1"),
+        {"id": transaction_id},
+    ).scalar()
+    return _with_versions(conn, [logical_id])[0] if logical_id is not None else None
+
+
+def _with_versions(conn: Connection, logical_ids: list[str]) -> list[LogicalTransaction]:
+    """These logical transactions with every version and its entries (two statements)."""
     if not logical_ids:
         return []
     versions = [TransactionVersion(*r) for r in conn.execute(

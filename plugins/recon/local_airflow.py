@@ -115,6 +115,7 @@ def airflow_environment(
     recon_url: str | None = None,
     port: int | None = None,
     base: Mapping[str, str] | None = None,
+    host: str | None = None,
 ) -> dict[str, str]:
     """The complete environment for Airflow processes of this project (``base`` + our settings).
 
@@ -136,6 +137,8 @@ def airflow_environment(
         "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(home),
         # a developer's UI: this machine only (Airflow's default is every interface)
         "AIRFLOW__API__HOST": "127.0.0.1",
+        # LocalExecutor starts `parallelism` worker processes (default 32): one per core is plenty here
+        "AIRFLOW__CORE__PARALLELISM": str(max(2, os.cpu_count() or 1)),
         "AIRFLOW__CORE__FERNET_KEY": _fernet_key(home),
         # the UI is for watching and triggering: a new DAG runs without an extra click
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
@@ -147,6 +150,9 @@ def airflow_environment(
     if "AIRFLOW_CONN_RECON_DB" not in env and "RECON_DATABASE_URL" not in env:
         ours["AIRFLOW_CONN_RECON_DB"] = recon_url or default_recon_url()
     forced = {"AIRFLOW_HOME", "AIRFLOW__API_AUTH__JWT_SECRET"}
+    if host is not None:  # `recon ui --host` wins over the environment
+        ours["AIRFLOW__API__HOST"] = host
+        forced.add("AIRFLOW__API__HOST")
     if port is not None:  # an explicit port wins over the environment
         api = {
             "AIRFLOW__API__PORT": str(port),
@@ -307,14 +313,14 @@ def airflow_cli(args: list[str], home: Path | None = None) -> int:
     return subprocess.call(airflow_command(list(args) or ["--help"]), env=env)
 
 
-def standalone(home: Path | None = None, port: int = 8080) -> int:
+def standalone(home: Path | None = None, port: int = 8080, host: str | None = None) -> int:
     """`airflow standalone` with this project's configuration (blocks until Ctrl-C)."""
-    env = airflow_environment(home, port=port)
+    env = airflow_environment(home, port=port, host=host)
     ensure_metadata_migrated(env)
     ensure_recon_schema(env)
     ensure_chunk_pool(env)
     home_dir = Path(env["AIRFLOW_HOME"])
-    print(f"recon: Airflow UI on http://localhost:{port} (DAG {DAG_ID})", file=sys.stderr)
+    print(f"recon: Airflow UI on http://{env['AIRFLOW__API__HOST']}:{port} (DAG {DAG_ID})", file=sys.stderr)
     print(
         "recon: user admin; its password is in "
         f"{home_dir / 'simple_auth_manager_passwords.json.generated'} (written on first start)",

@@ -77,3 +77,22 @@ def parse_currency(value: object, field: str = "currency") -> str:
 def _show(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "...'"
+
+
+# ISO 4217 minor units that are not 2 (the rest of the world's currencies use cents)
+_MINOR_UNITS = {
+    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0, "RWF": 0,
+    "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
+    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3, "CLF": 4, "UYW": 4,
+}
+
+
+def minor_units(currency: str) -> int:
+    return _MINOR_UNITS.get(currency, 2)
+
+
+def format_money(amount: Decimal, currency: str) -> str:
+    """`13,436,280.03 EUR`: the currency's decimals and digit grouping, for people (exports and JSON
+    keep the exact stored value). Digits beyond the currency's decimals are kept, never rounded away."""
+    places = max(minor_units(currency), decimal_places(amount))
+    return f"{amount:,.{places}f} {currency}"

@@ -147,15 +147,23 @@ def summarize(chunk_results: Sequence[dict[str, Any] | None], claimed: int, star
 
 
 def requeue_scope(created_from: dt.datetime | str | None = None, created_to: dt.datetime | str | None = None,
-                  task_ids: Sequence[str] | None = None, *, db: Database) -> dict[str, int]:
+                  task_ids: Sequence[str] | None = None, *, db: Database,
+                  review: staging.ReviewFilter | None = None, exclude_error_types: Sequence[str] = (),
+                  dry_run: bool = False) -> dict[str, Any]:
     """Backfill: FAILED tasks and NEEDS_MANUAL_REVIEW entries in scope get processed again.
 
-    The scope is a created_at window (of the staging entry / task) and/or explicit task ids.
-    Entries in manual review get a fresh PENDING task when they have no open one.
+    The scope is a created_at window (of the staging entry / task), explicit task ids, and the
+    Recon view's filter (error type, account, order id, text); ``exclude_error_types`` leaves some out. With a
+    filter or an exclusion, only the FAILED tasks of the entries it selects are requeued. Entries in manual review
+    get a fresh PENDING task when they have no open one. A dry run counts and writes nothing.
     """
-    created_from, created_to = _as_time(created_from), _as_time(created_to)
-    if task_ids is None and created_from is None and created_to is None:
-        raise InvalidInputError("reprocess needs created_from/created_to or task_ids")
+    created_from, created_to = parse_time(created_from), parse_time(created_to)
+    review = review or staging.ReviewFilter()
+    narrowed = any(v is not None for v in review.params().values())
+    filtered = narrowed or bool(exclude_error_types)
+    if task_ids is None and created_from is None and created_to is None and not narrowed:
+        raise InvalidInputError("reprocess needs a scope: created_from/created_to, task_ids or a review filter"
+                                " (error_type, account_id, order_id, q)")
     if created_from is not None and created_to is not None and created_from >= created_to:
         raise InvalidInputError(
             f"created_from {created_from.isoformat()} must be before created_to {created_to.isoformat()}"
@@ -167,9 +175,20 @@ def requeue_scope(created_from: dt.datetime | str | None = None, created_to: dt.
             raise InvalidInputError(f"task_ids must be a non-empty list of task ids, got {task_ids!r}")
     tracker = ProcessTracker(db)
     with db.begin() as conn:
-        requeued = tracker.requeue(task_ids, created_from, created_to, conn)
         entry_ids = tracker.staging_entry_ids(task_ids, conn) if task_ids is not None else None
-        reopened = staging.reopen_for_review(conn, created_from, created_to, entry_ids)
+        scope = staging.ReprocessScope(created_from, created_to, entry_ids, review, tuple(exclude_error_types))
+        if dry_run:
+            by_type = staging.review_scope_by_type(conn, scope)
+            failed = (len(tracker.failed_task_ids(staging.review_scope_ids(conn, scope), conn)) if filtered
+                      else tracker.count_failed(task_ids, created_from, created_to, conn))
+            return {"dry_run": True, "failed_tasks": failed, "entries": sum(by_type.values()),
+                    "entries_by_error_type": by_type}
+        if filtered:
+            reopened = staging.reopen_for_review(conn, scope)
+            requeued = tracker.requeue(tracker.failed_task_ids(reopened, conn), conn=conn) if reopened else []
+        else:
+            requeued = tracker.requeue(task_ids, created_from, created_to, conn)
+            reopened = staging.reopen_for_review(conn, scope)
         tracker.enqueue_entries(reopened, conn)
     log.info("reprocess: %d FAILED task(s) requeued, %d entries reopened", len(requeued), len(reopened))
     return {"requeued_tasks": len(requeued), "reopened_entries": len(reopened)}
@@ -226,7 +245,7 @@ def process_queue(
     return summarize(results, claimed_total, started)
 
 
-def _as_time(value: dt.datetime | str | None) -> dt.datetime | None:
+def parse_time(value: dt.datetime | str | None) -> dt.datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, dt.datetime):

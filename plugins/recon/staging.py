@@ -17,7 +17,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -403,28 +403,37 @@ class StagingUpdate:
     staging_entry_id: str
     status: str
     patch: dict[str, Any]
+    task_id: str | None = None
 
 
+# the status change and its row in the entry's append-only history, in one statement
 _UPDATE_STAGING = sa.text(
     """
-    UPDATE staging_entries s SET
-        status = u.status,
-        -- the reasons of an earlier review (a reprocessed entry) go when it is processed
-        metadata = CASE WHEN u.status = 'PROCESSED'
-                        THEN (s.metadata - 'error' - 'error_type' - 'mismatched_fields' - 'candidates') || u.patch
-                        ELSE s.metadata || u.patch END,
-        discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END,
-        updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
-    FROM json_to_recordset(CAST(:rows AS json)) AS u(staging_entry_id text, status text, patch jsonb)
-    WHERE s.staging_entry_id = u.staging_entry_id AND s.status <> 'PROCESSED'
+    WITH changed AS (
+        UPDATE staging_entries s SET
+            status = u.status,
+            -- the reasons of an earlier review (a reprocessed entry) go when it is processed
+            metadata = CASE WHEN u.status = 'PROCESSED'
+                            THEN (s.metadata - 'error' - 'error_type' - 'mismatched_fields' - 'candidates') || u.patch
+                            ELSE s.metadata || u.patch END,
+            discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END,
+            updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
+        FROM json_to_recordset(CAST(:rows AS json)) AS u(staging_entry_id text, status text, patch jsonb,
+                                                          task_id text)
+        WHERE s.staging_entry_id = u.staging_entry_id AND s.status <> 'PROCESSED'
+        RETURNING s.staging_entry_id, u.status, u.patch, u.task_id
+    )
+    INSERT INTO staging_entry_outcomes (staging_entry_id, status, error_type, reason, task_id, run)
+    SELECT staging_entry_id, status, patch ->> 'error_type', patch ->> 'error', task_id, :run FROM changed
     """
 )
 
 
-def apply_updates(conn: Connection, updates: Sequence[StagingUpdate]) -> None:
-    """One statement for all staging status changes of a chunk; PROCESSED is never undone."""
+def apply_updates(conn: Connection, updates: Sequence[StagingUpdate], run: str | None = None) -> None:
+    """One statement for all staging status changes of a chunk, each kept in the entry's history
+    (`run`: the lease owner that wrote them); PROCESSED is never undone."""
     if updates:
-        conn.execute(_UPDATE_STAGING, {"rows": json_rows(updates)})
+        conn.execute(_UPDATE_STAGING, {"rows": json_rows(updates), "run": run})
 
 
 def mark_for_review(conn: Connection, staging_entry_ids: Sequence[str], error: str, error_type: ErrorType) -> None:
@@ -434,10 +443,15 @@ def mark_for_review(conn: Connection, staging_entry_ids: Sequence[str], error: s
     conn.execute(
         sa.text(
             """
-            UPDATE staging_entries SET status = 'NEEDS_MANUAL_REVIEW',
-                   metadata = metadata || jsonb_build_object('error', CAST(:error AS text),
-                                                             'error_type', CAST(:error_type AS text))
-            WHERE status <> 'PROCESSED' AND staging_entry_id = ANY(:ids)
+            WITH changed AS (
+                UPDATE staging_entries SET status = 'NEEDS_MANUAL_REVIEW',
+                       metadata = metadata || jsonb_build_object('error', CAST(:error AS text),
+                                                                 'error_type', CAST(:error_type AS text))
+                WHERE status <> 'PROCESSED' AND staging_entry_id = ANY(:ids)
+                RETURNING staging_entry_id
+            )
+            INSERT INTO staging_entry_outcomes (staging_entry_id, status, error_type, reason, run)
+            SELECT staging_entry_id, 'NEEDS_MANUAL_REVIEW', :error_type, :error, 'reaper' FROM changed
             """
         ),
         {"ids": list(staging_entry_ids), "error": error[:4000], "error_type": error_type.value},
@@ -447,37 +461,29 @@ def mark_for_review(conn: Connection, staging_entry_ids: Sequence[str], error: s
 # ---- reprocessing --------------------------------------------------------------------------------
 
 
-def reopen_for_review(
-    conn: Connection,
-    created_from: dt.datetime | None,
-    created_to: dt.datetime | None,
-    staging_entry_ids: Sequence[str] | None,
-) -> list[str]:
-    """Entries in manual review within the scope (a created_at window and/or ids) back to PENDING,
-    their error keys removed; returns their ids."""
+def reopen_for_review(conn: Connection, scope: ReprocessScope) -> list[str]:
+    """Entries in manual review within the scope back to PENDING, their error keys removed (the
+    reason stays in their history, with a row saying they were reopened); returns their ids."""
     return list(
         conn.execute(
             sa.text(
-                """
+                f"""
                 WITH in_scope AS (
-                    SELECT s.staging_entry_id FROM staging_entries s
-                    WHERE s.status = 'NEEDS_MANUAL_REVIEW'
-                      AND (CAST(:created_from AS timestamptz) IS NULL OR s.created_at >= :created_from)
-                      AND (CAST(:created_to AS timestamptz) IS NULL OR s.created_at < :created_to)
-                      AND (CAST(:ids AS text[]) IS NULL OR s.staging_entry_id = ANY(CAST(:ids AS text[])))
+                    SELECT s.staging_entry_id FROM staging_entries s WHERE {_SCOPE_FILTER}
                     FOR UPDATE OF s
+                ), reopened AS (
+                    UPDATE staging_entries s SET status = 'PENDING',
+                        metadata = s.metadata - 'error' - 'error_type' - 'mismatched_fields' - 'candidates'
+                    FROM in_scope WHERE s.staging_entry_id = in_scope.staging_entry_id
+                    RETURNING s.staging_entry_id
+                ), recorded AS (
+                    INSERT INTO staging_entry_outcomes (staging_entry_id, status, reason, run)
+                    SELECT staging_entry_id, 'PENDING', 'reopened by a reprocess', 'reprocess' FROM reopened
                 )
-                UPDATE staging_entries s SET status = 'PENDING',
-                    metadata = s.metadata - 'error' - 'error_type' - 'mismatched_fields' - 'candidates'
-                FROM in_scope WHERE s.staging_entry_id = in_scope.staging_entry_id
-                RETURNING s.staging_entry_id
+                SELECT staging_entry_id FROM reopened
                 """
             ),
-            {
-                "created_from": created_from,
-                "created_to": created_to,
-                "ids": list(staging_entry_ids) if staging_entry_ids is not None else None,
-            },
+            scope.params(),
         ).scalars()
     )
 
@@ -586,11 +592,118 @@ def ageing_buckets(conn: Connection) -> list[Any]:
     ).all()
 
 
+def review_scope_ids(conn: Connection, scope: ReprocessScope) -> list[str]:
+    """The manual-review entries a reprocess of the scope would reopen (read-only)."""
+    return list(conn.execute(sa.text(f"SELECT s.staging_entry_id FROM staging_entries s WHERE {_SCOPE_FILTER}"),
+                             scope.params()).scalars())
+
+
+def review_scope_by_type(conn: Connection, scope: ReprocessScope) -> dict[str, int]:
+    """What a reprocess of the scope would reopen: entries per error type (a dry run's answer)."""
+    rows = conn.execute(
+        sa.text(
+            f"""
+            SELECT coalesce(s.metadata ->> 'error_type', '(none)') AS error_type, count(*) AS n
+            FROM staging_entries s WHERE {_SCOPE_FILTER}
+            GROUP BY 1 ORDER BY n DESC, 1
+            """
+        ),
+        scope.params(),
+    ).all()
+    return {r.error_type: r.n for r in rows}
+
+
+# ---- look-ups: one entry and its history, the open exceptions in full -------------------------------
+
+
+def outcome_history(conn: Connection, staging_entry_id: str) -> list[Any]:
+    """Every outcome of an entry, oldest first (append-only: reasons a reprocess replaced included)."""
+    return conn.execute(
+        sa.text("SELECT status, error_type, reason, task_id, run, recorded_at FROM staging_entry_outcomes"
+                " WHERE staging_entry_id = :id ORDER BY outcome_id"),
+        {"id": staging_entry_id},
+    ).all()
+
+
+def entries_of_order(conn: Connection, order_id: str) -> list[StagingEntryRow]:
+    """Every staging entry carrying this order id, on any account, oldest first."""
+    rows = conn.execute(
+        sa.text(f"SELECT {_ROW_COLUMNS} FROM staging_entries WHERE order_id = :order ORDER BY created_at, staging_entry_id"),
+        {"order": order_id},
+    )
+    return [StagingEntryRow(*r) for r in rows]
+
+
+def stream_review_entries(conn: Connection, where: ReviewFilter, since: dt.datetime | None = None) -> Iterator[Any]:
+    """Every matching manual-review entry, no cap, read through a server-side cursor (an export of
+    200,000 rows holds one batch in memory, not all)."""
+    result = conn.execution_options(stream_results=True, yield_per=2_000).execute(
+        sa.text(
+            f"""
+            SELECT s.staging_entry_id, s.account_id, s.order_id, s.entry_type, s.amount, s.currency,
+                   s.processing_mode, coalesce(s.metadata ->> 'error_type', '(none)') AS error_type,
+                   s.metadata ->> 'error' AS reason, s.created_at, s.updated_at
+            FROM staging_entries s
+            WHERE {_REVIEW_FILTER} AND (CAST(:since AS timestamptz) IS NULL OR s.created_at >= :since)
+            ORDER BY s.staging_entry_id
+            """
+        ),
+        {**where.params(), "since": since},
+    )
+    yield from result
+
+
+def analyze(conn: Connection) -> None:
+    """Fresh planner statistics after a bulk ingest: the view's plans must not wait for autovacuum."""
+    conn.execute(sa.text("ANALYZE staging_entries"))
+
+
+# ---- taking back a wrong ingest ------------------------------------------------------------------
+
+
+def file_entries(conn: Connection, source_file: str, account_id: str | None) -> list[Any]:
+    """The entries ingested from a file (metadata.source_file), locked: (staging_entry_id, status)."""
+    return conn.execute(
+        sa.text(
+            "SELECT staging_entry_id, status FROM staging_entries"
+            " WHERE metadata ->> 'source_file' = :file AND (CAST(:account AS text) IS NULL OR account_id = :account)"
+            " ORDER BY created_at, staging_entry_id FOR UPDATE"
+        ),
+        {"file": source_file, "account": account_id},
+    ).all()
+
+
+def source_of(conn: Connection, staging_entry_id: str) -> tuple[str, str] | None:
+    """(source_file, account_id) of an entry, None when it has no file or does not exist."""
+    row = conn.execute(
+        sa.text("SELECT metadata ->> 'source_file', account_id FROM staging_entries"
+                " WHERE staging_entry_id = :id AND metadata ? 'source_file'"),
+        {"id": staging_entry_id},
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def delete_unprocessed(conn: Connection, staging_entry_ids: Sequence[str]) -> list[str]:
+    """Delete PENDING entries that never had an effect (a voided ingest); returns those deleted."""
+    return list(conn.execute(
+        sa.text("DELETE FROM staging_entries WHERE staging_entry_id = ANY(CAST(:ids AS text[]))"
+                " AND status = 'PENDING' RETURNING staging_entry_id"),
+        {"ids": list(staging_entry_ids)},
+    ).scalars())
+
+
 # ---- read models: the report and the Recon view ------------------------------------------------------
 
 
 def status_counts(conn: Connection) -> dict[str, int]:
     return dict(conn.execute(sa.text("SELECT status, count(*) FROM staging_entries GROUP BY status")).all())
+
+
+def review_amounts(conn: Connection) -> list[Any]:
+    """Money waiting for manual review, per currency: (currency, count, amount)."""
+    return conn.execute(sa.text(
+        "SELECT currency, count(*) AS count, sum(amount) AS amount FROM staging_entries"
+        " WHERE status = 'NEEDS_MANUAL_REVIEW' GROUP BY currency ORDER BY currency")).all()
 
 
 def review_reasons(conn: Connection, sample: int) -> list[Any]:
@@ -660,6 +773,35 @@ _REVIEW_FILTER = """
 """
 
 
+@dataclass(frozen=True)
+class ReprocessScope:
+    """Which manual-review entries a reprocess reopens: a created_at window, explicit entries, the
+    Recon view's filter, and error types left out (a mismatch must not be requeued blindly)."""
+
+    created_from: dt.datetime | None = None
+    created_to: dt.datetime | None = None
+    staging_entry_ids: Sequence[str] | None = None
+    review: ReviewFilter = ReviewFilter()
+    exclude_error_types: Sequence[str] = ()
+
+    def params(self) -> dict[str, Any]:
+        return {
+            **self.review.params(),
+            "created_from": self.created_from,
+            "created_to": self.created_to,
+            "ids": list(self.staging_entry_ids) if self.staging_entry_ids is not None else None,
+            "excluded": list(self.exclude_error_types),
+        }
+
+
+_SCOPE_FILTER = _REVIEW_FILTER + """
+    AND (CAST(:created_from AS timestamptz) IS NULL OR s.created_at >= :created_from)
+    AND (CAST(:created_to AS timestamptz) IS NULL OR s.created_at < :created_to)
+    AND (CAST(:ids AS text[]) IS NULL OR s.staging_entry_id = ANY(CAST(:ids AS text[])))
+    AND coalesce(s.metadata ->> 'error_type', '(none)') <> ALL(CAST(:excluded AS text[]))
+"""
+
+
 def review_groups(conn: Connection, where: ReviewFilter) -> list[Any]:
     """Matching manual-review entries grouped by error_type: count, oldest, newest."""
     return conn.execute(
@@ -694,17 +836,6 @@ def review_entries(conn: Connection, where: ReviewFilter, limit: int) -> list[An
         ),
         {**where.params(), "limit": limit},
     ).all()
-
-
-def review_entry_ids(conn: Connection, where: ReviewFilter, limit: int) -> list[str]:
-    """Ids of matching manual-review entries, in id order."""
-    return list(
-        conn.execute(
-            sa.text(f"SELECT s.staging_entry_id FROM staging_entries s WHERE {_REVIEW_FILTER}"
-                    " ORDER BY s.staging_entry_id LIMIT :limit"),
-            {**where.params(), "limit": limit},
-        ).scalars()
-    )
 
 
 def reviews_of_transactions(conn: Connection, transaction_ids: Sequence[str]) -> dict[str, Any]:

@@ -463,6 +463,66 @@ class ProcessTracker:
                 ).scalars()
             )
 
+    def failed_task_ids(self, staging_entry_ids: Sequence[str], conn: Connection | None = None) -> list[str]:
+        """FAILED tasks of these staging entries (a reprocess scoped by a filter, not by task)."""
+        with self._transaction(conn) as c:
+            return list(
+                c.execute(
+                    sa.text(
+                        "SELECT task_id FROM process_tracker WHERE status = 'FAILED' AND payload ? 'staging_entry_id'"
+                        " AND payload ->> 'staging_entry_id' = ANY(CAST(:ids AS text[])) ORDER BY task_id"
+                    ),
+                    {"ids": list(staging_entry_ids)},
+                ).scalars()
+            )
+
+    def count_failed(self, task_ids: Sequence[str] | None, created_from: dt.datetime | None,
+                     created_to: dt.datetime | None, conn: Connection | None = None) -> int:
+        """FAILED tasks a requeue of this scope would consider (a dry run's answer)."""
+        with self._transaction(conn) as c:
+            return c.execute(
+                sa.text(
+                    "SELECT count(*) FROM process_tracker t WHERE t.status = 'FAILED'"
+                    " AND (CAST(:ids AS text[]) IS NULL OR t.task_id = ANY(CAST(:ids AS text[])))"
+                    " AND (CAST(:created_from AS timestamptz) IS NULL OR t.created_at >= :created_from)"
+                    " AND (CAST(:created_to AS timestamptz) IS NULL OR t.created_at < :created_to)"
+                ),
+                {"ids": list(task_ids) if task_ids is not None else None, "created_from": created_from,
+                 "created_to": created_to},
+            ).scalar_one()
+
+    def cancel_unstarted(self, staging_entry_ids: Sequence[str], conn: Connection | None = None) -> list[str]:
+        """Delete the tasks of entries no task has started on yet (every task PENDING or RETRY with no
+        attempt); returns those entries. Entries with any other task are left alone."""
+        with self._transaction(conn) as c:
+            return list(
+                c.execute(
+                    sa.text(
+                        """
+                        WITH started AS (
+                            SELECT DISTINCT payload ->> 'staging_entry_id' AS id FROM process_tracker
+                            WHERE payload ? 'staging_entry_id'
+                              AND payload ->> 'staging_entry_id' = ANY(CAST(:ids AS text[]))
+                              AND (status NOT IN ('PENDING', 'RETRY') OR attempts > 0)
+                        ), cancelled AS (
+                            DELETE FROM process_tracker t
+                            WHERE t.payload ? 'staging_entry_id'
+                              AND t.payload ->> 'staging_entry_id' = ANY(CAST(:ids AS text[]))
+                              AND t.payload ->> 'staging_entry_id' NOT IN (SELECT id FROM started)
+                            RETURNING t.payload ->> 'staging_entry_id' AS id
+                        )
+                        SELECT e.id FROM unnest(CAST(:ids AS text[])) AS e(id)
+                        WHERE e.id NOT IN (SELECT id FROM started)
+                        """
+                    ),
+                    {"ids": list(staging_entry_ids)},
+                ).scalars()
+            )
+
+    def analyze(self, conn: Connection) -> None:
+        """Fresh planner statistics after a bulk enqueue (autovacuum may be late, or off)."""
+        conn.execute(sa.text("ANALYZE process_tracker"))
+
     def enqueue_entries(self, staging_entry_ids: Sequence[str], conn: Connection | None = None) -> list[str]:
         """A new PENDING task for each staging entry that has no unfinished task (backfill)."""
         if not staging_entry_ids:

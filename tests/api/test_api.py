@@ -135,6 +135,9 @@ def test_an_account_the_ledger_or_a_rule_refers_to_is_not_deleted(api: TestClien
     with db.begin() as conn:  # the staging entry goes; its ledger rows stay
         conn.execute(sa.text("DELETE FROM process_tracker"))
         conn.execute(sa.text("UPDATE transactions SET source_staging_entry_id = NULL"))
+        # the outcome history is append-only: only its owner, on purpose, can take it away
+        conn.execute(sa.text("ALTER TABLE staging_entry_outcomes DISABLE TRIGGER staging_entry_outcomes_append_only"))
+        conn.execute(sa.text("DELETE FROM staging_entry_outcomes"))
         conn.execute(sa.text("DELETE FROM staging_entries"))
         conn.execute(sa.text("DELETE FROM recon_rules"))
     assert "ledger entries refer to it" in assert_problem(api.delete(f"/accounts/{b['orders']}"), 409, "conflict")["detail"]
@@ -410,6 +413,9 @@ def test_a_bank_statement_upload_is_detected_and_replayed_by_its_key(api: TestCl
     merchant = api.post("/merchants", json={"merchant_name": "Acme"}).json()["merchant_id"]
     bank = api.post("/accounts", json={"merchant_id": merchant, "account_name": "Bank", "account_type": "DEBIT_NORMAL",
                                        "currency": "EUR"}).json()["account_id"]
+    orders = api.post("/accounts", json={"merchant_id": merchant, "account_name": "Orders", "account_type": "DEBIT_NORMAL",
+                                         "currency": "EUR"}).json()["account_id"]
+    assert api.post("/rules", json={"account_one_id": orders, "account_two_id": bank}).status_code == 201
     statement = (DATA / "statements" / "camt053_v2.xml").read_bytes()
     send = lambda key: api.post("/uploads", data={"account_id": bank, "processing_mode": "CONFIRMATION"},  # noqa: E731
                                 files={"file": ("day.xml", statement)}, headers={"Idempotency-Key": key})

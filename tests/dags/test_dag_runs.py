@@ -143,6 +143,30 @@ def test_dry_run_writes_nothing(run_dag, seed):
     assert states(dag_run, "chunk.run") == ["skipped", "skipped"]
 
 
+def test_a_misspelt_conf_key_fails_the_run_before_anything_is_claimed(run_dag, seed):
+    seed.stage("acc_bank", "DEBIT", "10.00", "TRANSACTION", "k-1")
+    before = seed.snapshot()
+    dag_run = run_dag({"dryrun": True})
+
+    assert dag_run.state == "failed"
+    assert states(dag_run, "claim") == ["failed"]
+    assert seed.snapshot() == before  # nothing claimed, booked or requeued
+
+
+def test_a_dry_run_of_a_reprocess_reports_its_scope_and_writes_nothing(run_dag, seed):
+    now = dt.datetime.now(UTC)
+    _fail_without_rule(seed, "s-1", now)
+    _fail_without_rule(seed, "s-2", now)
+    run_dag()
+    before = seed.snapshot()
+    dag_run = run_dag({"dry_run": True, "reprocess": {"error_type": "NoReconRuleFoundError"}})
+
+    assert dag_run.state == "success"
+    assert seed.snapshot() == before
+    scope = dag_run.summary["reprocess_scope"]
+    assert scope["entries"] == 2 and scope["entries_by_error_type"] == {"NoReconRuleFoundError": 2}
+
+
 def _fail_without_rule(seed: Seed, order_id: str, created_at: dt.datetime) -> tuple[str, str]:
     return seed.stage("acc_norule", "DEBIT", "3.00", "TRANSACTION", order_id, created_at=created_at)
 

@@ -218,3 +218,10 @@ def test_size_defaults_are_the_same_in_the_dag_the_cli_and_the_pipeline(tracker_
     monkeypatch.setenv("RECON_CHUNK_SIZE", "77")
     process = cli.build_parser().parse_args(["process"])
     assert (process.batch_size, process.chunk_size) == (777, 77)
+
+
+def test_no_task_logs_its_return_value(dagbag):
+    """A run of 25,000 tasks logged its chunks' task ids as 1 MB lines ("Returned value was ...")."""
+    python_tasks = [t for dag in dagbag.dags.values() for t in dag.tasks if hasattr(t, "show_return_value_in_logs")]
+    assert python_tasks
+    assert [t.task_id for t in python_tasks if t.show_return_value_in_logs] == []

@@ -33,8 +33,15 @@ FIXTURES = {
 
 
 def make_account(db: Database, currency: str) -> str:
+    """A bank account whose lines fit either mode: a rule's account_two (orders settle on it) and
+    account_one of another (ingest refuses a mode no rule gives the account)."""
     merchant = accounts.create_merchant("Bank statements", db=db)
-    return accounts.create_account(merchant, f"Bank {currency}", "DEBIT_NORMAL", currency, db=db)
+    bank = accounts.create_account(merchant, f"Bank {currency}", "DEBIT_NORMAL", currency, db=db)
+    orders = accounts.create_account(merchant, f"Orders {currency}", "DEBIT_NORMAL", currency, db=db)
+    clearing = accounts.create_account(merchant, f"Clearing {currency}", "CREDIT_NORMAL", currency, db=db)
+    accounts.create_recon_rule(orders, bank, db=db)
+    accounts.create_recon_rule(bank, clearing, db=db)
+    return bank
 
 
 def staged(db: Database, account: str) -> list:
@@ -145,14 +152,14 @@ def test_a_named_format_that_does_not_fit_the_file_is_an_error(db):
     assert staged(db, account) == []
 
 
-def test_cli_ingests_a_statement_and_exits_0_then_reports_duplicates(db, db_url, capsys):
+def test_cli_ingests_a_statement_and_exits_0_then_4_when_every_line_is_a_duplicate(db, db_url, capsys):
     account = make_account(db, "EUR")
     path = str(DATA / "camt053_v2.xml")
     assert cli.main(["ingest", path, "--account", account, "--mode", "CONFIRMATION",
                      "--order-id-pattern", ORDER_ID]) == 0
     out, _ = capsys.readouterr()
     assert "camt053_v2.xml [camt053] -> account" in out and "7 ingested" in out and "1 pending" in out
-    assert cli.main(["ingest", path, "--account", account, "--mode", "CONFIRMATION", "--format", "camt053"]) == 0
+    assert cli.main(["ingest", path, "--account", account, "--mode", "CONFIRMATION", "--format", "camt053"]) == 4
     assert "7 duplicates" in capsys.readouterr()[0]
     assert cli.main(["ingest", str(DATA / "hostile_camt053_unbalanced.xml"), "--account", account,
                      "--mode", "CONFIRMATION"]) == 2

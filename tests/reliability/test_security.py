@@ -157,10 +157,10 @@ def test_database_password_never_appears_in_cli_output_or_logs(secret_role, book
 
 
 def test_the_password_check_would_see_a_leak(secret_role):
-    """`recon db url` prints the password on purpose (for psql): the check above must notice it."""
+    """`recon db url --show-password` prints the password on purpose (for psql): the check above must notice it."""
     role, password, url, database = secret_role
-    shown = _recon(url, "db", "url")
+    shown = _recon(url, "db", "url", "--show-password")
     assert shown.returncode == 0 and urllib.parse.quote(password, safe="") in shown.stdout
-    hidden = _recon(url, "db", "url", "--hide-password")
+    hidden = _recon(url, "db", "url")
     assert urllib.parse.quote(password, safe="") not in hidden.stdout and password not in hidden.stdout
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 import pytest
 
-from recon import ledger, pipeline
+from recon import ledger, pipeline, staging
 from recon.json_encoding import jsonable
 from recon.reporting import monitoring, run_summaries
 from tests.ui.seed import LEASE_OWNER, MISMATCH_ORDER, RETRY_ERROR, UNMATCHED_ORDER, SeededBooks
@@ -69,7 +69,6 @@ def test_manual_review_groups_and_entries_equal_the_staging_table(seeded: Seeded
     failed_of_entry = dict(seeded.rows(
         "SELECT payload ->> 'staging_entry_id', task_id FROM process_tracker WHERE status = 'FAILED'"))
     assert {e["staging_entry_id"]: e["task_id"] for e in mr["entries"]} == failed_of_entry
-    assert sorted(mr["reprocess_task_ids"]) == sorted(failed_of_entry.values())
 
 
 @pytest.mark.parametrize(
@@ -86,7 +85,7 @@ def test_manual_review_groups_and_entries_equal_the_staging_table(seeded: Seeded
 def test_manual_review_filters(seeded: SeededBooks, filters: dict, expected_orders: set) -> None:
     mr = monitoring.exceptions(seeded.db, **filters)["manual_review"]
     assert {e["order_id"] for e in mr["entries"]} == expected_orders
-    assert mr["count"] == len(expected_orders) == len(mr["reprocess_task_ids"])
+    assert mr["count"] == len(expected_orders)
     assert mr["filters"] == filters
 
 
@@ -162,12 +161,14 @@ def test_backlog_trend_follows_the_recorded_backlog(books: SeededBooks) -> None:
     assert (tp["backlog_change"], tp["backlog_trend"]) == (-3, "shrinking")
 
 
-def test_reprocess_conf_of_a_filter_requeues_exactly_those_entries(books: SeededBooks) -> None:
-    mr = monitoring.exceptions(books.db, error_type="NoMatchFoundError")["manual_review"]
-    conf = monitoring.reprocess_conf(mr["reprocess_task_ids"])
-    assert conf == {"reprocess": {"task_ids": mr["reprocess_task_ids"]}}
+def test_reprocess_conf_of_a_filter_is_the_filter_and_requeues_exactly_those_entries(books: SeededBooks) -> None:
+    """The scope travels as the filter, not as the first N task ids (problem 4): every matching entry."""
+    conf = monitoring.reprocess_conf({"error_type": "NoMatchFoundError", "account_id": None, "limit": 50})
+    assert conf == {"reprocess": {"error_type": "NoMatchFoundError", "exclude_error_types": ["MismatchError"]}}
 
-    pipeline.requeue_scope(task_ids=conf["reprocess"]["task_ids"], db=books.db)
+    scope = conf["reprocess"]
+    pipeline.requeue_scope(review=staging.ReviewFilter(error_type=scope["error_type"]),
+                           exclude_error_types=scope["exclude_error_types"], db=books.db)
 
     still = dict(books.rows(
         "SELECT metadata ->> 'error_type', count(*) FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW' GROUP BY 1"))
@@ -175,11 +176,23 @@ def test_reprocess_conf_of_a_filter_requeues_exactly_those_entries(books: Seeded
     assert monitoring.exceptions(books.db)["manual_review"]["count"] == 2
 
 
+def test_the_view_never_offers_to_reprocess_mismatches_blindly(books: SeededBooks) -> None:
+    assert monitoring.reprocess_conf({"error_type": "MismatchError"}) is None
+    assert monitoring.reprocess_conf({}) is None  # no filter: the window trigger
+    window = monitoring.reprocess_window_conf(7)["reprocess"]
+    pipeline.requeue_scope(window["created_from"], window["created_to"],
+                           exclude_error_types=window["exclude_error_types"], db=books.db)
+    still = dict(books.rows(
+        "SELECT metadata ->> 'error_type', count(*) FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW' GROUP BY 1"))
+    assert still == {"MismatchError": 1}
+
+
 def test_window_conf_matches_the_dag_param_format() -> None:
     import datetime as dt
 
     conf = monitoring.reprocess_window_conf(7, now=dt.datetime(2026, 11, 8, 12, 0, 30, 999, tzinfo=dt.timezone.utc))
-    assert conf == {"reprocess": {"created_from": "2026-11-01T12:00:30Z", "created_to": "2026-11-08T12:00:31Z"}}
+    assert conf == {"reprocess": {"created_from": "2026-11-01T12:00:30Z", "created_to": "2026-11-08T12:00:31Z",
+                                  "exclude_error_types": ["MismatchError"]}}
 
 
 def test_summary_markdown_has_counts_rates_and_top_reasons() -> None:
@@ -190,13 +203,17 @@ def test_summary_markdown_has_counts_rates_and_top_reasons() -> None:
     }
     md = run_summaries.summary_markdown(summary, "manual__x")
     assert md.startswith("### Recon run `manual__x`")
-    assert "**10 claimed** · 7 completed · 2 failed · 1 retried · 3.6 entries/s in 2.5 s" in md
-    assert "| 4 | 3 | 1 | 2 | 1 |" in md
-    assert "Completion rate: 70.0 %" in md
+    # words a controller reads right: business exceptions are "to review", not failures, and the
+    # categories partition the claim (mismatches are part of "to review")
+    assert "**10 claimed** · 4 booked · 3 matched · 2 to review · 1 waiting · 1 to retry · 3.6 entries/s in 2.5 s" in md
+    assert "failed" not in md and "1 of those to review are mismatches" in md
+    assert "| booked | matched | to review | waiting | to retry | already processed |" in md
+    assert "| 4 | 3 | 2 | 1 | 1 | 0 |" in md
+    assert "Settled without review: 70.0 %" in md
     assert "`MismatchError` × 1, `NoMatchFoundError` × 1" in md
 
     note = run_summaries.summary_markdown(summary, heading=False)
-    assert note.startswith("**10 claimed** · 7 completed") and "###" not in note
+    assert note.startswith("**10 claimed** · 4 booked") and "###" not in note
 
     dry = run_summaries.summary_markdown({"dry_run": True, "due": 5, "verdicts": {"book": 5}})
     assert dry.startswith("### Recon run (dry run)")
@@ -207,3 +224,13 @@ def test_summary_markdown_has_counts_rates_and_top_reasons() -> None:
 def test_jsonable_keeps_money_exact() -> None:
     value = jsonable({"amount": Decimal("0.1000"), "list": [Decimal("12345678901234.5678")]})
     assert json.loads(json.dumps(value)) == {"amount": "0.1000", "list": ["12345678901234.5678"]}
+
+
+def test_the_ledger_section_shows_unconfirmed_orders_by_age(seeded: SeededBooks) -> None:
+    """Problem 6: ORD-1003 was booked and never confirmed: an open expected leg on the clearing account."""
+    unconfirmed = monitoring.ledger_overview(seeded.db)["unconfirmed"]
+    assert unconfirmed["age_buckets"] == ["0-1 days", "1-3 days", "3-7 days", "> 7 days"]
+    (clearing,) = unconfirmed["accounts"]
+    assert clearing["account_id"] == seeded.clearing and clearing["count"] >= 1
+    assert sum(b["count"] for b in clearing["buckets"].values()) == clearing["count"]
+    assert sum(b["amount"] for b in clearing["buckets"].values()) == clearing["amount"]

@@ -72,7 +72,7 @@ def test_recon_view_in_a_real_browser(standalone: AirflowServer, books: SeededBo
     recorded = run_summaries.run_summary(run_id, books.db)
     assert recorded is not None and (recorded["claimed"], recorded["processed"]) == (3, 3)
     # the listener wrote the run's summary as its note, counts first
-    assert run["note"] and run["note"].startswith("**3 claimed** · 3 completed · 0 failed"), run
+    assert run["note"] and run["note"].startswith("**3 claimed** · 3 booked"), run
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
@@ -107,25 +107,52 @@ def test_recon_view_in_a_real_browser(standalone: AirflowServer, books: SeededBo
             expect(frame.get_by_test_id("airflow-run-link").filter(has_text=run_id)).to_be_visible()
             page.screenshot(path=str(ARTIFACTS / "recon-view.png"))
 
+            # sortable exceptions: by amount, largest first, then smallest first
+            amounts = lambda: [float(v) for v in frame.locator("table[data-testid=review-entries] tbody tr")  # noqa: E731
+                               .evaluate_all("rows => rows.map(r => r.dataset.amount)")]
+            frame.get_by_test_id("sort-amount").click()
+            assert amounts() == sorted(amounts(), reverse=True) and len(amounts()) > 1
+            frame.get_by_test_id("sort-amount").click()
+            assert amounts() == sorted(amounts())
+
+            # open expected legs (orders nobody confirmed) by account and age, with amounts
+            expect(frame.get_by_test_id("unconfirmed")).to_be_visible()
+
+            # dark mode (the system's, or Airflow's own theme): the view is not a white page
+            page.emulate_media(color_scheme="dark")
+            background = frame.locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
+            assert background != "rgb(255, 255, 255)", background
+            page.screenshot(path=str(ARTIFACTS / "recon-view-dark.png"))
+            page.emulate_media(color_scheme="light")
+
+            # 800 px: nothing overflows the page; wide tables scroll inside themselves
+            page.set_viewport_size({"width": 800, "height": 1200})
+            overflow = frame.locator("body").evaluate(
+                "b => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 0, f"the view overflows by {overflow} px at 800 px"
+            page.screenshot(path=str(ARTIFACTS / "recon-view-800px.png"))
+            page.set_viewport_size({"width": 1400, "height": 1400})
+
             # filter the manual-review list, then reprocess exactly those entries with the pre-filled trigger
             frame.locator("select[name=error_type]").select_option("NoMatchFoundError")
             frame.get_by_role("button", name="Filter").click()
             expect(frame.get_by_test_id("review-count-NoMatchFoundError")).to_have_text("1")
             expect(frame.get_by_test_id("review-count-MismatchError")).to_have_count(0)
-            (task_id,) = [r[0] for r in books.rows(
+            assert len(books.rows(
                 "SELECT p.task_id FROM process_tracker p JOIN staging_entries s"
                 " ON s.staging_entry_id = p.payload ->> 'staging_entry_id'"
-                " WHERE p.status = 'FAILED' AND s.metadata ->> 'error_type' = 'NoMatchFoundError'")]
+                " WHERE p.status = 'FAILED' AND s.metadata ->> 'error_type' = 'NoMatchFoundError'")) == 1
             reprocess = frame.get_by_test_id("reprocess-these")
             reprocess.locator("summary").click()
-            expect(reprocess.locator("textarea[name=conf]")).to_contain_text(task_id)
+            expect(reprocess.locator("textarea[name=conf]")).to_contain_text('"error_type": "NoMatchFoundError"')
             page.screenshot(path=str(ARTIFACTS / "recon-view-reprocess-form.png"))
             reprocess.get_by_role("button", name=re.compile("Trigger")).click()
             result = reprocess.locator("[data-trigger-result]")
             expect(result).to_contain_text("Queued run")
             reprocess_run_id = re.search(r"Queued run (\S+)\.", result.inner_text()).group(1)
             reprocess_run = wait_for_run(server, reprocess_run_id)
-            assert reprocess_run["conf"] == {"reprocess": {"task_ids": [task_id]}}
+            assert reprocess_run["conf"] == {"reprocess": {"error_type": "NoMatchFoundError",
+                                                           "exclude_error_types": ["MismatchError"]}}
             # the form's note is kept: the listener never overwrites a note a user wrote
             assert reprocess_run["note"].startswith("Reprocess from the Recon view: NoMatchFoundError")
             again = run_summaries.run_summary(reprocess_run_id, books.db)["summary"]
@@ -143,8 +170,14 @@ def test_recon_view_in_a_real_browser(standalone: AirflowServer, books: SeededBo
             page.get_by_role("tab", name="Recon summary").or_(page.get_by_role("link", name="Recon summary")).first.click()
             summary = page.frame_locator("iframe[title='Recon summary']").get_by_test_id("run-summary")
             expect(summary).to_contain_text("3 claimed")
-            expect(summary).to_contain_text("3 completed")
+            expect(summary).to_contain_text("3 booked")
             page.screenshot(path=str(ARTIFACTS / "recon-run-summary-tab.png"))
+            page.emulate_media(color_scheme="dark")  # the summary tab is not a white page in dark mode either
+            tab_background = page.frame_locator("iframe[title='Recon summary']").locator("body").evaluate(
+                "b => getComputedStyle(b).backgroundColor")
+            assert tab_background != "rgb(255, 255, 255)", tab_background
+            page.screenshot(path=str(ARTIFACTS / "recon-run-summary-tab-dark.png"))
+            page.emulate_media(color_scheme="light")
 
             # resolve the mismatch from its detail page: accept it with a reason; it leaves the list
             # and its decision appears in the audit log, recorded as the Airflow user

@@ -20,7 +20,6 @@ from recon.tracker import ProcessTracker, TaskStatus
 DAG_ID = settings.DAG_ID
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-REPROCESS_MAX_TASK_IDS = 500  # a pre-filled trigger conf stays small enough to read and edit
 
 # ---------------------------------------------------------------------------------------------
 # Queue
@@ -110,8 +109,7 @@ def exceptions(
     """Recent FAILED tasks, and manual-review entries grouped by error_type (filterable).
 
     Group counts always cover every matching entry; ``entries`` lists at most ``limit`` of them.
-    ``reprocess_task_ids`` are the FAILED tasks of the matching entries (capped), ready for a
-    ``reprocess`` trigger of the DAG.
+    A reprocess of these entries is the filter itself (:func:`reprocess_conf`), never a list of ids.
     """
     limit = _limit(limit)
     where = staging.ReviewFilter(error_type, account_id, order_id, q)
@@ -121,12 +119,8 @@ def exceptions(
         groups = staging.review_groups(conn, where)
         entries = staging.review_entries(conn, where, limit)
         names = accounts.load_accounts(conn, sorted({e.account_id for e in entries}))
-        # an entry in manual review has a FAILED task (the engine fails the task with the reason):
-        # that task id is what a reprocess run takes
+        # an entry in manual review has a FAILED task (the engine fails the task with the reason)
         task_of = tracker.failed_task_of_entries([e.staging_entry_id for e in entries], conn)
-        in_scope = staging.review_entry_ids(conn, where, REPROCESS_MAX_TASK_IDS + 1)
-        scope_tasks = tracker.failed_task_of_entries(in_scope, conn)
-    task_ids = sorted(scope_tasks.values())
     return {
         "failed_tasks": {"count": failed_count, "tasks": [dict(r._mapping) for r in failed]},
         "manual_review": {
@@ -139,25 +133,34 @@ def exceptions(
                 for e in entries
             ],
             "shown": len(entries),
-            "reprocess_task_ids": task_ids[:REPROCESS_MAX_TASK_IDS],
-            "reprocess_truncated": len(in_scope) > REPROCESS_MAX_TASK_IDS,
         },
     }
 
 
-def reprocess_conf(task_ids: list[str]) -> dict[str, Any] | None:
-    """The DAG run conf that requeues these FAILED tasks (and reopens their entries)."""
-    return {"reprocess": {"task_ids": list(task_ids)}} if task_ids else None
+# Reprocessing a mismatch today looks for an open expected leg, finds its leg in MISMATCH and
+# replaces the true reason with NoMatchFoundError: the view never offers it (review actions do).
+NOT_REPROCESSED_FROM_THE_VIEW = ["MismatchError"]
+
+
+def reprocess_conf(filters: dict[str, Any]) -> dict[str, Any] | None:
+    """The DAG run conf that reprocesses the entries this filter shows, however many: the filter
+    itself, mismatches left out. None without a filter (the window trigger covers everything), or
+    for a filter on mismatches only."""
+    scope = {k: v for k, v in filters.items() if k in ("error_type", "account_id", "order_id", "q") and v}
+    if not scope or scope.get("error_type") in NOT_REPROCESSED_FROM_THE_VIEW:
+        return None
+    return {"reprocess": {**scope, "exclude_error_types": NOT_REPROCESSED_FROM_THE_VIEW}}
 
 
 def reprocess_window_conf(days: int = 7, now: dt.datetime | None = None) -> dict[str, Any]:
-    """The DAG run conf that reprocesses every exception created in the last ``days`` days."""
+    """The DAG run conf that reprocesses every exception created in the last ``days`` days, but mismatches."""
     now = (now or dt.datetime.now(dt.timezone.utc)).replace(microsecond=0)
     start = now - dt.timedelta(days=days)
     return {
         "reprocess": {
             "created_from": start.isoformat().replace("+00:00", "Z"),
             "created_to": (now + dt.timedelta(seconds=1)).isoformat().replace("+00:00", "Z"),
+            "exclude_error_types": NOT_REPROCESSED_FROM_THE_VIEW,
         }
     }
 
@@ -168,11 +171,13 @@ def reprocess_window_conf(days: int = 7, now: dt.datetime | None = None) -> dict
 
 
 def ledger_overview(db: Database, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
-    """Posted / pending / available per account, and transactions in MISMATCH."""
+    """Posted / pending / available per account, transactions in MISMATCH, and open expected legs
+    (orders nobody confirmed) by account and age."""
     balances = [asdict(b) for b in ledger.balances(db=db)]
     with db.begin() as conn:
         mismatch_count, mismatches = ledger.mismatch_transactions(conn, _limit(limit))
         reviews = staging.reviews_of_transactions(conn, [t.transaction_id for t in mismatches])
+        unconfirmed = ledger.open_expected_ageing(conn)
     transactions = []
     for t in mismatches:
         review = reviews.get(t.transaction_id)
@@ -181,7 +186,8 @@ def ledger_overview(db: Database, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
             "confirmation_entry_id": review.confirmation_entry_id if review else None,
             "reason": review.reason if review else None,
         })
-    return {"balances": balances, "mismatch": {"count": mismatch_count, "transactions": transactions}}
+    return {"balances": balances, "mismatch": {"count": mismatch_count, "transactions": transactions},
+            "unconfirmed": {"age_buckets": list(ledger.AGE_BUCKETS), "accounts": unconfirmed}}
 
 
 def overview(db: Database, **filters: Any) -> dict[str, Any]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from decimal import Decimal
 from typing import Any
 
 from recon import ledger, staging
 from recon.db import Database
 from recon.json_encoding import jsonable
+from recon.money import format_money
 from recon.tracker import ProcessTracker
 
 MANUAL_REVIEW_SAMPLE = 20  # entries listed per reason; the counts are always complete
@@ -20,6 +22,8 @@ def build_report(db: Database) -> dict[str, Any]:
         reasons = staging.review_reasons(conn, MANUAL_REVIEW_SAMPLE)
         waiting_count, waiting = ProcessTracker(db).waiting(MANUAL_REVIEW_SAMPLE, conn)
         tolerated_count, tolerated = staging.tolerance_matches(conn, MANUAL_REVIEW_SAMPLE)
+        in_review = staging.review_amounts(conn)
+        unconfirmed = ledger.open_expected_ageing(conn)
     invariants = ledger.check_invariants(db)
     return {
         "staging_entries": {s: statuses.get(s, 0) for s in ("PENDING", "PROCESSED", "NEEDS_MANUAL_REVIEW")},
@@ -34,6 +38,8 @@ def build_report(db: Database) -> dict[str, Any]:
         "waiting": {"count": waiting_count,
                     "tasks": [jsonable({"staging_entry_id": w.staging_entry_id, "next_due_at": w.next_due_at,
                                         "reason": w.reason}) for w in waiting]},
+        "in_review": [jsonable(dict(r._mapping)) for r in in_review],
+        "unconfirmed": jsonable(unconfirmed),  # open expected legs by account and age
         "balances": [jsonable(asdict(b)) for b in ledger.balances(db=db)],  # money exact, as text
         "invariants": {**asdict(invariants), "ok": invariants.ok},
     }
@@ -54,7 +60,7 @@ def format_report(report: dict[str, Any]) -> str:
         for entry in group["entries"][:5]:
             order = entry.get("order_id") or "-"
             lines.append(
-                f"    {entry['staging_entry_id']}  order {order}  {entry['amount']} {entry['currency']}"
+                f"    {entry['staging_entry_id']}  order {order}  {_money(entry['amount'], entry['currency'])}"
                 f"  {entry['error']}"
             )
             if entry.get("mismatched_fields"):
@@ -67,17 +73,27 @@ def format_report(report: dict[str, Any]) -> str:
     tolerated = report["matched_within_tolerance"]
     lines.append(f"Matched within tolerance: {tolerated['count']}")
     for entry in tolerated["entries"][:5]:
-        lines.append(f"    {entry['staging_entry_id']}  order {entry['order_id'] or '-'}  {entry['amount']}"
-                     f" {entry['currency']}  variance {entry['variance']} booked to {entry['variance_account_id']}")
+        lines.append(f"    {entry['staging_entry_id']}  order {entry['order_id'] or '-'}"
+                     f"  {_money(entry['amount'], entry['currency'])}"
+                     f"  variance {entry['variance']} booked to {entry['variance_account_id']}")
     waiting = report["waiting"]
     lines.append(f"Waiting for a match (not exceptions): {waiting['count']}")
     for task in waiting["tasks"][:5]:
         lines.append(f"    {task['staging_entry_id']}  {task['reason']}")
+    lines.append("To review (money per currency)")
+    lines += [f"  {r['count']:>10,} entries  {_money(r['amount'], r['currency']):>24}" for r in report["in_review"]]
+    lines += [] if report["in_review"] else ["  (none)"]
+    lines.append("Unconfirmed: open expected legs by account and age (" + " | ".join(ledger.AGE_BUCKETS) + ")")
+    for u in report["unconfirmed"]:
+        ages = " | ".join(f"{b['count']:,} {_money(b['amount'], u['currency'])}" for b in u["buckets"].values())
+        lines.append(f"  {u['account_id']}: {u['count']:,} legs, {_money(u['amount'], u['currency'])}: {ages}")
+    lines += [] if report["unconfirmed"] else ["  (none)"]
     lines.append("Balances (posted / pending / available)")
     for b in report["balances"]:
         lines.append(
-            f"  {b['account_name'][:28]:<28} {b['account_type']:<13} {b['currency']}"
-            f" {b['posted']:>16} {b['pending']:>16} {b['available']:>16}"
+            f"  {b['account_name'][:28]:<28} {b['account_type']:<13}"
+            f" {_money(b['posted'], b['currency']):>22} {_money(b['pending'], b['currency']):>22}"
+            f" {_money(b['available'], b['currency']):>22}"
         )
     inv = report["invariants"]
     verdict = "balanced" if inv["ok"] else "NOT BALANCED"
@@ -87,3 +103,8 @@ def format_report(report: dict[str, Any]) -> str:
         f" entries booked twice {inv['entries_booked_twice']})"
     )
     return "\n".join(lines)
+
+
+def _money(amount: str, currency: str) -> str:
+    """The report's JSON keeps exact text; people read the currency's decimals, grouped."""
+    return format_money(Decimal(amount), currency)

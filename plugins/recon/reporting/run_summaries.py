@@ -93,6 +93,22 @@ def run_summary(run_id: str, db: Database, dag_id: str = settings.DAG_ID) -> dic
     return dict(row._mapping) if row else None
 
 
+def outcome_words(summary: dict[str, Any]) -> list[tuple[str, int]]:
+    """A run's claimed tasks as a controller reads them, categories that partition the claim:
+    a business exception is "to review" (its task is FAILED in the queue, which is not a failure of
+    the run), mismatches are part of it, and only what no category explains is a failure."""
+    to_review = int(summary.get("manual_review", 0))
+    return [
+        ("booked", int(summary.get("booked", 0))),
+        ("matched", int(summary.get("matched", 0))),
+        ("to review", to_review),
+        ("waiting", int(summary.get("waiting", 0))),
+        ("to retry", int(summary.get("retried", 0))),
+        ("already processed", int(summary.get("already_processed", 0)) + int(summary.get("not_owned", 0))),
+        ("failed", max(int(summary.get("failed", 0)) - to_review, 0)),
+    ]
+
+
 def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None, heading: bool = True) -> str:
     """A short Markdown summary of one run: counts, rates and the top manual-review reasons.
 
@@ -106,23 +122,32 @@ def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None, head
         verdicts = s.get("verdicts") or {}
         if verdicts:
             lines += ["", "Verdicts: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))]
+        scope = s.get("reprocess_scope")
+        if scope:
+            by_type = ", ".join(f"`{k}` × {v}" for k, v in scope.get("entries_by_error_type", {}).items())
+            lines += ["", f"Reprocess scope: {scope.get('failed_tasks', 0)} FAILED task(s) and"
+                          f" {scope.get('entries', 0)} entries in review would be queued again"
+                          + (f" ({by_type})" if by_type else "") + "."]
     else:
         claimed = int(s.get("claimed", 0) or 0)
+        words = [(w, n) for w, n in outcome_words(s) if n or w != "failed"]
         lines = [f"### {title}", ""] if heading else []
         lines += [
-            f"**{claimed} claimed** · {s.get('completed', 0)} completed · {s.get('failed', 0)} failed · "
-            f"{s.get('retried', 0)} retried · {s.get('entries_per_s', 0)} entries/s in {s.get('duration_s', 0)} s",
+            f"**{claimed} claimed** · " + " · ".join(f"{n} {word}" for word, n in words if n)
+            + f" · {s.get('entries_per_s', 0)} entries/s in {s.get('duration_s', 0)} s",
             "",
-            "| booked | matched | mismatched | manual review | waiting |",
-            "| ---: | ---: | ---: | ---: | ---: |",
-            f"| {s.get('booked', 0)} | {s.get('matched', 0)} | {s.get('mismatched', 0)} "
-            f"| {s.get('manual_review', 0)} | {s.get('waiting', 0)} |",
+            "| " + " | ".join(word for word, _ in words) + " |",
+            "|" + " ---: |" * len(words),
+            "| " + " | ".join(str(n) for _, n in words) + " |",
         ]
+        if s.get("mismatched"):
+            lines += ["", f"{s['mismatched']} of those to review are mismatches (amount or currency differs)."]
         if claimed:
-            done = int(s.get("completed", 0) or 0)
-            lines += ["", f"Completion rate: {100 * done / claimed:.1f} % of claimed tasks."]
+            settled = int(s.get("booked", 0) or 0) + int(s.get("matched", 0) or 0)
+            lines += ["", f"Settled without review: {100 * settled / claimed:.1f} % of claimed tasks"
+                          " (booked or matched)."]
     reasons = s.get("manual_review_by_type") or {}
     if reasons:
         top = sorted(reasons.items(), key=lambda kv: (-int(kv[1]), kv[0]))[:5]
-        lines += ["", "Top manual-review reasons: " + ", ".join(f"`{k}` × {v}" for k, v in top)]
+        lines += ["", "To review, top reasons: " + ", ".join(f"`{k}` × {v}" for k, v in top)]
     return "\n".join(lines) + "\n"

@@ -250,7 +250,7 @@ class TaskManager:
                 updates.append(update)
         del outcomes
         batch.flush(conn)
-        staging.apply_updates(conn, updates)
+        staging.apply_updates(conn, updates, run=owner)
         return result
 
     def _prepare_run(

@@ -74,14 +74,15 @@ class ItemOutcome:
         if isinstance(result, ManualReview):
             return StagingUpdate(entry.staging_entry_id, StagingStatus.NEEDS_MANUAL_REVIEW, {
                 **result.metadata, "error": result.message, "error_type": result.error_type.value,
-            })
+            }, self.item.task_id)
         if isinstance(result, Applied):
-            return StagingUpdate(entry.staging_entry_id, StagingStatus.PROCESSED, result.staging_metadata)
+            return StagingUpdate(entry.staging_entry_id, StagingStatus.PROCESSED, result.staging_metadata,
+                                 self.item.task_id)
         if written == TaskStatus.FAILED:  # a retry that used up its attempts
             error = result.error if isinstance(result, Retry) else "retries exhausted"
             return StagingUpdate(entry.staging_entry_id, StagingStatus.NEEDS_MANUAL_REVIEW, {
                 "error": error, "error_type": ErrorType.RETRIES_EXHAUSTED.value,
-            })
+            }, self.item.task_id)
         return None  # waiting or retrying: the entry stays PENDING
 
     def count(self, totals: ChunkResult, written: str) -> None:

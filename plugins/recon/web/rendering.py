@@ -9,6 +9,7 @@ import jinja2
 from markdown_it import MarkdownIt
 
 from recon import json_encoding
+from recon.money import format_money
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -58,6 +59,7 @@ templates = jinja2.Environment(
 templates.filters["ago"] = ago
 templates.filters["when"] = when
 templates.filters["tojson_pretty"] = pretty_json
+templates.filters["money"] = format_money
 
 
 def render(template_name: str, context: dict[str, Any]) -> str:

@@ -99,14 +99,13 @@ async def view(request: Request, f: dict = Depends(filters)) -> HTMLResponse:
 
     def page(db: Database) -> str:
         data = monitoring.overview(db, **f)
-        review = data["exceptions"]["manual_review"]
         return render("recon_view.html", {
             **links,
             "data": data,
             "filters": {k: v for k, v in f.items() if k != "limit" and v},
             "limit": f["limit"],
             "chart": throughput_chart(data["throughput"]["runs"]),
-            "reprocess_conf": monitoring.reprocess_conf(review["reprocess_task_ids"]),
+            "reprocess_conf": monitoring.reprocess_conf(f),
             "window_conf": monitoring.reprocess_window_conf(7),
         })
 
