@@ -323,7 +323,7 @@ def _reopen(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]
 
 def _requeue(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]:
     """Today's reprocess, for this one entry: back to PENDING with a fresh task."""
-    reopened = staging.reopen_for_review(conn, None, None, [item.entry.staging_entry_id])
+    reopened = staging.reopen_for_review(conn, staging.ReprocessScope(staging_entry_ids=[item.entry.staging_entry_id]))
     tasks = ProcessTracker(asked.db).enqueue_entries(reopened, conn)
     return {"status": StagingStatus.PENDING.value, "task_ids": tasks}
 

@@ -339,7 +339,7 @@ def test_the_report_lists_matches_within_tolerance(books):
     report = build_report(s.db)
     assert report["matched_within_tolerance"]["count"] == 1
     assert report["matched_within_tolerance"]["entries"][0]["variance"] == "-0.0200"
-    assert f"{line}  order ORD-1  18.9700 USD  variance -0.0200 booked to {s.variance}" in format_report(report)
+    assert f"{line}  order ORD-1  18.97 USD  variance -0.0200 booked to {s.variance}" in format_report(report)
 
 
 def test_a_mismatch_reprocessed_after_the_tolerance_is_raised_is_fulfilled_without_stale_reasons(books):
