@@ -25,7 +25,8 @@ cost a scheduler round trip between new work and its processing.
 | `summary` | logs and returns the counts; fails the run if a chunk did not finish |
 
 Mapped chunks are labelled `chunk 3 · 500 tasks` in the Grid. XCom carries task ids, counts
-and compact verdict codes (decide's routes, validate's verdicts), never entry payloads.
+and compact verdict codes (decide's routes, validate's verdicts), never entry payloads; what
+grows with the chunk travels as one packed JSON string (recon.tasks.verdicts.pack).
 
 `chunk.run` does not decide or validate again. Inside its transaction it re-checks, under row
 locks, only what another worker can change between `validate` and `run`:
@@ -200,10 +201,9 @@ def _claimed(ti, key: str):
     return ti.xcom_pull(task_ids="claim", key=key)
 
 
-def _label_chunk(task_ids: list[str]) -> None:
+def _label_chunk(n: int) -> None:
     """Name this mapped instance in the Grid: `chunk 3 · 500 tasks` (rendered by map_index_template)."""
     context = get_current_context()
-    n = len(task_ids)
     context["chunk_label"] = f"chunk {context['ti'].map_index + 1} · {n} task{'' if n == 1 else 's'}"
 
 
@@ -315,13 +315,14 @@ def recon_process_tracker():
         return pipeline.reap(_recon_db())
 
     @task(show_return_value_in_logs=False)
-    def claim(params=None, run_id=None, ti=None, dag_run=None, dag=None) -> list[list[str]]:
+    def claim(params=None, run_id=None, ti=None, dag_run=None, dag=None) -> list[str]:
         """Requeue the `reprocess` scope if there is one, then lease a batch of due tasks to this run
         (a dry run only peeks) and cut it into chunks: one mapped `chunk` group per chunk.
 
         The run's first step: each task before it would cost a scheduler round trip between new
-        work and its processing. Returns the chunks (what the group maps over); the lease owner
-        and the counts are XComs of their own."""
+        work and its processing. Returns the chunks (what the group maps over), each one packed
+        string of task ids (see recon.tasks.verdicts); the lease owner and the counts are XComs of
+        their own."""
         from recon import pipeline
 
         _refuse_unknown_conf(dag_run.conf, dag.params)
@@ -339,24 +340,25 @@ def recon_process_tracker():
         ti.xcom_push(key="lease_owner", value=lease_owner or "")  # "": a dry run leases nothing (None is no XCom)
         ti.xcom_push(key="count", value=len(task_ids))
         ti.xcom_push(key="requeued", value=requeued)
-        return chunks
+        return [pipeline.pack(chunk) for chunk in chunks]
 
     @task_group(group_id="chunk", tooltip="One chunk of claimed tasks: decide → validate → run")
-    def process_chunk(task_ids: list[str], lease_owner: str | None):
+    def process_chunk(task_ids: str, lease_owner: str | None):
         @task(**CHUNK_TASK)
-        def decide(task_ids: list[str]) -> dict:
+        def decide(task_ids: str) -> dict:
             """Which strategy handles each claimed task (read-only): routes for validate."""
             from recon import pipeline
 
-            _label_chunk(task_ids)
-            return pipeline.decide_chunk(task_ids, _recon_db())
+            chunk = pipeline.unpack(task_ids)
+            _label_chunk(len(chunk))
+            return pipeline.decide_chunk(chunk, _recon_db())
 
         @task(**CHUNK_TASK)
         def validate(decision: dict) -> dict:
             """A verdict per task from what it read, before anything is written (read-only)."""
             from recon import pipeline
 
-            _label_chunk(decision["task_ids"])
+            _label_chunk(decision["count"])
             return pipeline.validate_chunk(decision, _recon_db())
 
         @task(**CHUNK_TASK, max_active_tis_per_dag=settings.max_active_chunk_runs())
@@ -364,7 +366,7 @@ def recon_process_tracker():
             """Write validate's verdicts: ledger effect, staging status and tracker status together."""
             from recon import pipeline
 
-            _label_chunk(validation["task_ids"])
+            _label_chunk(validation["count"])
             if params["dry_run"]:
                 raise AirflowSkipException("dry run: decide and validate only, nothing written")
             return pipeline.run_chunk(validation, lease_owner, _recon_db())
@@ -372,11 +374,11 @@ def recon_process_tracker():
         return run(validate(decide(task_ids)), lease_owner)
 
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False, show_return_value_in_logs=False)
-    def write_back(chunks: list[list[str]] | None, ti=None) -> dict:
+    def write_back(chunks: list[str] | None, ti=None) -> dict:
         """Whatever happened to the chunks, no claimed task stays PROCESSING after this run."""
         from recon import pipeline
 
-        task_ids = [task_id for chunk in chunks or [] for task_id in chunk]
+        task_ids = [task_id for chunk in chunks or [] for task_id in pipeline.unpack(chunk)]
         lease_owner = _claimed(ti, "lease_owner")
         if not lease_owner or not task_ids:
             return {"leftover": 0, "retried": 0, "failed": 0}

@@ -22,7 +22,7 @@ from recon.db import Database
 from recon.errors import ErrorType, InvalidInputError
 from recon.model import TaskStatus, TaskType
 from recon.tasks.manager import TaskManager
-from recon.tasks.verdicts import Decision, Validation
+from recon.tasks.verdicts import Decision, Validation, pack, unpack
 from recon.tracker import ProcessTracker, parse_task_type
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def split_into_chunks(task_ids: Sequence[str], chunk_size: int) -> list[list[str
 
 
 def decide_chunk(task_ids: Sequence[str], db: Database) -> dict[str, Any]:
-    """Which strategy handles each task: {"task_ids", "routes": {route: [positions]}}."""
+    """Which strategy handles each task: {"count", "task_ids", "routes": {route: [positions]}},
+    the lists packed (recon.tasks.verdicts.pack)."""
     return TaskManager(db).decide_chunk(task_ids).to_xcom()
 
 
@@ -263,7 +264,7 @@ def _one_line(counts: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "TaskStatus", "claim", "decide_chunk", "new_owner", "peek", "process_queue",
+    "TaskStatus", "claim", "decide_chunk", "new_owner", "pack", "peek", "process_queue",
     "prune", "reap", "requeue_scope", "run_chunk", "split_into_chunks", "summarize",
-    "validate_chunk", "write_back",
+    "unpack", "validate_chunk", "write_back",
 ]
