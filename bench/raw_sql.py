@@ -3,7 +3,7 @@
 Per batch: one committed claim (an ``UPDATE ... FOR UPDATE SKIP LOCKED`` lease, as the engine
 does), then one transaction that classifies every claimed line in SQL and writes all of the
 batch's effects with one statement per kind: new transactions, their entries, archived and
-MISMATCH versions, staging statuses and metadata, tracker statuses. psycopg only, no
+MISMATCH versions, staging statuses and metadata with their outcome history, tracker statuses. psycopg only, no
 SQLAlchemy, no Python per row. Business outcomes equal the engine's on the benchmark's
 workload (the benchmark checks them); rows are not locked beyond what the statements
 themselves lock, as a single writer needs no more: it is a bound, not an engine.
@@ -212,13 +212,20 @@ SELECT task_id, staging_entry_id, error_type, error,
 FROM cf
 """
 
+# with the row each status change adds to the entry's outcome history (staging_entry_outcomes),
+# as the engine writes it
 UPDATE_STAGING = """
-UPDATE staging_entries s SET
-    status = CASE WHEN o.error_type IS NULL THEN 'PROCESSED' ELSE 'NEEDS_MANUAL_REVIEW' END,
-    metadata = s.metadata || o.patch,
-    discarded_at = CASE WHEN o.error_type IS NULL THEN now() ELSE s.discarded_at END,
-    updated_at = now()
-FROM outcome o WHERE s.staging_entry_id = o.staging_entry_id
+WITH changed AS (
+    UPDATE staging_entries s SET
+        status = CASE WHEN o.error_type IS NULL THEN 'PROCESSED' ELSE 'NEEDS_MANUAL_REVIEW' END,
+        metadata = s.metadata || o.patch,
+        discarded_at = CASE WHEN o.error_type IS NULL THEN now() ELSE s.discarded_at END,
+        updated_at = now()
+    FROM outcome o WHERE s.staging_entry_id = o.staging_entry_id
+    RETURNING s.staging_entry_id, s.status, o.error_type, o.error, o.task_id
+)
+INSERT INTO staging_entry_outcomes (staging_entry_id, status, error_type, reason, task_id, run)
+SELECT staging_entry_id, status, error_type, error, task_id, %(owner)s FROM changed
 """
 
 UPDATE_TRACKER = """
