@@ -47,7 +47,9 @@ CLASSIFY_TRANSACTIONS = """
 CREATE TEMP TABLE tx ON COMMIT DROP AS
 WITH base AS (
     SELECT w.*, r.id AS rule_id, r.account_two_id AS contra_id,
-           coalesce(w.account_id || '_' || w.order_id, w.staging_entry_id) AS logical_id,
+           -- recon.tasks.transaction_creation.order_logical_id (chr(37): a percent sign is a placeholder here)
+           coalesce(w.account_id || '_' || replace(replace(w.order_id, chr(37), chr(37) || '25'), '_', chr(37) || '5F'),
+                    w.staging_entry_id) AS logical_id,
            CASE WHEN r.id IS NULL THEN 'NoReconRuleFoundError'
                 WHEN w.account_currency <> w.currency OR ca.currency <> w.currency THEN 'CurrencyMismatchError'
            END AS pre_error

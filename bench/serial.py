@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from recon.db import Database
 from recon.errors import ErrorType
+from recon.tasks.transaction_creation import order_logical_id
 from recon.tracker import ProcessTracker, TaskStatus, TaskType
 
 
@@ -63,7 +64,7 @@ def _book(conn: Connection, entry: Any) -> dict[str, Any]:
         names = ", ".join(f"{a.account_id} is {a.currency}" for a in wrong)
         raise _Review(ErrorType.CURRENCY_MISMATCH,
                       f"entry currency {entry.currency} differs from the account currency ({names})")
-    logical = f"{entry.account_id}_{entry.order_id}" if entry.order_id else entry.staging_entry_id
+    logical = order_logical_id(entry.account_id, entry.order_id) if entry.order_id else entry.staging_entry_id
     if _one(conn, "SELECT 1 FROM transactions WHERE logical_transaction_id = :l LIMIT 1", l=logical):
         raise _Review(ErrorType.DUPLICATE_ORDER, f"order {entry.order_id!r} is already booked for account"
                                                  f" {entry.account_id} (logical transaction {logical})")
