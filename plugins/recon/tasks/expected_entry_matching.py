@@ -5,7 +5,8 @@ whose keys find a candidate (an open EXPECTED leg of the same merchant, within i
 decides: one candidate is fulfilled when currency and side agree and the amount is within the
 rule's tolerance (version N archived, N+1 POSTED with the fulfilling leg, the original POSTED leg
 carried over and, for a difference, a leg on the rule's variance account); otherwise it is a
-mismatch with the differing fields; several are ambiguous. A line no rule finds a candidate for
+mismatch with the differing fields; several are ambiguous. A line in another currency than its
+account (or the candidate) is a currency mismatch that takes no leg. A line no rule finds a candidate for
 waits for a booking still queued, then for its rule's ageing, then has no match.
 """
 
@@ -45,8 +46,8 @@ class Fulfil(Plan):
 
 @dataclass(frozen=True, slots=True)
 class Mismatch(Plan):
-    """The one candidate differs in amount (beyond tolerance), currency or side: its transaction
-    becomes MISMATCH and the line goes to manual review with the differences."""
+    """The one candidate differs in amount (beyond tolerance) or side: its transaction becomes
+    MISMATCH and the line goes to manual review with the differences."""
 
     leg_ref: str
     booked_in_chunk: bool = False
@@ -166,7 +167,10 @@ class ExpectedEntryMatchingTask(ReconTask):
                 f"no recon rule has account {entry.account_id} as account_two"
                 " (confirmations arrive on a rule's contra account)",
             )
-        merchant_id = loaded.accounts[entry.account_id].merchant_id
+        account = loaded.accounts[entry.account_id]
+        if entry.currency != account.currency:  # checked before any leg is taken: see _match
+            return _currency_mismatch(entry, account.currency, f"account {account.account_id}")
+        merchant_id = account.merchant_id
         tried: list[tuple[ReconRule, Lookup]] = []
         for rule in rules:
             found = match_keys.lookup(rule, entry)
@@ -212,7 +216,10 @@ class ExpectedEntryMatchingTask(ReconTask):
         ]
 
     @staticmethod
-    def _match(entry: StagingEntry, rule: ReconRule, leg: ExpectedLeg, reservations: Reservations) -> Plan:
+    def _match(entry: StagingEntry, rule: ReconRule, leg: ExpectedLeg, reservations: Reservations) -> Verdict:
+        if entry.currency != leg.currency:
+            # a line in another currency can never fulfil this leg: it stays open for the right one
+            return _currency_mismatch(entry, leg.currency, f"expected entry {leg.entry_id}")
         reservations.consume(leg.entry_id)  # fulfilled or mismatched: not available again
         in_chunk = reservations.is_booked_in_chunk(leg.entry_id)
         differs = match_keys.mismatched_fields(entry, leg)
@@ -312,6 +319,16 @@ class ExpectedEntryMatchingTask(ReconTask):
             result.update(match_type="FulfilledWithTolerance", variance=str(entry.amount - leg.amount),
                           variance_account_id=plan.variance_account_id)
         return Applied("fulfil", result)
+
+
+def _currency_mismatch(entry: StagingEntry, expected: str, of: str) -> ManualReview:
+    """A confirmation in the wrong currency goes to review and takes no expected leg, so the line
+    in the right currency still matches (a MismatchError would have marked the leg's transaction)."""
+    return ManualReview(
+        ErrorType.CURRENCY_MISMATCH,
+        f"confirmation currency {entry.currency} differs from {of} ({expected}); no expected entry was taken",
+        {"mismatched_fields": [{"field": "currency", "expected": expected, "actual": entry.currency}]},
+    )
 
 
 def _opposite(side: str) -> str:
