@@ -47,7 +47,9 @@ CLASSIFY_TRANSACTIONS = """
 CREATE TEMP TABLE tx ON COMMIT DROP AS
 WITH base AS (
     SELECT w.*, r.id AS rule_id, r.account_two_id AS contra_id,
-           coalesce(w.account_id || '_' || w.order_id, w.staging_entry_id) AS logical_id,
+           -- recon.tasks.transaction_creation.order_logical_id (chr(37): a percent sign is a placeholder here)
+           coalesce(w.account_id || '_' || replace(replace(w.order_id, chr(37), chr(37) || '25'), '_', chr(37) || '5F'),
+                    w.staging_entry_id) AS logical_id,
            CASE WHEN r.id IS NULL THEN 'NoReconRuleFoundError'
                 WHEN w.account_currency <> w.currency OR ca.currency <> w.currency THEN 'CurrencyMismatchError'
            END AS pre_error
@@ -100,7 +102,9 @@ WITH keyed AS (
                        FROM recon_rules WHERE account_two_id = w.account_id ORDER BY priority, id LIMIT 1) r ON true
     WHERE w.processing_mode = 'CONFIRMATION'
 ), base AS (
-    SELECT keyed.*, row_number() OVER (PARTITION BY account_id, key_value ORDER BY n) AS k FROM keyed
+    -- a line in another currency than its account takes no leg: it does not count among the key's lines
+    SELECT keyed.*, row_number() OVER (PARTITION BY account_id, key_value, currency = account_currency ORDER BY n)
+        AS k FROM keyed
 ), matched AS (
     SELECT base.*, leg.*
     FROM base
@@ -116,6 +120,7 @@ WITH keyed AS (
 ), decided AS (
     SELECT matched.*,
            CASE WHEN NOT has_rule THEN 'NoReconRuleFoundError'
+                WHEN currency <> account_currency THEN 'CurrencyMismatchError'
                 WHEN key_value IS NULL THEN 'MissingOrderIdError'
                 WHEN candidates > 1 THEN 'AmbiguousMatchError'
                 WHEN candidates = 1 AND k > 1 THEN
@@ -125,8 +130,8 @@ WITH keyed AS (
                               SELECT 1 FROM entries f WHERE f.account_id = matched.account_id
                               AND f.order_id = matched.order_id AND f.fulfilled_expected_entry_id IS NOT NULL)
                           THEN 'AlreadyFulfilledError' ELSE 'NoMatchFoundError' END
-                WHEN abs(amount - leg_amount) > amount_tolerance OR currency <> leg_currency
-                     OR entry_type <> leg_side THEN 'MismatchError'
+                WHEN currency <> leg_currency THEN 'CurrencyMismatchError'
+                WHEN abs(amount - leg_amount) > amount_tolerance OR entry_type <> leg_side THEN 'MismatchError'
            END AS error_type
     FROM matched
 )
@@ -134,7 +139,6 @@ SELECT decided.*, 'txn_' || replace(gen_random_uuid()::text, '-', '') AS new_tra
        CASE error_type
            WHEN 'MismatchError' THEN concat_ws('; ',
                CASE WHEN amount <> leg_amount THEN format('amount: expected %%s, got %%s', leg_amount, amount) END,
-               CASE WHEN currency <> leg_currency THEN format('currency: expected %%s, got %%s', leg_currency, currency) END,
                CASE WHEN entry_type <> leg_side THEN format('side: expected %%s, got %%s', leg_side, entry_type) END)
            ELSE format('%%s for order %%L on account %%s', error_type, order_id, account_id)
        END AS error

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 
 from recon.db import Database
 from recon.errors import ErrorType
+from recon.tasks.transaction_creation import order_logical_id
 from recon.tracker import ProcessTracker, TaskStatus, TaskType
 
 
@@ -63,7 +64,7 @@ def _book(conn: Connection, entry: Any) -> dict[str, Any]:
         names = ", ".join(f"{a.account_id} is {a.currency}" for a in wrong)
         raise _Review(ErrorType.CURRENCY_MISMATCH,
                       f"entry currency {entry.currency} differs from the account currency ({names})")
-    logical = f"{entry.account_id}_{entry.order_id}" if entry.order_id else entry.staging_entry_id
+    logical = order_logical_id(entry.account_id, entry.order_id) if entry.order_id else entry.staging_entry_id
     if _one(conn, "SELECT 1 FROM transactions WHERE logical_transaction_id = :l LIMIT 1", l=logical):
         raise _Review(ErrorType.DUPLICATE_ORDER, f"order {entry.order_id!r} is already booked for account"
                                                  f" {entry.account_id} (logical transaction {logical})")
@@ -95,7 +96,11 @@ def _fulfil(conn: Connection, entry: Any) -> dict[str, Any]:
     if not key:
         raise _Review(ErrorType.MISSING_ORDER_ID,
                       f"confirmation {entry.staging_entry_id} has no {rule.line_field} to match on")
-    merchant = _one(conn, "SELECT merchant_id FROM accounts WHERE account_id = :a", a=entry.account_id).merchant_id
+    account = _one(conn, "SELECT merchant_id, currency FROM accounts WHERE account_id = :a", a=entry.account_id)
+    if entry.currency != account.currency:
+        raise _Review(ErrorType.CURRENCY_MISMATCH, f"confirmation currency {entry.currency} differs from account"
+                                                   f" {entry.account_id} ({account.currency}); no expected entry was taken")
+    merchant = account.merchant_id
     candidates = conn.execute(sa.text(
         "SELECT e.entry_id, e.entry_type, e.amount, e.currency, t.transaction_id, t.logical_transaction_id,"
         " t.version, t.amount AS transaction_amount, t.metadata AS transaction_metadata"
@@ -117,12 +122,13 @@ def _fulfil(conn: Connection, entry: Any) -> dict[str, Any]:
         raise _Review(ErrorType.AMBIGUOUS_MATCH, f"{len(candidates)} expected entries match order"
                                                  f" {entry.order_id!r} on account {entry.account_id}: {ids}")
     leg = candidates[0]
+    if entry.currency != leg.currency:
+        raise _Review(ErrorType.CURRENCY_MISMATCH, f"confirmation currency {entry.currency} differs from expected"
+                                                   f" entry {leg.entry_id} ({leg.currency}); no expected entry was taken")
     differences = []
     tolerated = entry.amount != leg.amount and abs(entry.amount - leg.amount) <= rule.amount_tolerance
     if entry.amount != leg.amount and not tolerated:
         differences.append(f"amount: expected {leg.amount}, got {entry.amount}")
-    if entry.currency != leg.currency:
-        differences.append(f"currency: expected {leg.currency}, got {entry.currency}")
     if entry.entry_type != leg.entry_type:
         differences.append(f"side: expected {leg.entry_type}, got {entry.entry_type}")
     if differences:

@@ -320,77 +320,81 @@ def contested_orders(conn: Connection, in_chunk: Counter[tuple[str, str]]) -> li
 
 def queued_transaction_orders(
     conn: Connection, keys: Sequence[tuple[str, str]], exclude: Sequence[str]
-) -> set[tuple[str, str]]:
-    """Which (account, order) keys still have a PENDING TRANSACTION line, leaving out the entries in
-    `exclude` (a chunk's own lines, which count as queued only until they are evaluated)."""
+) -> dict[tuple[str, str], list[str]]:
+    """The PENDING TRANSACTION lines of each (account, order) key that has any, leaving out the entries
+    in `exclude` (a chunk's own lines, which count as queued only until they are evaluated)."""
     if not keys:
-        return set()
+        return {}
     rows = conn.exec_driver_sql(
         (
             """
-            SELECT DISTINCT k.account_id, k.order_id
+            SELECT k.account_id, k.order_id, queued.ids
             FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(orders)b AS text[])) AS k(account_id, order_id)
-            -- LATERAL ... LIMIT 1: one probe of staging_entries_queued_transaction_idx per key
+            -- LATERAL: one probe of staging_entries_queued_transaction_idx per key
             CROSS JOIN LATERAL (
-                SELECT 1 FROM staging_entries s
+                SELECT array_agg(s.staging_entry_id ORDER BY s.staging_entry_id) AS ids FROM staging_entries s
                 WHERE s.account_id = k.account_id AND s.order_id = k.order_id
                   AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
-                  AND s.staging_entry_id <> ALL(CAST(%(exclude)b AS text[]))
-                LIMIT 1) AS queued
+                  AND s.staging_entry_id <> ALL(CAST(%(exclude)b AS text[]))) AS queued
+            WHERE queued.ids IS NOT NULL
             """
         ),
         {**_key_arrays(sorted(set(keys))), "exclude": list(exclude)},
     )
-    return {(r.account_id, r.order_id) for r in rows}
+    return {(r.account_id, r.order_id): r.ids for r in rows}
 
 
 def queued_transaction_metadata(
     conn: Connection, probes: Sequence[tuple[str, dict[str, str]]], exclude: Sequence[str]
-) -> set[int]:
-    """Positions of the (account, metadata) probes that a PENDING TRANSACTION line of that account
-    contains, leaving out `exclude`. The queued lines of an account are few once bookings run ahead of
-    confirmations; each probe reads them along staging_entries_queued_transaction_idx."""
+) -> dict[int, list[str]]:
+    """By position of the (account, metadata) probes: the PENDING TRANSACTION lines of that account
+    whose metadata contains the probe, leaving out `exclude`. The queued lines of an account are few
+    once bookings run ahead of confirmations; each probe reads them along
+    staging_entries_queued_transaction_idx."""
     if not probes:
-        return set()
+        return {}
     rows = conn.exec_driver_sql(
         """
-        SELECT k.i FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(probes)b AS text[])) WITH ORDINALITY
-            AS k(account_id, probe, i)
-        WHERE EXISTS (
-            SELECT 1 FROM staging_entries s
+        SELECT k.i, queued.ids
+        FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(probes)b AS text[])) WITH ORDINALITY AS k(account_id, probe, i)
+        CROSS JOIN LATERAL (
+            SELECT array_agg(s.staging_entry_id ORDER BY s.staging_entry_id) AS ids FROM staging_entries s
             WHERE s.account_id = k.account_id AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
               AND s.metadata @> CAST(k.probe AS jsonb)
               -- NOT IN (unnest): a hashed look-up per line; `<> ALL(array)` scans the chunk's ids per line
-              AND s.staging_entry_id NOT IN (SELECT unnest(CAST(%(exclude)b AS text[]))))
+              AND s.staging_entry_id NOT IN (SELECT unnest(CAST(%(exclude)b AS text[])))) AS queued
+        WHERE queued.ids IS NOT NULL
         """,
         {"accounts": [p[0] for p in probes], "probes": [json.dumps(p[1], sort_keys=True) for p in probes],
          "exclude": list(exclude)},
     )
-    return {r[0] - 1 for r in rows}
+    return {r.i - 1: r.ids for r in rows}
 
 
 def queued_transaction_amounts(
     conn: Connection, ranges: Sequence[tuple[str, str, Decimal, Decimal]], exclude: Sequence[str]
-) -> set[int]:
-    """Positions of the (account, side, lowest, highest amount) ranges in which a PENDING
-    TRANSACTION line of that account and side lies, leaving out `exclude`."""
+) -> dict[int, list[str]]:
+    """By position of the (account, side, lowest, highest amount) ranges: the PENDING TRANSACTION
+    lines of that account and side in the range, leaving out `exclude`."""
     if not ranges:
-        return set()
+        return {}
     rows = conn.exec_driver_sql(
         """
-        SELECT k.i FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(sides)b AS text[]),
-                               CAST(%(lows)b AS numeric[]), CAST(%(highs)b AS numeric[])) WITH ORDINALITY
+        SELECT k.i, queued.ids
+        FROM unnest(CAST(%(accounts)b AS text[]), CAST(%(sides)b AS text[]),
+                    CAST(%(lows)b AS numeric[]), CAST(%(highs)b AS numeric[])) WITH ORDINALITY
             AS k(account_id, side, low, high, i)
-        WHERE EXISTS (
-            SELECT 1 FROM staging_entries s
+        CROSS JOIN LATERAL (
+            SELECT array_agg(s.staging_entry_id ORDER BY s.staging_entry_id) AS ids FROM staging_entries s
             WHERE s.account_id = k.account_id AND s.processing_mode = 'TRANSACTION' AND s.status = 'PENDING'
               AND s.entry_type = k.side AND s.amount BETWEEN k.low AND k.high
-              AND s.staging_entry_id NOT IN (SELECT unnest(CAST(%(exclude)b AS text[]))))
+              AND s.staging_entry_id NOT IN (SELECT unnest(CAST(%(exclude)b AS text[])))) AS queued
+        WHERE queued.ids IS NOT NULL
         """,
         {"accounts": [r[0] for r in ranges], "sides": [r[1] for r in ranges], "lows": [r[2] for r in ranges],
          "highs": [r[3] for r in ranges], "exclude": list(exclude)},
     )
-    return {r[0] - 1 for r in rows}
+    return {r.i - 1: r.ids for r in rows}
 
 
 # ---- the engine: outcomes -----------------------------------------------------------------------

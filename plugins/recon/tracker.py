@@ -913,6 +913,20 @@ def tasks_of_entry(conn: Connection, staging_entry_id: str) -> list[Task]:
     ))
 
 
+def entries_with_open_task(conn: Connection, staging_entry_ids: Sequence[str]) -> set[str]:
+    """Those of these staging entries that have a task still to run (PENDING, PROCESSING or RETRY),
+    through process_tracker_one_open_task_per_entry_uq. A PENDING line without one (its task failed
+    by an operator, or inserted by plain SQL without a task) will not be processed by itself."""
+    if not staging_entry_ids:
+        return set()
+    return set(conn.exec_driver_sql(
+        "SELECT payload ->> 'staging_entry_id' FROM process_tracker"
+        " WHERE payload ->> 'staging_entry_id' = ANY(CAST(%(ids)b AS text[])) AND payload ? 'staging_entry_id'"
+        " AND status IN ('PENDING', 'PROCESSING', 'RETRY')",
+        {"ids": list(staging_entry_ids)},
+    ).scalars())
+
+
 def create_task(task_type: str | TaskType, payload: Mapping[str, Any]) -> Task:
     return ProcessTracker(default_database()).create_task(task_type, payload)
 

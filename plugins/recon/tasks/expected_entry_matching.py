@@ -5,8 +5,11 @@ whose keys find a candidate (an open EXPECTED leg of the same merchant, within i
 decides: one candidate is fulfilled when currency and side agree and the amount is within the
 rule's tolerance (version N archived, N+1 POSTED with the fulfilling leg, the original POSTED leg
 carried over and, for a difference, a leg on the rule's variance account); otherwise it is a
-mismatch with the differing fields; several are ambiguous. A line no rule finds a candidate for
-waits for a booking still queued, then for its rule's ageing, then has no match.
+mismatch with the differing fields; several are ambiguous. A line in another currency than its
+account (or the candidate) is a currency mismatch that takes no leg. A line no rule finds a
+candidate for waits for a booking still queued, then for its rule's ageing, then has no match; a
+booking line PENDING with no task to run is waited for only until that ageing, then named in the
+review.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import ClassVar, Sequence
 
 from sqlalchemy.engine import Connection
 
-from recon import accounts, ledger, match_keys, settings, staging
+from recon import accounts, ledger, match_keys, settings, staging, tracker
 from recon.db.engine import database_now
 from recon.errors import ErrorType
 from recon.ledger import LedgerBatch
@@ -45,8 +48,8 @@ class Fulfil(Plan):
 
 @dataclass(frozen=True, slots=True)
 class Mismatch(Plan):
-    """The one candidate differs in amount (beyond tolerance), currency or side: its transaction
-    becomes MISMATCH and the line goes to manual review with the differences."""
+    """The one candidate differs in amount (beyond tolerance) or side: its transaction becomes
+    MISMATCH and the line goes to manual review with the differences."""
 
     leg_ref: str
     booked_in_chunk: bool = False
@@ -64,7 +67,8 @@ class _Loaded:
     lines: dict[str, StagingEntry]  # entries whose rules key on metadata, with their metadata
     found: dict[Lookup, list[ExpectedLeg]]  # open legs in the database, per look-up
     fulfilled_orders: set[OrderKey]
-    queued: set[tuple[str, Lookup]]  # (account_one, look-up) with a TRANSACTION line still PENDING
+    queued: set[tuple[str, Lookup]]  # (account_one, look-up) with a TRANSACTION line still to be booked
+    stranded: dict[tuple[str, Lookup], str]  # the same, where the only such lines have no task to run
     now: dt.datetime
 
 
@@ -113,34 +117,41 @@ class ExpectedEntryMatchingTask(ReconTask):
         # statement sees what was committed before it started). Read after, such a booking was in
         # neither, and its confirmation went to manual review instead of waiting for it. This
         # chunk's own lines are left out: they count as queued only until they are evaluated.
-        queued = self._queued(conn, lookups, reservations)
+        queued, stranded = self._queued(conn, lookups, reservations)
         found = self._expected_legs(conn, list(lookups), lock)
         order_keys = sorted({(e.account_id, e.order_id) for e in entries if e.order_id})
         fulfilled = ledger.fulfilled_orders(
             conn, [k for k in order_keys if not found.get(Lookup(BY_ORDER, k[0], (k[1],)))])
         return _Loaded(rules_by_two, accounts.load_accounts(conn, sorted({e.account_id for e in entries})),
-                       lines, found, fulfilled, queued, database_now(conn))
+                       lines, found, fulfilled, queued, stranded, database_now(conn))
 
     @staticmethod
     def _queued(conn: Connection, lookups: dict[Lookup, set[str]], reservations: Reservations
-                ) -> set[tuple[str, Lookup]]:
+                ) -> tuple[set[tuple[str, Lookup]], dict[tuple[str, Lookup], str]]:
         """Look-ups that a TRANSACTION line still waiting in the queue on a rule's account_one would
         answer: such a confirmation waits instead of failing, so the outcome does not depend on which
-        chunk or worker ran first."""
+        chunk or worker ran first. Where every such line is PENDING with no task to run (stranded),
+        the look-up is returned apart with one of those lines: nothing will book it, so its wait is
+        bounded (one query for all the lines found, none when nothing is queued)."""
         asked = sorted(((one, found) for found, ones in lookups.items() for one in ones), key=repr)
         exclude = sorted(reservations.chunk_entry_ids)
         by_order = [(one, f) for one, f in asked if f.kind == BY_ORDER]
         by_metadata = [(one, f) for one, f in asked if f.kind == BY_METADATA]
         by_amount = [(one, f) for one, f in asked if f.kind == BY_AMOUNT]
-        queued_orders = staging.queued_transaction_orders(conn, [(one, f.values[0]) for one, f in by_order], exclude)
-        queued = {(one, f) for one, f in by_order if (one, f.values[0]) in queued_orders}
+        lines_of: dict[tuple[str, Lookup], list[str]] = {}
+        orders = staging.queued_transaction_orders(conn, [(one, f.values[0]) for one, f in by_order], exclude)
+        lines_of.update(((one, f), orders[(one, f.values[0])]) for one, f in by_order if (one, f.values[0]) in orders)
         hits = staging.queued_transaction_metadata(conn, [(one, f.probe()) for one, f in by_metadata], exclude)
-        queued.update(by_metadata[i] for i in hits)
+        lines_of.update((by_metadata[i], ids) for i, ids in hits.items())
         # a TRANSACTION line books the opposite side on the contra account
         hits = staging.queued_transaction_amounts(
             conn, [(one, _opposite(f.values[0]), f.values[1], f.values[2]) for one, f in by_amount], exclude)
-        queued.update(by_amount[i] for i in hits)
-        return queued
+        lines_of.update((by_amount[i], ids) for i, ids in hits.items())
+
+        runnable = tracker.entries_with_open_task(conn, sorted({i for ids in lines_of.values() for i in ids}))
+        queued = {key for key, ids in lines_of.items() if not runnable.isdisjoint(ids)}
+        stranded = {key: ids[0] for key, ids in lines_of.items() if key not in queued}
+        return queued, stranded
 
     @staticmethod
     def _expected_legs(conn: Connection, lookups: list[Lookup], lock: bool) -> dict[Lookup, list[ExpectedLeg]]:
@@ -166,7 +177,10 @@ class ExpectedEntryMatchingTask(ReconTask):
                 f"no recon rule has account {entry.account_id} as account_two"
                 " (confirmations arrive on a rule's contra account)",
             )
-        merchant_id = loaded.accounts[entry.account_id].merchant_id
+        account = loaded.accounts[entry.account_id]
+        if entry.currency != account.currency:  # checked before any leg is taken: see _match
+            return _currency_mismatch(entry, account.currency, f"account {account.account_id}")
+        merchant_id = account.merchant_id
         tried: list[tuple[ReconRule, Lookup]] = []
         for rule in rules:
             found = match_keys.lookup(rule, entry)
@@ -212,7 +226,10 @@ class ExpectedEntryMatchingTask(ReconTask):
         ]
 
     @staticmethod
-    def _match(entry: StagingEntry, rule: ReconRule, leg: ExpectedLeg, reservations: Reservations) -> Plan:
+    def _match(entry: StagingEntry, rule: ReconRule, leg: ExpectedLeg, reservations: Reservations) -> Verdict:
+        if entry.currency != leg.currency:
+            # a line in another currency can never fulfil this leg: it stays open for the right one
+            return _currency_mismatch(entry, leg.currency, f"expected entry {leg.entry_id}")
         reservations.consume(leg.entry_id)  # fulfilled or mismatched: not available again
         in_chunk = reservations.is_booked_in_chunk(leg.entry_id)
         differs = match_keys.mismatched_fields(entry, leg)
@@ -224,8 +241,7 @@ class ExpectedEntryMatchingTask(ReconTask):
             reservations.mark_fulfilled((entry.account_id, entry.order_id))
         return Fulfil(leg.entry_id, in_chunk, rule.variance_account_id if differs else None)
 
-    @staticmethod
-    def _no_candidate(entry: StagingEntry, rule: ReconRule, found: Lookup, loaded: _Loaded,
+    def _no_candidate(self, entry: StagingEntry, rule: ReconRule, found: Lookup, loaded: _Loaded,
                       reservations: Reservations) -> Verdict | None:
         """This rule found nothing: it still decides when its order was fulfilled already or a
         booking it would find is queued (a lower-priority rule must not win a race against it)."""
@@ -247,27 +263,53 @@ class ExpectedEntryMatchingTask(ReconTask):
                 f" {rule.account_one_id}; waiting for it to be booked",
                 seconds=5.0,
             )
+        stranded = loaded.stranded.get((rule.account_one_id, found))
+        if stranded is not None:
+            return self._wait_for_stranded(entry, rule, found, stranded, loaded)
         return None
 
+    def _wait_for_stranded(self, entry: StagingEntry, rule: ReconRule, found: Lookup, line: str,
+                           loaded: _Loaded) -> Verdict:
+        """The line that would book the leg is PENDING with no task to run: wait for someone to give
+        it one until the rule's ageing is over (not forever, as for a line that will run), then
+        review naming that line."""
+        described = match_keys.describe(found, rule)
+        stuck = (f"its TRANSACTION line {line} on {rule.account_one_id} is PENDING with no task to run (the task"
+                 " failed by an operator, or the line inserted without one)")
+        window_end = self._ageing_end(entry, rule)
+        if loaded.now < window_end:
+            return self._wait(f"{described}: {stuck}; waiting for it until {window_end.isoformat()}",
+                              entry, window_end, loaded)
+        return ManualReview(
+            ErrorType.NO_MATCH,
+            f"no open expected entry for {described} on account {entry.account_id}: {stuck}",
+            {"pending_line_without_task": line},
+        )
+
     def _unmatched(self, entry: StagingEntry, tried: list[tuple[ReconRule, Lookup]], loaded: _Loaded) -> Verdict:
-        """No rule found a candidate: wait until the latest ageing of the rules tried, then no match.
-        A rule's ageing runs aging_days from the line's effective_date; without it, the matching
-        window (RECON_MATCHING_WINDOW_SECONDS) from its arrival."""
-        window_end = max(entry.created_at + self.window if rule.aging_days is None
-                         else entry.effective_date + dt.timedelta(days=rule.aging_days) for rule, _ in tried)
+        """No rule found a candidate: wait until the latest ageing of the rules tried, then no match."""
+        window_end = max(self._ageing_end(entry, rule) for rule, _ in tried)
         rule, found = tried[0]
         if loaded.now < window_end:
-            waited = (loaded.now - entry.created_at).total_seconds()
-            remaining = (window_end - loaded.now).total_seconds()
-            return Wait(
-                f"no expected entry yet for {match_keys.describe(found, rule)} on account {entry.account_id};"
-                f" waiting until {window_end.isoformat()}",
-                seconds=max(1.0, min(remaining, max(10.0, waited))),  # back off as the wait grows
-            )
+            return self._wait(f"no expected entry yet for {match_keys.describe(found, rule)} on account"
+                              f" {entry.account_id}; waiting until {window_end.isoformat()}", entry, window_end, loaded)
         return ManualReview(
             ErrorType.NO_MATCH,
             f"no open expected entry for {match_keys.describe(found, rule)} on account {entry.account_id}",
         )
+
+    def _ageing_end(self, entry: StagingEntry, rule: ReconRule) -> dt.datetime:
+        """A rule's ageing runs aging_days from the line's effective_date; without it, the matching
+        window (RECON_MATCHING_WINDOW_SECONDS) from its arrival."""
+        if rule.aging_days is None:
+            return entry.created_at + self.window
+        return entry.effective_date + dt.timedelta(days=rule.aging_days)
+
+    @staticmethod
+    def _wait(reason: str, entry: StagingEntry, until: dt.datetime, loaded: _Loaded) -> Wait:
+        waited = (loaded.now - entry.created_at).total_seconds()
+        remaining = (until - loaded.now).total_seconds()
+        return Wait(reason, seconds=max(1.0, min(remaining, max(10.0, waited))))  # back off as the wait grows
 
     def prepare_run(self, conn: Connection, planned: Sequence[tuple[WorkItem, Fulfil | Mismatch]],
                     reservations: Reservations) -> _Prepared:
@@ -312,6 +354,16 @@ class ExpectedEntryMatchingTask(ReconTask):
             result.update(match_type="FulfilledWithTolerance", variance=str(entry.amount - leg.amount),
                           variance_account_id=plan.variance_account_id)
         return Applied("fulfil", result)
+
+
+def _currency_mismatch(entry: StagingEntry, expected: str, of: str) -> ManualReview:
+    """A confirmation in the wrong currency goes to review and takes no expected leg, so the line
+    in the right currency still matches (a MismatchError would have marked the leg's transaction)."""
+    return ManualReview(
+        ErrorType.CURRENCY_MISMATCH,
+        f"confirmation currency {entry.currency} differs from {of} ({expected}); no expected entry was taken",
+        {"mismatched_fields": [{"field": "currency", "expected": expected, "actual": entry.currency}]},
+    )
 
 
 def _opposite(side: str) -> str:

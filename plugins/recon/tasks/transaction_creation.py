@@ -40,8 +40,19 @@ class _Loaded:
 
 
 def logical_transaction_id(entry: StagingEntry) -> str:
-    """`<account_id>_<order_id>`, or the staging entry id when the line has no order id."""
-    return f"{entry.account_id}_{entry.order_id}" if entry.order_id else entry.staging_entry_id
+    """The order's logical id (see order_logical_id), or the staging entry id when the line has no
+    order id."""
+    return order_logical_id(entry.account_id, entry.order_id) if entry.order_id else entry.staging_entry_id
+
+
+def order_logical_id(account_id: str, order_id: str) -> str:
+    """`<account_id>_<order_id>` with the order id's '%' and '_' written %25 and %5F.
+
+    The last '_' then separates account and order, so no two pairs share an id: plain joining gave
+    account `bank` + order `eu_123` and account `bank_eu` + order `123` the same one, and the second
+    line went to review as a duplicate. sql/0050 rewrote the ids booked before in this form.
+    """
+    return f"{account_id}_{order_id.replace('%', '%25').replace('_', '%5F')}"
 
 
 class TransactionCreationTask(ReconTask):
@@ -212,4 +223,4 @@ def _lock_contested_orders(conn: Connection, entries: Sequence[StagingEntry]) ->
     """
     in_chunk = Counter((e.account_id, e.order_id) for e in entries if _pending_with_order(e))
     contested = staging.contested_orders(conn, in_chunk)
-    ledger.lock_logical_ids(conn, [f"{account}_{order}" for account, order in contested])
+    ledger.lock_logical_ids(conn, [order_logical_id(account, order) for account, order in contested])
