@@ -284,3 +284,41 @@ def test_bad_group_by_is_refused_and_nothing_is_written(books, group_by, problem
     with pytest.raises(InvalidInputError, match=problem):
         accounts.update_recon_rule(books.rule_id, {"group_by": group_by}, db=books.db)
     assert books.rows("SELECT * FROM recon_rules ORDER BY id") == before
+
+
+def test_two_workers_settling_the_same_batch_fulfil_its_legs_once(books):
+    """Both validate (no locks) and plan the same group; under the legs' row locks in run, the second
+    finds them gone, validates again under those locks and has no match."""
+    import threading
+
+    from recon.tasks import TaskManager
+    from recon.tracker import ProcessTracker
+
+    s = grouping(books)
+    invoices(s, "B-1", "60.00", "40.00", "25.00")
+    s.process()
+    lines = [s.bank_line("125.00", invoice_batch="B-1") for _ in range(2)]
+    tracker = ProcessTracker(s.db)
+    chunks = {owner: [t.task_id for t in tracker.claim_batch("PROCESS_STAGING_ENTRY", 1, 60, owner)]
+              for owner in ("worker-a", "worker-b")}
+    managers = {owner: TaskManager(s.db) for owner in chunks}
+    validations = {owner: managers[owner].validate_chunk(managers[owner].decide_chunk(ids))
+                   for owner, ids in chunks.items()}
+    assert all(v.counts()[0] == {"fulfil": 1} for v in validations.values())  # both planned the group
+    barrier = threading.Barrier(2)
+    results = []
+
+    def work(owner: str) -> None:
+        barrier.wait()
+        results.append(managers[owner].run_chunk(chunks[owner], owner, validations[owner]))
+
+    threads = [threading.Thread(target=work, args=(owner,)) for owner in chunks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.matched for r in results) == [0, 1]
+    assert sorted(s.outcome(line) for line in lines) == ["GroupFulfilled", "NoMatchFoundError"]
+    assert len(s.books.rows("SELECT 1 FROM match_groups")) == 1
+    assert len(s.books.rows("SELECT 1 FROM match_group_items")) == 3
+    assert ledger.check_invariants(s.db).ok
