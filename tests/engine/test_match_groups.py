@@ -322,3 +322,19 @@ def test_two_workers_settling_the_same_batch_fulfil_its_legs_once(books):
     assert len(s.books.rows("SELECT 1 FROM match_groups")) == 1
     assert len(s.books.rows("SELECT 1 FROM match_group_items")) == 3
     assert ledger.check_invariants(s.db).ok
+
+
+def test_reopening_a_group_is_refused_and_changes_nothing(books):
+    from recon import review
+    from recon.errors import ConflictError
+
+    s = grouping(books)
+    invoices(s, "B-1", "60.00", "40.00")
+    s.process()
+    line = s.bank_line("100.00", invoice_batch="B-1")
+    s.process()
+    before = s.books.rows("SELECT transaction_id, status FROM transactions ORDER BY transaction_id")
+    with pytest.raises(ConflictError, match="reopening a match group is not supported"):
+        review.act(s.db, "reopen", line, reason="DATA_CORRECTION", actor="tester")
+    assert s.books.rows("SELECT transaction_id, status FROM transactions ORDER BY transaction_id") == before
+    assert s.outcome(line) == "GroupFulfilled"
