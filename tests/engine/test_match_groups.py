@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from recon import accounts, ledger, match_groups, pipeline
 from recon.accounts import RuleSettings
 from recon.db import Database, reset_default_database
+from recon.reporting.report import build_report
 from tests.engine.test_matching_rules import NOV_1, Setup
 
 BATCH = "metadata.invoice_batch"
@@ -98,6 +99,8 @@ def test_within_tolerance_the_difference_goes_to_the_variance_account(books):
         (s.orders, "DEBIT", Decimal("49.5000"))}
     assert legs_per_currency_balance(s, group.transaction_id) == {"USD": Decimal(0)}
     assert ledger.check_invariants(s.db).ok
+    tolerated = build_report(s.db)["matched_within_tolerance"]
+    assert tolerated["count"] == 1 and tolerated["entries"][0]["variance"] == "-0.0300"
 
 
 def test_outside_tolerance_is_a_split_mismatch_with_the_gap_and_nothing_is_booked(books):
