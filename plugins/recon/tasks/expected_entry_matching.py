@@ -278,8 +278,8 @@ class ExpectedEntryMatchingTask(ReconTask):
             + "; ".join(f"{d['field']}: expected {d['expected']}, got {d['actual']}" for d in differs)
             + (f" (gap {entry.amount - total}, tolerance {match_keys.tolerance(rule, total)})"
                if total != entry.amount and not currencies else ""),
-            {"mismatched_fields": differs, "candidates": ids[:MAX_CANDIDATES_SHOWN], "recon_rule_id": rule.id,
-             "group_by": rule.group_by, "group_value": group_value},
+            # the key's value is the line's own metadata: nothing to add that a later match would leave stale
+            {"mismatched_fields": differs, "candidates": ids[:MAX_CANDIDATES_SHOWN], "recon_rule_id": rule.id},
         )
 
     @staticmethod
