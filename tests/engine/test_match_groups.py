@@ -341,3 +341,30 @@ def test_reopening_a_group_is_refused_and_changes_nothing(books):
         review.act(s.db, "reopen", line, reason="DATA_CORRECTION", actor="tester")
     assert s.books.rows("SELECT transaction_id, status FROM transactions ORDER BY transaction_id") == before
     assert s.outcome(line) == "GroupFulfilled"
+
+
+def test_rules_without_group_by_pay_nothing_for_groups(books):
+    """Without group_by the confirmations of a chunk run the same statements for 3 lines as for 30
+    (set-based, nothing per entry), and none of them reads or writes a match group."""
+    s = Setup(books, aging_days=0)
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    counts = []
+    for n in (3, 30):
+        for i in range(n):
+            s.order("10.00", order_id=f"ORD-{n}-{i}")
+        s.process()
+        for i in range(n):
+            s.bank_line("10.00", order_id=f"ORD-{n}-{i}")
+        statements.clear()
+        sa.event.listen(s.db.engine, "before_cursor_execute", record)
+        try:
+            assert s.process()["matched"] == n
+        finally:
+            sa.event.remove(s.db.engine, "before_cursor_execute", record)
+        counts.append(len(statements))
+        assert not [q for q in statements if "match_group" in q]
+    assert counts[0] == counts[1]
