@@ -76,6 +76,7 @@ class LedgerBatch:
     archive_transaction_ids: list[str] = field(default_factory=list)
     mismatch_transaction_ids: list[str] = field(default_factory=list)
     match_groups: list[MatchGroup] = field(default_factory=list)  # N:1 fulfilments (book_group_fulfilment)
+    match_group_items: list[GroupItem] = field(default_factory=list)
 
     def extend(self, other: "LedgerBatch") -> None:
         """Add another batch's writes (one item's, collected apart so a failing item adds none)."""
@@ -84,6 +85,7 @@ class LedgerBatch:
         self.archive_transaction_ids.extend(other.archive_transaction_ids)
         self.mismatch_transaction_ids.extend(other.mismatch_transaction_ids)
         self.match_groups.extend(other.match_groups)
+        self.match_group_items.extend(other.match_group_items)
 
     def flush(self, conn: Connection) -> None:
         # inserts first: a transaction booked earlier in the same chunk may be archived or
@@ -97,7 +99,7 @@ class LedgerBatch:
         if self.mismatch_transaction_ids:
             conn.exec_driver_sql(_MISMATCH, {"ids": self.mismatch_transaction_ids})
         if self.match_groups:  # after the transactions they refer to
-            match_groups.insert(conn, self.match_groups)
+            match_groups.insert(conn, self.match_groups, self.match_group_items)
         written = [t.transaction_id for t in self.transactions]
         if written:
             assert_balanced(conn, written)
@@ -296,9 +298,9 @@ def book_group_fulfilment(batch: LedgerBatch, legs: Sequence[tuple[ExpectedLeg, 
     batch.match_groups.append(MatchGroup(
         match_group_id=group_id, staging_entry_id=line.staging_entry_id, recon_rule_id=recon_rule_id,
         account_id=line.account_id, group_by=group_by, group_value=group_value, currency=line.currency,
-        line_amount=line.amount, expected_total=total, variance=difference, transaction_id=transaction_id,
-        items=[GroupItem(leg.entry_id, leg.transaction_id, signed_amount(leg, line)) for leg, _ in legs],
-    ))
+        line_amount=line.amount, expected_total=total, variance=difference, transaction_id=transaction_id))
+    batch.match_group_items.extend(GroupItem(group_id, leg.entry_id, leg.transaction_id, signed_amount(leg, line))
+                                   for leg, _ in legs)
     return GroupFulfilment(group_id, transaction_id, new_legs[-1] if difference else None)
 
 
