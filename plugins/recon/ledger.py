@@ -267,8 +267,8 @@ def book_group_fulfilment(batch: LedgerBatch, legs: Sequence[tuple[ExpectedLeg, 
     total = sum((signed_amount(leg, line) for leg, _ in legs), Decimal(0))
     difference = line.amount - total
     if total <= 0 or (difference and variance_account_id is None):
-        raise ValueError(f"line {line.staging_entry_id} of {line.amount} does not close the group {group_value!r}"
-                         f" of {total} without a variance account")
+        raise ValueError(f"line {line.staging_entry_id} of {line.amount} cannot settle group {group_value!r}: its legs"
+                         f" sum to {total} and the variance account is {variance_account_id}")
     group_id, transaction_id = new_id("mgrp"), new_id("txn")
     variance = {"variance": str(difference), "variance_account_id": variance_account_id} if difference else {}
     batch.transactions.append(NewTransaction(
