@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from recon import accounts, ledger, match_groups, pipeline
 from recon.accounts import RuleSettings
@@ -366,3 +368,43 @@ def test_rules_without_group_by_pay_nothing_for_groups(books):
         counts.append(len(statements))
         assert not [q for q in statements if "match_group" in q]
     assert counts[0] == counts[1]
+
+
+# ---- the booking itself, for any legs: balanced, and the group's figures add up -------------------------
+
+_money = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("99999.99"), places=2)
+
+
+@given(legs=st.lists(st.tuples(_money, st.sampled_from(["DEBIT", "CREDIT"])), min_size=1, max_size=8),
+       line_side=st.sampled_from(["DEBIT", "CREDIT"]), variance=st.decimals(
+           min_value=Decimal("-5"), max_value=Decimal("5"), places=4))
+def test_a_group_booking_balances_and_its_figures_add_up(legs, line_side, variance):
+    import datetime as dt
+
+    from recon.model import ExpectedLeg, PostedLeg, StagingEntry
+
+    when = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    booked = []
+    for i, (amount, side) in enumerate(legs):  # each EXPECTED on the bank, its POSTED twin on orders
+        expected = ExpectedLeg(f"ent_e{i}", "acc_bank", f"ORD-{i}", side, amount, "USD", f"txn_{i}", f"lt_{i}", 1,
+                               "mer", amount, {})
+        posted = PostedLeg(f"ent_p{i}", "acc_orders", f"txn_{i}", "CREDIT" if side == "DEBIT" else "DEBIT",
+                           amount, "USD", when, {})
+        booked.append((expected, [posted]))
+    total = sum((a if side == line_side else -a for a, side in legs), Decimal(0))
+    assume(total > 0 and total + variance > 0)
+    line = StagingEntry("stg_1", "acc_bank", line_side, total + variance, "USD", "PENDING", "CONFIRMATION", when,
+                        {"invoice_batch": "B"}, None, when)
+    batch = ledger.LedgerBatch()
+    ledger.book_group_fulfilment(batch, booked, line, recon_rule_id="rule", group_by=BATCH, group_value="B",
+                                 variance_account_id="acc_var")
+    (transaction,) = batch.transactions
+    assert {e.transaction_id for e in batch.entries} == {transaction.transaction_id}
+    assert sum((e.amount if e.entry_type == "DEBIT" else -e.amount for e in batch.entries), Decimal(0)) == 0
+    assert all(e.amount > 0 for e in batch.entries)
+    (group,) = batch.match_groups
+    assert group.line_amount == group.expected_total + group.variance and group.variance == variance
+    assert sum((i.allocated_amount for i in batch.match_group_items), Decimal(0)) == group.expected_total == total
+    assert sorted(batch.archive_transaction_ids) == sorted(f"txn_{i}" for i in range(len(legs)))
+    variance_legs = [e for e in batch.entries if e.account_id == "acc_var"]
+    assert len(variance_legs) == (1 if variance else 0)
