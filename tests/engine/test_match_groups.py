@@ -43,7 +43,7 @@ def open_legs(s: Setup, batch: str) -> list[Any]:
                         " AND e.metadata ->> 'invoice_batch' = :b ORDER BY e.entry_id", a=s.bank, b=batch)
 
 
-def legs_per_currency_balance(s: Setup, transaction_id: str) -> dict[str, Decimal]:
+def imbalance_per_currency(s: Setup, transaction_id: str) -> dict[str, Decimal]:
     rows = s.books.rows("SELECT currency, sum(CASE WHEN entry_type = 'DEBIT' THEN amount ELSE -amount END) AS d"
                         " FROM entries WHERE transaction_id = :t GROUP BY currency", t=transaction_id)
     return {r.currency: r.d for r in rows}
@@ -74,7 +74,7 @@ def test_a_bank_line_settles_the_three_invoices_of_its_batch(books):
         (s.orders, "DEBIT", Decimal("100.0000"), "POSTED"),
         (s.orders, "DEBIT", Decimal("250.5000"), "POSTED"),
         (s.orders, "DEBIT", Decimal("49.5000"), "POSTED")])
-    assert legs_per_currency_balance(s, group.transaction_id) == {"USD": Decimal(0)}
+    assert imbalance_per_currency(s, group.transaction_id) == {"USD": Decimal(0)}
     archived = s.books.rows("SELECT DISTINCT t.status FROM transactions t JOIN match_group_items i"
                             " ON i.expected_transaction_id = t.transaction_id WHERE i.match_group_id = :g",
                             g=group.match_group_id)
@@ -100,7 +100,7 @@ def test_within_tolerance_the_difference_goes_to_the_variance_account(books):
         (s.bank, "CREDIT", Decimal("399.9700")), (s.variance, "CREDIT", Decimal("0.0300")),
         (s.orders, "DEBIT", Decimal("100.0000")), (s.orders, "DEBIT", Decimal("250.5000")),
         (s.orders, "DEBIT", Decimal("49.5000"))}
-    assert legs_per_currency_balance(s, group.transaction_id) == {"USD": Decimal(0)}
+    assert imbalance_per_currency(s, group.transaction_id) == {"USD": Decimal(0)}
     assert ledger.check_invariants(s.db).ok
     tolerated = build_report(s.db)["matched_within_tolerance"]
     assert tolerated["count"] == 1 and tolerated["entries"][0]["variance"] == "-0.0300"
@@ -179,7 +179,7 @@ def test_a_refund_in_the_batch_is_netted(books):
     assert s.outcome(line) == "GroupFulfilled"
     group, items = group_of(s, line)
     assert sorted(i.allocated_amount for i in items) == [Decimal("-30.0000"), Decimal("50.0000"), Decimal("100.0000")]
-    assert legs_per_currency_balance(s, group.transaction_id) == {"USD": Decimal(0)}
+    assert imbalance_per_currency(s, group.transaction_id) == {"USD": Decimal(0)}
 
 
 def test_a_booking_of_the_batch_still_queued_makes_the_line_wait(books):
