@@ -182,6 +182,21 @@ def test_a_refund_in_the_batch_is_netted(books):
     assert imbalance_per_currency(s, group.transaction_id) == {"USD": Decimal(0)}
 
 
+def test_a_group_mixes_legs_already_booked_with_legs_booked_earlier_in_the_same_chunk(books):
+    s = grouping(books)
+    invoices(s, "B-1", "60.00")
+    s.process()
+    late = s.order("40.00", order_id="INV-LATE", invoice_batch="B-1")
+    line = s.bank_line("100.00", invoice_batch="B-1")
+    assert s.process()["matched"] == 1  # one chunk: the booking, then the line that includes its leg
+    group, items = group_of(s, line)
+    (late_leg,) = s.books.rows("SELECT e.entry_id FROM entries e JOIN transactions t USING (transaction_id)"
+                               " WHERE t.source_staging_entry_id = :s AND e.account_id = :a", s=late, a=s.bank)
+    assert len(items) == 2 and late_leg.entry_id in {i.expected_entry_id for i in items}
+    assert imbalance_per_currency(s, group.transaction_id) == {"USD": Decimal(0)}
+    assert ledger.check_invariants(s.db).ok
+
+
 def test_a_booking_of_the_batch_still_queued_makes_the_line_wait(books):
     s = grouping(books)
     invoices(s, "B-1", "60.00")
