@@ -28,6 +28,8 @@ OWNERS = {
     "recon_schema_migrations": "plugins/recon/db/migrations.py",
     "api_idempotency_keys": "plugins/recon/web/api/idempotency.py",
     "review_decisions": "plugins/recon/review.py",
+    "match_groups": "plugins/recon/match_groups.py",
+    "match_group_items": "plugins/recon/match_groups.py",
 }
 _TABLE_REFERENCE = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE|EXISTS)\s+(?:ONLY\s+)?([a-z_][a-z0-9_]*)")
 

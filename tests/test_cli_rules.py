@@ -105,6 +105,10 @@ CREATE = ["rule", "create", "--account-one", "acc_orders", "--account-two", "acc
     (["--match-key", "amount=order_id"], "amount can only be matched with amount"),
     (["--match-key", "amount", "--match-key", "order_id"], "the amount key stands alone"),
     (["--match-key", "order_id", "--match-key", "metadata.ref=order_id"], "expected field order_id appears in more"),
+    (["--group-by", "invoice_batch"], "group_by must be metadata.<name>"),
+    (["--group-by", "metadata.invoice batch"], "group_by must be metadata.<name>"),
+    (["--group-by", "metadata.invoice_batch", "--match-key", "metadata.reference=order_id"],
+     "group_by metadata.invoice_batch replaces the match keys"),
 ])
 def test_bad_rule_input_exits_2_naming_the_problem_and_writes_nothing(db, db_url, setup, extra, message):
     result = recon(db_url, *CREATE, *extra, check=False)
@@ -127,3 +131,17 @@ def test_a_priority_tie_and_bad_updates_are_refused(db, db_url, setup):
         result = recon(db_url, *args, check=False)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
     assert rules(db) == before
+
+
+def test_group_by_is_set_shown_and_removed(db, db_url, setup):
+    recon(db_url, *CREATE, "--group-by", "metadata.invoice_batch", "--id", "rule_batch")
+    assert json.loads(recon(db_url, "rule", "show", "rule_batch", "--json").stdout)["group_by"] == "metadata.invoice_batch"
+    assert "group by           metadata.invoice_batch" in recon(db_url, "rule", "show", "rule_batch").stdout
+    assert "rule_batch  acc_orders -> acc_bank  priority 10  group by metadata.invoice_batch" in recon(
+        db_url, "rule", "list").stdout
+    before = rules(db)
+    bad = recon(db_url, "rule", "update", "rule_batch", "--group-by", "batch", check=False)
+    assert bad.returncode == 2 and "group_by must be metadata.<name>" in bad.stderr and "got 'batch'" in bad.stderr
+    assert rules(db) == before
+    recon(db_url, "rule", "update", "rule_batch", "--no-group-by")
+    assert [r.group_by for r in rules(db)] == [None]

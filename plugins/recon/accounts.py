@@ -103,6 +103,7 @@ class RuleSettings:
     variance_account_id: str | None = None
     date_window_days: int | None = None
     aging_days: int | None = None
+    group_by: str | None = None  # metadata.<name>: confirmations fulfil the open legs sharing its value
 
     @classmethod
     def of(cls, rule: ReconRule) -> "RuleSettings":
@@ -115,10 +116,17 @@ class RuleSettings:
         if (tolerance or pct) and self.variance_account_id is None:
             raise InvalidInputError("an amount tolerance needs a variance account (variance_account_id) to book"
                                     " the difference to", field="variance_account_id")
+        keys = match_keys.check_match_keys(self.match_keys)
+        group_by = match_keys.check_group_by(self.group_by)
+        if group_by is not None and keys != match_keys.DEFAULT_KEYS:
+            # a grouping rule looks confirmations up by its group key alone: other keys would be ignored
+            raise InvalidInputError(
+                f"group_by {group_by} replaces the match keys, so a rule cannot have both (match keys"
+                f" {match_keys.keys_text(keys)}): leave the match keys at the default order_id", field="group_by")
         return replace(
             self,
             priority=None if self.priority is None else _whole(self.priority, "priority", 1_000_000),
-            match_keys=match_keys.check_match_keys(self.match_keys),
+            match_keys=keys, group_by=group_by,
             amount_tolerance=tolerance, amount_tolerance_pct=pct,
             variance_account_id=_chosen_id(self.variance_account_id, "variance_account_id"),
             date_window_days=None if self.date_window_days is None else _whole(self.date_window_days, "date_window_days", 3660),
@@ -175,9 +183,9 @@ def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | N
         created = conn.execute(
             sa.text(
                 "INSERT INTO recon_rules (id, merchant_id, account_one_id, account_two_id, priority, match_keys,"
-                " amount_tolerance, amount_tolerance_pct, variance_account_id, date_window_days, aging_days)"
-                " VALUES (coalesce(:id, recon_new_id('rule')), :m, :a, :b, :priority, CAST(:keys AS jsonb),"
-                " :tolerance, :pct, :variance, :window, :aging)"
+                " amount_tolerance, amount_tolerance_pct, variance_account_id, date_window_days, aging_days,"
+                " group_by) VALUES (coalesce(:id, recon_new_id('rule')), :m, :a, :b, :priority,"
+                " CAST(:keys AS jsonb), :tolerance, :pct, :variance, :window, :aging, :group_by)"
                 " ON CONFLICT (id) DO NOTHING RETURNING id"
             ),
             {"id": rule_id, "m": one.merchant_id, "a": account_one_id, "b": account_two_id,
@@ -205,7 +213,8 @@ def update_recon_rule(rule_id: str, changes: dict[str, object], *, db: Database)
             sa.text(
                 "UPDATE recon_rules SET priority = :priority, match_keys = CAST(:keys AS jsonb),"
                 " amount_tolerance = :tolerance, amount_tolerance_pct = :pct, variance_account_id = :variance,"
-                " date_window_days = :window, aging_days = :aging, updated_at = now() WHERE id = :id"
+                " date_window_days = :window, aging_days = :aging, group_by = :group_by, updated_at = now()"
+                " WHERE id = :id"
             ),
             {"id": rule.id, **_settings_params(settings)},
         )
@@ -249,7 +258,7 @@ def _settings_params(settings: RuleSettings) -> dict[str, object]:
             "keys": json.dumps([{"line": line, "expected": expected} for line, expected in settings.match_keys]),
             "tolerance": settings.amount_tolerance, "pct": settings.amount_tolerance_pct,
             "variance": settings.variance_account_id, "window": settings.date_window_days,
-            "aging": settings.aging_days}
+            "aging": settings.aging_days, "group_by": settings.group_by}
 
 
 def list_rules(conn: Connection) -> list[ReconRule]:
@@ -401,7 +410,7 @@ def delete_account(account_id: str, *, db: Database) -> None:
 
 _RULE_COLUMNS = (
     "id, merchant_id, account_one_id, account_two_id, priority, match_keys, amount_tolerance,"
-    " amount_tolerance_pct, variance_account_id, date_window_days, aging_days"
+    " amount_tolerance_pct, variance_account_id, date_window_days, aging_days, group_by"
 )
 
 

@@ -201,8 +201,10 @@ def _rule_changes(args: argparse.Namespace) -> dict[str, Any]:
             changes[name] = getattr(args, name)
     if args.variance_account is not None:
         changes["variance_account_id"] = args.variance_account
+    if args.group_by is not None:
+        changes["group_by"] = args.group_by
     for flag, name in (("no_variance_account", "variance_account_id"), ("no_date_window", "date_window_days"),
-                       ("default_aging", "aging_days")):
+                       ("default_aging", "aging_days"), ("no_group_by", "group_by")):
         if getattr(args, flag, False):
             changes[name] = None
     return changes
@@ -219,8 +221,9 @@ def _rule_dict(rule: Any) -> dict[str, Any]:
 def _rule_line(rule: Any) -> str:
     from recon import match_keys
 
+    keys = f"group by {rule.group_by}" if rule.group_by else f"keys {match_keys.keys_text(rule.match_keys)}"
     return (f"{rule.id}  {rule.account_one_id} -> {rule.account_two_id}  priority {rule.priority}"
-            f"  keys {match_keys.keys_text(rule.match_keys)}{_tolerance_text(rule)}")
+            f"  {keys}{_tolerance_text(rule)}")
 
 
 def _tolerance_text(rule: Any) -> str:
@@ -241,7 +244,8 @@ def _rule_text(rule: Any) -> str:
         f"  account_one        {rule.account_one_id}",
         f"  account_two        {rule.account_two_id}",
         f"  priority           {rule.priority}",
-        f"  match keys         {match_keys.keys_text(rule.match_keys)}",
+        f"  match keys         {'- (grouped)' if rule.group_by else match_keys.keys_text(rule.match_keys)}",
+        f"  group by           {rule.group_by or '-'}",
         f"  amount tolerance   {rule.amount_tolerance} or {rule.amount_tolerance_pct}% of the expected amount",
         f"  variance account   {rule.variance_account_id or '-'}",
         f"  date window        {window}",
@@ -701,6 +705,9 @@ def _rule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amount-tolerance-pct", metavar="P", help="percent of the expected amount")
     parser.add_argument("--variance-account", metavar="ACCOUNT", help="books differences within tolerance")
     parser.add_argument("--date-window-days", metavar="D", help="candidates within ±D days of the line")
+    parser.add_argument("--group-by", metavar="metadata.NAME",
+                        help="N:1: a confirmation fulfils every open expected leg carrying its value of this"
+                             " key when their sum equals its amount (within tolerance); replaces --match-key")
     parser.add_argument("--aging-days", metavar="D",
                         help="an unmatched line waits D days after its effective_date (default:"
                              " RECON_MATCHING_WINDOW_SECONDS after arrival)")
@@ -808,6 +815,7 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--no-variance-account", action="store_true", help="remove the variance account")
     update.add_argument("--no-date-window", action="store_true", help="remove the date window")
     update.add_argument("--default-aging", action="store_true", help="age by RECON_MATCHING_WINDOW_SECONDS again")
+    update.add_argument("--no-group-by", action="store_true", help="match one expected leg by the match keys again")
     update.set_defaults(func=cmd_rule_update)
     delete = rule.add_parser("delete", help="delete a rule no ledger entry refers to")
     delete.add_argument("rule_id")

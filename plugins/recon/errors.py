@@ -24,6 +24,7 @@ class ErrorType(enum.StrEnum):
     DUPLICATE_ORDER = "DuplicateOrderError"
     MISMATCH = "MismatchError"
     AMBIGUOUS_MATCH = "AmbiguousMatchError"
+    SPLIT_MISMATCH = "SplitMismatchError"  # a match group whose sum does not close to the line's amount
     NO_MATCH = "NoMatchFoundError"
     MISSING_ORDER_ID = "MissingOrderIdError"
     ALREADY_FULFILLED = "AlreadyFulfilledError"

@@ -19,9 +19,10 @@ from typing import Any, Iterable, Iterator, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recon import accounts
+from recon import accounts, match_groups
 from recon.db import Database, json_rows
-from recon.errors import LedgerInvariantError
+from recon.errors import ConflictError, LedgerInvariantError
+from recon.match_groups import GroupItem, MatchGroup
 from recon.model import Account, EntryType, ExpectedLeg, PostedLeg, StagingEntry
 
 
@@ -74,6 +75,8 @@ class LedgerBatch:
     entries: list[NewEntry] = field(default_factory=list)
     archive_transaction_ids: list[str] = field(default_factory=list)
     mismatch_transaction_ids: list[str] = field(default_factory=list)
+    match_groups: list[MatchGroup] = field(default_factory=list)  # N:1 fulfilments (book_group_fulfilment)
+    match_group_items: list[GroupItem] = field(default_factory=list)
 
     def extend(self, other: "LedgerBatch") -> None:
         """Add another batch's writes (one item's, collected apart so a failing item adds none)."""
@@ -81,6 +84,8 @@ class LedgerBatch:
         self.entries.extend(other.entries)
         self.archive_transaction_ids.extend(other.archive_transaction_ids)
         self.mismatch_transaction_ids.extend(other.mismatch_transaction_ids)
+        self.match_groups.extend(other.match_groups)
+        self.match_group_items.extend(other.match_group_items)
 
     def flush(self, conn: Connection) -> None:
         # inserts first: a transaction booked earlier in the same chunk may be archived or
@@ -93,6 +98,8 @@ class LedgerBatch:
             conn.exec_driver_sql(_ARCHIVE, {"ids": self.archive_transaction_ids})
         if self.mismatch_transaction_ids:
             conn.exec_driver_sql(_MISMATCH, {"ids": self.mismatch_transaction_ids})
+        if self.match_groups:  # after the transactions they refer to
+            match_groups.insert(conn, self.match_groups, self.match_group_items)
         written = [t.transaction_id for t in self.transactions]
         if written:
             assert_balanced(conn, written)
@@ -210,18 +217,91 @@ def book_fulfilment(batch: LedgerBatch, leg: ExpectedLeg, posted_legs: Sequence[
         effective_date=posted.effective_date, metadata={**posted.metadata, "derived_from_entry_id": posted.entry_id},
     ) for posted in posted_legs)
     if difference:
-        debits_over_credits = sum((e.amount if e.entry_type == EntryType.DEBIT else -e.amount for e in legs),
-                                  Decimal(0))
-        legs.append(NewEntry(
-            entry_id=new_id("ent"), account_id=variance_account_id, transaction_id=transaction_id,
-            entry_type=(EntryType.CREDIT if debits_over_credits > 0 else EntryType.DEBIT).value,
-            amount=abs(debits_over_credits), currency=leg.currency, status="POSTED",
-            effective_date=line.effective_date,
-            metadata={"source_staging_entry_id": line.staging_entry_id, "variance_of_expected_entry_id": leg.entry_id,
-                      **({"order_id": leg.order_id} if leg.order_id else {})},
-        ))
+        legs.append(_variance_leg(legs, variance_account_id, line, {
+            "source_staging_entry_id": line.staging_entry_id, "variance_of_expected_entry_id": leg.entry_id,
+            **({"order_id": leg.order_id} if leg.order_id else {})}))
     batch.entries.extend(legs)
     return Fulfilment(transaction_id, legs[-1] if difference else None)
+
+
+def _variance_leg(legs: Sequence[NewEntry], account_id: str | None, line: StagingEntry,
+                  metadata: dict[str, Any]) -> NewEntry:
+    """The leg on the variance account that balances these legs: CREDIT when debits exceed credits."""
+    debits_over_credits = sum((e.amount if e.entry_type == EntryType.DEBIT else -e.amount for e in legs), Decimal(0))
+    return NewEntry(
+        entry_id=new_id("ent"), account_id=account_id, transaction_id=legs[0].transaction_id,
+        entry_type=(EntryType.CREDIT if debits_over_credits > 0 else EntryType.DEBIT).value,
+        amount=abs(debits_over_credits), currency=legs[0].currency, status="POSTED",
+        effective_date=line.effective_date, metadata=metadata,
+    )
+
+
+def signed_amount(leg: ExpectedLeg, line: StagingEntry) -> Decimal:
+    """What an expected leg contributes to a line's amount: its amount on the line's side, minus
+    on the other (a refund netted in a payout)."""
+    return leg.amount if leg.entry_type == line.entry_type else -leg.amount
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFulfilment:
+    """What book_group_fulfilment wrote: the group, its transaction and its variance leg, if any."""
+
+    match_group_id: str
+    transaction_id: str
+    variance: NewEntry | None
+
+
+def book_group_fulfilment(batch: LedgerBatch, legs: Sequence[tuple[ExpectedLeg, Sequence[PostedLeg]]],
+                          line: StagingEntry, *, recon_rule_id: str, group_by: str, group_value: str,
+                          variance_account_id: str | None = None) -> GroupFulfilment:
+    """Fulfil several expected legs with one statement line (N:1), in ONE balanced transaction.
+
+    Each leg's transaction is archived; the new transaction (its own logical transaction, named by
+    the match group) is POSTED with one leg on the line's account at the line's amount (the bank
+    sees one movement), every archived transaction's POSTED legs carried over and, when the line
+    differs from the legs' net sum, a leg on `variance_account_id` for the difference. The group
+    and one item per leg go into the batch with it.
+    """
+    if not legs:
+        raise ValueError(f"line {line.staging_entry_id}: a match group needs at least one expected leg")
+    total = sum((signed_amount(leg, line) for leg, _ in legs), Decimal(0))
+    difference = line.amount - total
+    if total <= 0 or (difference and variance_account_id is None):
+        raise ValueError(f"line {line.staging_entry_id} of {line.amount} cannot settle group {group_value!r}: its legs"
+                         f" sum to {total} and the variance account is {variance_account_id}")
+    group_id, transaction_id = new_id("mgrp"), new_id("txn")
+    variance = {"variance": str(difference), "variance_account_id": variance_account_id} if difference else {}
+    batch.transactions.append(NewTransaction(
+        transaction_id=transaction_id, logical_transaction_id=group_id, version=1, amount=total,
+        currency=line.currency, merchant_id=legs[0][0].merchant_id, status="POSTED",
+        metadata={"match_group_id": group_id, "group_by": group_by, "group_value": group_value,
+                  "recon_rule_id": recon_rule_id, "source_staging_entry_id": line.staging_entry_id, **variance},
+        source_staging_entry_id=line.staging_entry_id,
+    ))
+    new_legs = [NewEntry(
+        entry_id=new_id("ent"), account_id=line.account_id, transaction_id=transaction_id,
+        entry_type=line.entry_type, amount=line.amount, currency=line.currency, status="POSTED",
+        effective_date=line.effective_date,
+        metadata={**line.metadata, "source_staging_entry_id": line.staging_entry_id, "match_group_id": group_id},
+    )]
+    carried: set[str] = set()  # a transaction with two legs in the group is archived and carried once
+    for leg, posted_legs in legs:
+        if leg.transaction_id in carried:
+            continue
+        carried.add(leg.transaction_id)
+        batch.archive_transaction_ids.append(leg.transaction_id)
+        new_legs.extend(_carried(posted, transaction_id) for posted in posted_legs)
+    if difference:
+        new_legs.append(_variance_leg(new_legs, variance_account_id, line, {
+            "source_staging_entry_id": line.staging_entry_id, "variance_of_match_group_id": group_id}))
+    batch.entries.extend(new_legs)
+    batch.match_groups.append(MatchGroup(
+        match_group_id=group_id, staging_entry_id=line.staging_entry_id, recon_rule_id=recon_rule_id,
+        account_id=line.account_id, group_by=group_by, group_value=group_value, currency=line.currency,
+        line_amount=line.amount, expected_total=total, variance=difference, transaction_id=transaction_id))
+    batch.match_group_items.extend(GroupItem(group_id, leg.entry_id, leg.transaction_id, signed_amount(leg, line))
+                                   for leg, _ in legs)
+    return GroupFulfilment(group_id, transaction_id, new_legs[-1] if difference else None)
 
 
 @dataclass(frozen=True)
@@ -632,6 +712,10 @@ def reopen_confirmed(conn: Connection, staging_entry_id: str, mismatched_transac
     if row is None:
         return None
     live = _LiveVersion(*row)
+    if "match_group_id" in live.metadata:
+        # its legs came from several transactions: restoring them is not built yet (issue 15, item 3)
+        raise ConflictError(f"staging entry {staging_entry_id} fulfilled match group {live.metadata['match_group_id']}"
+                            f" (transaction {live.transaction_id}); reopening a match group is not supported")
     legs = conn.execute(sa.text(
         "SELECT entry_id, account_id, transaction_id, entry_type, amount, currency, effective_date, metadata,"
         " status, fulfilled_expected_entry_id FROM entries WHERE transaction_id = :id ORDER BY entry_id"

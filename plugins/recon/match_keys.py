@@ -73,6 +73,25 @@ def check_match_keys(keys: Sequence[Sequence[str]]) -> tuple[tuple[str, str], ..
     return pairs
 
 
+def check_group_by(value: object) -> str | None:
+    """The group key as `metadata.<name>` (None: no grouping), or InvalidInputError naming it."""
+    if value is None:
+        return None
+    name = str(value).strip()
+    if not (name.startswith(METADATA) and _NAME.fullmatch(name[len(METADATA):])):
+        raise InvalidInputError(
+            f"group_by must be metadata.<name> (letters, digits, '_' and '-', at most 100), got {value!r}:"
+            " the line's value of that metadata key selects the open expected legs carrying the same value",
+            field="group_by")
+    return name
+
+
+def lookup_keys(rule: ReconRule) -> tuple[tuple[str, str], ...]:
+    """The keys a confirmation is looked up by: a grouping rule's group key on both sides (its match
+    keys do not apply), else its match keys."""
+    return ((rule.group_by, rule.group_by),) if rule.group_by else rule.match_keys
+
+
 def keys_text(keys: Sequence[tuple[str, str]]) -> str:
     """`order_id`, `metadata.reference=order_id`, ...: how the CLI shows a rule's keys."""
     return ", ".join(line if line == expected else f"{line}={expected}" for line, expected in keys)
@@ -100,11 +119,12 @@ class Lookup:
 
 def lookup(rule: ReconRule, entry: StagingEntry) -> Lookup | None:
     """The rule's look-up for this line, or None when the line lacks one of the rule's fields."""
-    if rule.match_keys == ((AMOUNT, AMOUNT),):
+    keys = lookup_keys(rule)
+    if keys == ((AMOUNT, AMOUNT),):
         low, high = amount_range(rule, entry.amount)
         return Lookup(BY_AMOUNT, rule.account_two_id, (entry.entry_type, low, high))
     values = []
-    for line_field, expected_field in rule.match_keys:
+    for line_field, expected_field in keys:
         value = line_value(entry, line_field)
         if value is None:
             return None
@@ -139,10 +159,11 @@ def leg_matches(found: Lookup, leg: ExpectedLeg) -> bool:
 def describe(found: Lookup, rule: ReconRule) -> str:
     """The look-up in words, for messages: "order 'ORD-1'", "metadata.reference 'R-9'", ..."""
     if found.kind == BY_ORDER:
-        field = rule.match_keys[0][0]
+        field = lookup_keys(rule)[0][0]
         return f"order {found.values[0]!r}" if field == ORDER_ID else f"{field} {found.values[0]!r}"
     if found.kind == BY_METADATA:
-        lines = dict(zip((_expected_name(e) for _, e in rule.match_keys), (line for line, _ in rule.match_keys)))
+        keys = lookup_keys(rule)
+        lines = dict(zip((_expected_name(e) for _, e in keys), (line for line, _ in keys)))
         return " and ".join(f"{lines[name]} {value!r}" for name, value in found.values)
     side, low, high = found.values
     window = f" within {rule.date_window_days} days" if rule.date_window_days is not None else ""

@@ -70,10 +70,12 @@ class Account:
 
 @dataclass(frozen=True)
 class ReconRule:
-    """A row of recon_rules, in column order (sql/0001, sql/0014).
+    """A row of recon_rules, in column order (sql/0001, sql/0014, sql/0040).
 
     match_keys: [{"line": field of the confirmation line, "expected": field of the expected leg}];
-    aging_days None means RECON_MATCHING_WINDOW_SECONDS; date_window_days None means no window.
+    aging_days None means RECON_MATCHING_WINDOW_SECONDS; date_window_days None means no window;
+    group_by (`metadata.<name>`) makes a confirmation fulfil every open leg sharing the line's value
+    of that key (a match group) instead of matching one leg by match_keys.
     """
 
     id: str
@@ -87,6 +89,7 @@ class ReconRule:
     variance_account_id: str | None = None
     date_window_days: int | None = None
     aging_days: int | None = None
+    group_by: str | None = None
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> "ReconRule":

@@ -731,14 +731,16 @@ def review_reasons(conn: Connection, sample: int) -> list[Any]:
 
 
 def tolerance_matches(conn: Connection, sample: int) -> tuple[int, list[Any]]:
-    """Confirmations fulfilled within their rule's tolerance: how many, and the first `sample`."""
+    """Confirmations fulfilled (one leg or a match group) within their rule's tolerance: how many,
+    and the first `sample`."""
     rows = conn.execute(
         sa.text(
             """
             SELECT count(*) OVER () AS n, staging_entry_id, order_id, CAST(amount AS text) AS amount, currency,
                    metadata ->> 'variance' AS variance, metadata ->> 'variance_account_id' AS variance_account_id
             FROM staging_entries
-            WHERE status = 'PROCESSED' AND metadata ->> 'match_type' = 'FulfilledWithTolerance'
+            WHERE status = 'PROCESSED'
+              AND metadata ->> 'match_type' IN ('FulfilledWithTolerance', 'GroupFulfilledWithTolerance')
             ORDER BY created_at, staging_entry_id
             LIMIT :sample
             """

@@ -41,3 +41,18 @@ def test_rule_settings_are_created_changed_and_refused_with_the_field(api: TestC
     assert_problem(api.post("/rules", json={"account_one_id": variance, "account_two_id": b["bank"],
                                             "amount_tolerance": "1"}), 422, "invalid-input", field="variance_account_id")
     assert count(db, "recon_rules") == 2
+
+
+def test_group_by_is_set_through_the_api_and_refused_with_the_field(api: TestClient, db: Database) -> None:
+    b = books(api)
+    shop = api.post("/accounts", json={"merchant_id": b["merchant"], "account_name": "Shop", "currency": "USD",
+                                       "account_type": "DEBIT_NORMAL"}).json()["account_id"]
+    created = api.post("/rules", json={"account_one_id": shop, "account_two_id": b["bank"],
+                                       "group_by": "metadata.payout_id"})
+    assert created.status_code == 201, created.text
+    rule = created.json()
+    assert rule["group_by"] == "metadata.payout_id"
+    assert_problem(api.patch(f"/rules/{rule['rule_id']}", json={"group_by": "payout_id"}),
+                   422, "invalid-input", field="group_by")
+    assert api.get(f"/rules/{rule['rule_id']}").json() == rule
+    assert api.patch(f"/rules/{rule['rule_id']}", json={"group_by": None}).json()["group_by"] is None

@@ -10,6 +10,10 @@ account (or the candidate) is a currency mismatch that takes no leg. A line no r
 candidate for waits for a booking still queued, then for its rule's ageing, then has no match; a
 booking line PENDING with no task to run is waited for only until that ageing, then named in the
 review.
+
+A rule with ``group_by`` (N:1) looks the line up by its value of that key instead: every open leg
+found is the group, fulfilled in one transaction when their net sum closes to the line's amount
+within the rule's tolerance, else SplitMismatchError. No subset is searched: the key decides.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import ClassVar, Sequence
 
 from sqlalchemy.engine import Connection
@@ -42,6 +47,21 @@ class Fulfil(Plan):
 
     leg_ref: str
     booked_in_chunk: bool = False
+    variance_account_id: str | None = None
+    summary_kind: ClassVar[str] = "fulfil"
+
+
+@dataclass(frozen=True, slots=True)
+class FulfilGroup(Plan):
+    """Fulfil every leg of a match group (entry ids, or booking lines' staging entry ids for legs
+    booked earlier in the chunk: those listed in `in_chunk`) in one transaction; a difference within
+    the rule's tolerance goes to `variance_account_id`."""
+
+    recon_rule_id: str
+    group_by: str
+    group_value: str
+    leg_refs: tuple[str, ...]
+    in_chunk: tuple[str, ...] = ()
     variance_account_id: str | None = None
     summary_kind: ClassVar[str] = "fulfil"
 
@@ -79,7 +99,7 @@ class _Prepared:
 
 
 def _reads_metadata(rule: ReconRule) -> bool:
-    return any(line.startswith(match_keys.METADATA) for line, _ in rule.match_keys)
+    return any(line.startswith(match_keys.METADATA) for line, _ in match_keys.lookup_keys(rule))
 
 
 class ExpectedEntryMatchingTask(ReconTask):
@@ -188,6 +208,8 @@ class ExpectedEntryMatchingTask(ReconTask):
                 continue
             tried.append((rule, found))
             candidates = self._candidates(entry, rule, found, merchant_id, loaded, reservations)
+            if rule.group_by and candidates:
+                return self._group(entry, rule, found, candidates, loaded, reservations)
             if len(candidates) > 1:
                 ids = [leg.entry_id for leg in candidates]
                 return ManualReview(
@@ -202,7 +224,7 @@ class ExpectedEntryMatchingTask(ReconTask):
             if verdict is not None:
                 return verdict
         if not tried:
-            wanted = "; ".join(f"{match_keys.keys_text(r.match_keys)} (rule {r.id})" for r in rules)
+            wanted = "; ".join(f"{match_keys.keys_text(match_keys.lookup_keys(r))} (rule {r.id})" for r in rules)
             return ManualReview(
                 ErrorType.MISSING_ORDER_ID,
                 f"confirmation {entry.staging_entry_id} lacks a field its rules match on: {wanted}",
@@ -241,6 +263,41 @@ class ExpectedEntryMatchingTask(ReconTask):
             reservations.mark_fulfilled((entry.account_id, entry.order_id))
         return Fulfil(leg.entry_id, in_chunk, rule.variance_account_id if differs else None)
 
+    def _group(self, entry: StagingEntry, rule: ReconRule, found: Lookup, candidates: list[ExpectedLeg],
+               loaded: _Loaded, reservations: Reservations) -> Verdict:
+        """A grouping rule's candidates are its group. It waits while a booking that would join the
+        group is queued (a group is formed from a settled set, whatever the chunking); it fulfils
+        them all when their net sum closes to the line's amount within tolerance; else the gap is a
+        SplitMismatchError and every leg stays open."""
+        queued = self._queued_booking(entry, rule, found, loaded, reservations)
+        if queued is not None:
+            return queued
+        assert rule.group_by is not None
+        group_value = found.values[0][1]  # BY_METADATA ((name, value),): the group key on both sides
+        ids = [leg.entry_id for leg in candidates]
+        total = sum((ledger.signed_amount(leg, entry) for leg in candidates), Decimal(0))
+        currencies = sorted({leg.currency for leg in candidates} - {entry.currency})
+        if not currencies and total > 0 and match_keys.within_tolerance(rule, entry.amount, total):
+            for leg_ref in ids:
+                reservations.consume(leg_ref)  # fulfilled: a later line of the chunk does not see it
+            return FulfilGroup(rule.id, rule.group_by, group_value, tuple(ids),
+                               tuple(i for i in ids if reservations.is_booked_in_chunk(i)),
+                               rule.variance_account_id if total != entry.amount else None)
+        differs = [{"field": "currency", "expected": currencies[0], "actual": entry.currency}] if currencies else []
+        if total != entry.amount:
+            differs.append({"field": "amount", "expected": str(total), "actual": str(entry.amount),
+                            "gap": str(entry.amount - total)})
+        return ManualReview(
+            ErrorType.SPLIT_MISMATCH,
+            f"the {len(ids)} open expected entries with {match_keys.describe(found, rule)} on account"
+            f" {entry.account_id} (rule {rule.id}) do not close to the line: "
+            + "; ".join(f"{d['field']}: expected {d['expected']}, got {d['actual']}" for d in differs)
+            + (f" (gap {entry.amount - total}, tolerance {match_keys.tolerance(rule, total)})"
+               if total != entry.amount and not currencies else ""),
+            # the key's value is the line's own metadata: nothing to add that a later match would leave stale
+            {"mismatched_fields": differs, "candidates": ids[:MAX_CANDIDATES_SHOWN], "recon_rule_id": rule.id},
+        )
+
     def _no_candidate(self, entry: StagingEntry, rule: ReconRule, found: Lookup, loaded: _Loaded,
                       reservations: Reservations) -> Verdict | None:
         """This rule found nothing: it still decides when its order was fulfilled already or a
@@ -248,12 +305,19 @@ class ExpectedEntryMatchingTask(ReconTask):
         # only a fulfilment makes a later confirmation "already fulfilled"; after a mismatch (here or
         # in an earlier chunk) there is simply no open expected entry left: NoMatchFound, either way
         key = (entry.account_id, entry.order_id or "")
-        if rule.match_keys == DEFAULT_KEYS and (key in loaded.fulfilled_orders or reservations.was_fulfilled(key)):
+        if (match_keys.lookup_keys(rule) == DEFAULT_KEYS
+                and (key in loaded.fulfilled_orders or reservations.was_fulfilled(key))):
             return ManualReview(
                 ErrorType.ALREADY_FULFILLED,
                 f"the expected entry for order {entry.order_id!r} on account {entry.account_id}"
                 " was already fulfilled by another confirmation",
             )
+        return self._queued_booking(entry, rule, found, loaded, reservations)
+
+    def _queued_booking(self, entry: StagingEntry, rule: ReconRule, found: Lookup, loaded: _Loaded,
+                        reservations: Reservations) -> Verdict | None:
+        """Wait when a TRANSACTION line still queued (in the database, or later in this chunk) would
+        book a leg this look-up finds; a line PENDING with no task only until the rule's ageing."""
         queued_in_chunk = (reservations.is_booking_queued((found.account_id, found.values[0]))
                            if found.kind == BY_ORDER
                            else any(match_keys.leg_matches(found, leg) for leg in reservations.queued_legs(found.account_id)))
@@ -311,24 +375,33 @@ class ExpectedEntryMatchingTask(ReconTask):
         remaining = (until - loaded.now).total_seconds()
         return Wait(reason, seconds=max(1.0, min(remaining, max(10.0, waited))))  # back off as the wait grows
 
-    def prepare_run(self, conn: Connection, planned: Sequence[tuple[WorkItem, Fulfil | Mismatch]],
+    def prepare_run(self, conn: Connection, planned: Sequence[tuple[WorkItem, Fulfil | Mismatch | FulfilGroup]],
                     reservations: Reservations) -> _Prepared:
         """Another confirmation may have fulfilled or mismatched a planned leg since validate: lock
-        the legs' transactions and check that each is still open."""
-        in_db = sorted({plan.leg_ref for _, plan in planned if not plan.booked_in_chunk})
-        legs = ledger.lock_open_legs(conn, in_db)
+        the legs' transactions, every plan's (a group's too) in one statement in one fixed order so
+        concurrent chunks cannot deadlock, and check that each is still open."""
+        in_db: set[str] = set()
+        for _, plan in planned:
+            if isinstance(plan, FulfilGroup):
+                in_db.update(ref for ref in plan.leg_refs if ref not in plan.in_chunk)
+            elif not plan.booked_in_chunk:
+                in_db.add(plan.leg_ref)
+        legs = ledger.lock_open_legs(conn, sorted(in_db))
         if len(legs) != len(in_db):
-            gone = sorted(set(in_db) - set(legs))
+            gone = sorted(in_db - set(legs))
             raise VerdictOutdated(f"{len(gone)} expected leg(s) no longer open, e.g. {gone[0]}")
         # bookings of this chunk that these plans fulfil publish what they write (see Reservations)
-        reservations.want_accounts(item.staging.account_id
-                                   for item, plan in planned if plan.booked_in_chunk and item.staging is not None)
+        reservations.want_accounts(
+            item.staging.account_id for item, plan in planned if item.staging is not None
+            and (plan.in_chunk if isinstance(plan, FulfilGroup) else plan.booked_in_chunk))
         return _Prepared(legs, ledger.posted_legs(conn, sorted({leg.transaction_id for leg in legs.values()})))
 
-    def run(self, item: WorkItem, plan: Fulfil | Mismatch, prepared: _Prepared, reservations: Reservations,
-            batch: LedgerBatch) -> RunResult:
+    def run(self, item: WorkItem, plan: Fulfil | Mismatch | FulfilGroup, prepared: _Prepared,
+            reservations: Reservations, batch: LedgerBatch) -> RunResult:
         entry = item.staging
         assert entry is not None
+        if isinstance(plan, FulfilGroup):
+            return self._run_group(entry, plan, prepared, reservations, batch)
         if plan.booked_in_chunk:
             leg, posted_legs = reservations.booked_leg(plan.leg_ref)
         else:
@@ -354,6 +427,29 @@ class ExpectedEntryMatchingTask(ReconTask):
             result.update(match_type="FulfilledWithTolerance", variance=str(entry.amount - leg.amount),
                           variance_account_id=plan.variance_account_id)
         return Applied("fulfil", result)
+
+    @staticmethod
+    def _run_group(entry: StagingEntry, plan: FulfilGroup, prepared: _Prepared, reservations: Reservations,
+                   batch: LedgerBatch) -> Applied:
+        legs: list[tuple[ExpectedLeg, Sequence[PostedLeg]]] = []
+        for ref in plan.leg_refs:
+            if ref in plan.in_chunk:
+                legs.append(reservations.booked_leg(ref))
+            else:
+                leg = prepared.legs[ref]
+                legs.append((leg, prepared.posted.get(leg.transaction_id, [])))
+        group = ledger.book_group_fulfilment(batch, legs, entry, recon_rule_id=plan.recon_rule_id,
+                                             group_by=plan.group_by, group_value=plan.group_value,
+                                             variance_account_id=plan.variance_account_id)
+        total = sum((ledger.signed_amount(leg, entry) for leg, _ in legs), Decimal(0))
+        result = {"match_type": "GroupFulfilled", "match_group_id": group.match_group_id,
+                  "evolved_transaction_id": group.transaction_id, "group_by": plan.group_by,
+                  "group_value": plan.group_value, "group_legs": len(legs), "expected_total": str(total)}
+        if group.variance is not None:
+            result.update(match_type="GroupFulfilledWithTolerance", variance=str(entry.amount - total),
+                          variance_account_id=plan.variance_account_id)
+        return Applied("fulfil", result)
+
 
 
 def _currency_mismatch(entry: StagingEntry, expected: str, of: str) -> ManualReview:

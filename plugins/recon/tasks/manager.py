@@ -18,6 +18,8 @@ worker can change between validate and run (the DAG's doc_md lists them):
                       (advisory lock on orders other queued lines book too, then a re-read)
     a fulfilment or   that the expected leg is still open (its transaction locked FOR UPDATE):
     a mismatch        another confirmation may have fulfilled or mismatched it meanwhile
+    a match group     that every leg of the group is still open (the chunk's planned legs are
+                      locked in one statement, in transaction id order, so chunks cannot deadlock)
 
 Verdicts that write no ledger row (manual review, wait) are written as validated. When a re-check
 fails, the chunk is validated again inside the writing transaction, under the same locks, and

@@ -77,7 +77,7 @@ class TransactionCreationTask(ReconTask):
         # line needs this chunk's lines with theirs to see their bookings
         contra_ids = sorted({r.account_two_id for rs in contras.values() for r in rs})
         if any(expected.startswith(match_keys.METADATA) for r in accounts.load_rules(conn, contra_ids)
-               if r.account_two_id in contra_ids for _, expected in r.match_keys):
+               if r.account_two_id in contra_ids for _, expected in match_keys.lookup_keys(r)):
             lines = staging.load_entries(conn, [e.staging_entry_id for e in entries], lock=False)
             entries = [lines.get(e.staging_entry_id, e) for e in entries]
         for e in entries:  # a confirmation of the chunk waits for these lines, as for queued ones

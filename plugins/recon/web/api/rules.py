@@ -38,12 +38,15 @@ class MatchKey(BaseModel):
 
 
 Days = Annotated[int, Field(ge=0, le=3660, strict=True)]
+GroupBy = Annotated[str, Field(min_length=1, max_length=120, pattern=NO_NUL, examples=["metadata.invoice_batch"],
+                               description="metadata.<name>: a confirmation fulfils every open expected leg"
+                                           " carrying its value of this key (N:1); replaces match_keys")]
 DecimalText = Annotated[str, Field(max_length=64, pattern=DECIMAL_PATTERN, examples=["0.05"])]
 
 
 class RuleChange(BaseModel):
     """Rule settings; in a PATCH only those given change (null removes the variance account, the
-    window or the ageing)."""
+    window, the ageing or the grouping)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +57,7 @@ class RuleChange(BaseModel):
     variance_account_id: Text | None = None
     date_window_days: Days | None = None
     aging_days: Days | None = None
+    group_by: GroupBy | None = None
 
     def settings(self) -> dict[str, Any]:
         """The given fields as accounts.RuleSettings takes them."""
@@ -81,6 +85,7 @@ class Rule(BaseModel):
     variance_account_id: str | None
     date_window_days: int | None
     aging_days: int | None
+    group_by: str | None
 
 
 def _rule(rule: ReconRule) -> Rule:
@@ -89,7 +94,7 @@ def _rule(rule: ReconRule) -> Rule:
                 match_keys=[MatchKey(line=line, expected=expected) for line, expected in rule.match_keys],
                 amount_tolerance=Decimal(rule.amount_tolerance), amount_tolerance_pct=Decimal(rule.amount_tolerance_pct),
                 variance_account_id=rule.variance_account_id, date_window_days=rule.date_window_days,
-                aging_days=rule.aging_days)
+                aging_days=rule.aging_days, group_by=rule.group_by)
 
 
 @router.post("", status_code=201, response_model=Rule, dependencies=WRITERS, responses=problem_responses(409))
