@@ -496,6 +496,25 @@ def lock_open_legs(conn: Connection, entry_ids: Sequence[str]) -> dict[str, Expe
     return {r[0]: _expected_leg(r) for r in rows}
 
 
+def held_legs(conn: Connection, entry_ids: Sequence[str], lock: bool) -> dict[str, tuple[ExpectedLeg, str | None]]:
+    """These EXPECTED legs still held by a mismatch (their transaction MISMATCH), each with the recon
+    rule that booked it: a reprocessed mismatch is judged again against its own leg, which no open-leg
+    look-up finds. With `lock`, their transactions are locked FOR UPDATE in a fixed order."""
+    if not entry_ids:
+        return {}
+    columns = _EXPECTED_LEG_COLUMNS.format(transaction_metadata="t.metadata")
+    rows = conn.exec_driver_sql(
+        f"""
+        SELECT {columns}, e.metadata ->> 'recon_rule_id' AS recon_rule_id
+        FROM entries e JOIN transactions t ON t.transaction_id = e.transaction_id
+        WHERE e.entry_id = ANY(CAST(%(ids)b AS text[])) AND e.status = 'EXPECTED' AND t.status = 'MISMATCH'
+        ORDER BY t.transaction_id, e.entry_id
+        """ + (" FOR UPDATE OF t" if lock else ""),
+        {"ids": sorted(entry_ids)},
+    )
+    return {r[0]: (_expected_leg(r[:13]), r[13]) for r in rows}
+
+
 def posted_legs(conn: Connection, transaction_ids: Sequence[str]) -> dict[str, list[PostedLeg]]:
     """The POSTED legs of these transactions (carried over to a fulfilled version)."""
     if not transaction_ids:

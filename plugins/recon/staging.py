@@ -284,11 +284,17 @@ def load_entries(conn: Connection, ids: Sequence[str], lock: bool, metadata: boo
         {"ids": sorted(ids)},
     )
     if not metadata:
-        return {r[0]: StagingEntry(*r[:8], {}, *r[9:]) for r in rows}
+        return {r[0]: StagingEntry(*r[:8], r[8] or {}, *r[9:]) for r in rows}
     return {r[0]: StagingEntry(*r) for r in rows}
 
 
-_NO_METADATA = "NULL"  # routing and validation of most strategies read no metadata
+# Routing and validation of most strategies read no metadata; only the expected leg a reprocessed
+# mismatch held is kept (the matcher judges it again against that leg): one key read in the same
+# statement, no extra query for the chunk.
+_NO_METADATA = (
+    "CASE WHEN status <> 'PROCESSED' AND metadata ? 'matched_entry_id'"
+    " THEN jsonb_build_object('matched_entry_id', metadata -> 'matched_entry_id') END"
+)
 
 
 def _key_arrays(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:

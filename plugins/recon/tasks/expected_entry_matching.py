@@ -7,6 +7,10 @@ rule's tolerance (version N archived, N+1 POSTED with the fulfilling leg, the or
 carried over and, for a difference, a leg on the rule's variance account); otherwise it is a
 mismatch with the differing fields; several are ambiguous. A line no rule finds a candidate for
 waits for a booking still queued, then for its rule's ageing, then has no match.
+
+A reprocessed mismatch still holds its expected leg (the transaction stays MISMATCH, so no open-leg
+look-up finds it): it is judged again against that leg under the rule as it is now, so a corrected
+tolerance fulfils it and an unchanged rule gives the same mismatch, never a false "no match".
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from recon.db.engine import database_now
 from recon.errors import ErrorType
 from recon.ledger import LedgerBatch
 from recon.match_keys import BY_AMOUNT, BY_METADATA, BY_ORDER, DEFAULT_KEYS, Lookup
-from recon.model import Account, ExpectedLeg, PostedLeg, ProcessingMode, ReconRule, StagingEntry
+from recon.model import Account, ExpectedLeg, PostedLeg, ProcessingMode, ReconRule, StagingEntry, StagingStatus
 from recon.tasks.base import ReconTask, VerdictOutdated
 from recon.tasks.chunk import OrderKey, Reservations, WorkItem
 from recon.tasks.verdicts import Applied, ManualReview, Plan, RunResult, Verdict, Wait
@@ -40,6 +44,7 @@ class Fulfil(Plan):
     leg_ref: str
     booked_in_chunk: bool = False
     variance_account_id: str | None = None
+    held: bool = False  # the leg this line held in MISMATCH (a reprocessed mismatch)
     summary_kind: ClassVar[str] = "fulfil"
 
 
@@ -66,6 +71,7 @@ class _Loaded:
     fulfilled_orders: set[OrderKey]
     queued: set[tuple[str, Lookup]]  # (account_one, look-up) with a TRANSACTION line still PENDING
     now: dt.datetime
+    held: dict[str, tuple[ExpectedLeg, str | None]]  # legs reprocessed mismatches hold, with their rule id
 
 
 @dataclass(frozen=True)
@@ -118,8 +124,11 @@ class ExpectedEntryMatchingTask(ReconTask):
         order_keys = sorted({(e.account_id, e.order_id) for e in entries if e.order_id})
         fulfilled = ledger.fulfilled_orders(
             conn, [k for k in order_keys if not found.get(Lookup(BY_ORDER, k[0], (k[1],)))])
+        # reprocessed mismatches only: normal work has none and runs no query for them
+        held_ids = sorted({e.metadata["matched_entry_id"] for e in entries if _held_leg_id(e)})
+        held = ledger.held_legs(conn, held_ids, lock) if held_ids else {}
         return _Loaded(rules_by_two, accounts.load_accounts(conn, sorted({e.account_id for e in entries})),
-                       lines, found, fulfilled, queued, database_now(conn))
+                       lines, found, fulfilled, queued, database_now(conn), held)
 
     @staticmethod
     def _queued(conn: Connection, lookups: dict[Lookup, set[str]], reservations: Reservations
@@ -166,6 +175,9 @@ class ExpectedEntryMatchingTask(ReconTask):
                 f"no recon rule has account {entry.account_id} as account_two"
                 " (confirmations arrive on a rule's contra account)",
             )
+        held = loaded.held.get(_held_leg_id(entry) or "")
+        if held is not None:
+            return self._judge_again(entry, rules, *held, reservations)
         merchant_id = loaded.accounts[entry.account_id].merchant_id
         tried: list[tuple[ReconRule, Lookup]] = []
         for rule in rules:
@@ -225,6 +237,22 @@ class ExpectedEntryMatchingTask(ReconTask):
         return Fulfil(leg.entry_id, in_chunk, rule.variance_account_id if differs else None)
 
     @staticmethod
+    def _judge_again(entry: StagingEntry, rules: list[ReconRule], leg: ExpectedLeg, rule_id: str | None,
+                     reservations: Reservations) -> Verdict:
+        """A reprocessed mismatch against the leg it holds, under the rule that booked the leg (or the
+        line's first rule): fulfilled when it now agrees within tolerance, else the same mismatch."""
+        rule = next((r for r in rules if r.id == rule_id), rules[0])
+        reservations.consume(leg.entry_id)
+        differs = match_keys.mismatched_fields(entry, leg)
+        if differs and not (len(differs) == 1 and differs[0]["field"] == "amount"
+                            and match_keys.within_tolerance(rule, entry.amount, leg.amount)):
+            # the transaction stays MISMATCH: nothing to write but the same reason
+            return ManualReview(ErrorType.MISMATCH, _mismatch_reason(differs), _mismatch_metadata(leg, differs))
+        if entry.order_id:
+            reservations.mark_fulfilled((entry.account_id, entry.order_id))
+        return Fulfil(leg.entry_id, False, rule.variance_account_id if differs else None, held=True)
+
+    @staticmethod
     def _no_candidate(entry: StagingEntry, rule: ReconRule, found: Lookup, loaded: _Loaded,
                       reservations: Reservations) -> Verdict | None:
         """This rule found nothing: it still decides when its order was fulfilled already or a
@@ -273,10 +301,12 @@ class ExpectedEntryMatchingTask(ReconTask):
                     reservations: Reservations) -> _Prepared:
         """Another confirmation may have fulfilled or mismatched a planned leg since validate: lock
         the legs' transactions and check that each is still open."""
-        in_db = sorted({plan.leg_ref for _, plan in planned if not plan.booked_in_chunk})
+        in_db = sorted({plan.leg_ref for _, plan in planned if not plan.booked_in_chunk and not _holds(plan)})
+        held = sorted({plan.leg_ref for _, plan in planned if _holds(plan)})
         legs = ledger.lock_open_legs(conn, in_db)
-        if len(legs) != len(in_db):
-            gone = sorted(set(in_db) - set(legs))
+        legs.update((entry_id, leg) for entry_id, (leg, _) in ledger.held_legs(conn, held, lock=True).items())
+        if len(legs) != len(in_db) + len(held):
+            gone = sorted((set(in_db) | set(held)) - set(legs))
             raise VerdictOutdated(f"{len(gone)} expected leg(s) no longer open, e.g. {gone[0]}")
         # bookings of this chunk that these plans fulfil publish what they write (see Reservations)
         reservations.want_accounts(item.staging.account_id
@@ -295,12 +325,7 @@ class ExpectedEntryMatchingTask(ReconTask):
         if isinstance(plan, Mismatch):
             batch.mismatch_transaction_ids.append(leg.transaction_id)
             differs = match_keys.mismatched_fields(entry, leg)
-            return ManualReview(
-                ErrorType.MISMATCH,
-                "; ".join(f"{d['field']}: expected {d['expected']}, got {d['actual']}" for d in differs),
-                metadata={"matched_transaction_id": leg.transaction_id, "matched_entry_id": leg.entry_id,
-                          "mismatched_fields": differs},
-            )
+            return ManualReview(ErrorType.MISMATCH, _mismatch_reason(differs), _mismatch_metadata(leg, differs))
         transaction_id = ledger.book_fulfilment(batch, leg, posted_legs, entry, plan.variance_account_id).transaction_id
         result = {
             "matched_transaction_id": leg.transaction_id,
@@ -312,6 +337,25 @@ class ExpectedEntryMatchingTask(ReconTask):
             result.update(match_type="FulfilledWithTolerance", variance=str(entry.amount - leg.amount),
                           variance_account_id=plan.variance_account_id)
         return Applied("fulfil", result)
+
+
+def _held_leg_id(entry: StagingEntry) -> str | None:
+    """The expected leg a reprocessed mismatch still names (set by its mismatch, kept by a reprocess)."""
+    leg_id = entry.metadata.get("matched_entry_id")
+    return leg_id if isinstance(leg_id, str) and entry.status != StagingStatus.PROCESSED else None
+
+
+def _holds(plan: Fulfil | Mismatch) -> bool:
+    return isinstance(plan, Fulfil) and plan.held
+
+
+def _mismatch_reason(differs: list[dict[str, str]]) -> str:
+    return "; ".join(f"{d['field']}: expected {d['expected']}, got {d['actual']}" for d in differs)
+
+
+def _mismatch_metadata(leg: ExpectedLeg, differs: list[dict[str, str]]) -> dict[str, object]:
+    return {"matched_transaction_id": leg.transaction_id, "matched_entry_id": leg.entry_id,
+            "mismatched_fields": differs}
 
 
 def _opposite(side: str) -> str:
