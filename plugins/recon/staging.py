@@ -410,6 +410,7 @@ class StagingUpdate:
     status: str
     patch: dict[str, Any]
     task_id: str | None = None
+    reason: str | None = None  # the history's reason when the patch carries no error (a reviewer's decision)
 
 
 # the status change and its row in the entry's append-only history, in one statement
@@ -425,12 +426,13 @@ _UPDATE_STAGING = sa.text(
             discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END,
             updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
         FROM json_to_recordset(CAST(:rows AS json)) AS u(staging_entry_id text, status text, patch jsonb,
-                                                          task_id text)
+                                                          task_id text, reason text)
         WHERE s.staging_entry_id = u.staging_entry_id AND s.status <> 'PROCESSED'
-        RETURNING s.staging_entry_id, u.status, u.patch, u.task_id
+        RETURNING s.staging_entry_id, u.status, u.patch, u.task_id, u.reason
     )
     INSERT INTO staging_entry_outcomes (staging_entry_id, status, error_type, reason, task_id, run)
-    SELECT staging_entry_id, status, patch ->> 'error_type', patch ->> 'error', task_id, :run FROM changed
+    SELECT staging_entry_id, status, patch ->> 'error_type', coalesce(patch ->> 'error', reason), task_id, :run
+    FROM changed
     """
 )
 
@@ -467,9 +469,10 @@ def mark_for_review(conn: Connection, staging_entry_ids: Sequence[str], error: s
 # ---- reprocessing --------------------------------------------------------------------------------
 
 
-def reopen_for_review(conn: Connection, scope: ReprocessScope) -> list[str]:
+def reopen_for_review(conn: Connection, scope: ReprocessScope, reason: str = "reopened by a reprocess",
+                      run: str = "reprocess") -> list[str]:
     """Entries in manual review within the scope back to PENDING, their error keys removed (the
-    reason stays in their history, with a row saying they were reopened); returns their ids."""
+    reason stays in their history, with a row saying why they were reopened); returns their ids."""
     return list(
         conn.execute(
             sa.text(
@@ -484,12 +487,12 @@ def reopen_for_review(conn: Connection, scope: ReprocessScope) -> list[str]:
                     RETURNING s.staging_entry_id
                 ), recorded AS (
                     INSERT INTO staging_entry_outcomes (staging_entry_id, status, reason, run)
-                    SELECT staging_entry_id, 'PENDING', 'reopened by a reprocess', 'reprocess' FROM reopened
+                    SELECT staging_entry_id, 'PENDING', :reason, :run FROM reopened
                 )
                 SELECT staging_entry_id FROM reopened
                 """
             ),
-            scope.params(),
+            {**scope.params(), "reason": reason, "run": run},
         ).scalars()
     )
 
@@ -519,23 +522,32 @@ def lock_for_review(conn: Connection, staging_entry_id: str) -> ReviewItem | Non
     return ReviewItem(StagingEntry(*row[:11]), row.updated_at) if row is not None else None
 
 
-_MATCH_KEYS = ("match_type", "matched_transaction_id", "matched_entry_id", "evolved_transaction_id")
+_MATCH_KEYS = ("match_type", "matched_transaction_id", "matched_entry_id", "evolved_transaction_id",
+               "variance", "variance_account_id")
+_REVIEW_KEYS = ("mismatched_fields", "candidates")  # findings of an earlier review
 
 
 def back_to_review(conn: Connection, staging_entry_id: str, error: str, error_type: str,
-                   patch: dict[str, Any]) -> None:
-    """A reopened confirmation goes back to manual review (from PROCESSED too), its match keys removed."""
+                   patch: dict[str, Any], run: str | None = None) -> None:
+    """A reopened confirmation goes back to manual review (from PROCESSED too), its match keys and
+    the findings of an earlier review removed; the change is kept in its history (`run`: who did it)."""
     conn.execute(
         sa.text(
             """
-            UPDATE staging_entries SET status = 'NEEDS_MANUAL_REVIEW', discarded_at = NULL, updated_at = now(),
-                   metadata = (metadata - CAST(:drop AS text[])) || CAST(:patch AS jsonb)
-                              || jsonb_build_object('error', CAST(:error AS text), 'error_type', CAST(:error_type AS text))
-            WHERE staging_entry_id = :id
+            WITH changed AS (
+                UPDATE staging_entries SET status = 'NEEDS_MANUAL_REVIEW', discarded_at = NULL, updated_at = now(),
+                       metadata = (metadata - CAST(:drop AS text[])) || CAST(:patch AS jsonb)
+                                  || jsonb_build_object('error', CAST(:error AS text),
+                                                        'error_type', CAST(:error_type AS text))
+                WHERE staging_entry_id = :id
+                RETURNING staging_entry_id
+            )
+            INSERT INTO staging_entry_outcomes (staging_entry_id, status, error_type, reason, run)
+            SELECT staging_entry_id, 'NEEDS_MANUAL_REVIEW', :error_type, :error, :run FROM changed
             """
         ),
-        {"id": staging_entry_id, "drop": list(_MATCH_KEYS), "patch": json.dumps(patch), "error": error,
-         "error_type": error_type},
+        {"id": staging_entry_id, "drop": list(_MATCH_KEYS + _REVIEW_KEYS), "patch": json.dumps(patch),
+         "error": error, "error_type": error_type, "run": run},
     )
 
 
