@@ -110,6 +110,11 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
         lines = [f"dry run: would requeue {result['failed_tasks']:,} FAILED task(s) and reopen"
                  f" {result['entries']:,} entries from review; nothing written"]
         lines += [f"  {error_type}: {n:,}" for error_type, n in result["entries_by_error_type"].items()]
+        lines += ["what decide/validate would say now:"]
+        lines += [f"  {outcome}: {n:,}" for outcome, n in result["would"].items()]
+        lines += ["", f"{'STAGING ENTRY':<30} {'NOW':<24} {'WOULD BE':<24} WHY"]
+        lines += [f"{e['staging_entry_id'] or e['task_id']:<30} {e['error_type']:<24} {e['would']:<24} {e['detail']}"
+                  for e in result["preview"]]
         _print(result, args.json, "\n".join(lines))
         return 0
     _print(result, args.json, f"requeued {result['requeued_tasks']:,} FAILED task(s);"

@@ -616,6 +616,17 @@ def review_scope_ids(conn: Connection, scope: ReprocessScope) -> list[str]:
                              scope.params()).scalars())
 
 
+def review_scope_types(conn: Connection, scope: ReprocessScope) -> dict[str, str]:
+    """The manual-review entries a reprocess of the scope would reopen, each with its error type now
+    (read-only; a dry run lists them one by one)."""
+    rows = conn.execute(
+        sa.text(f"SELECT s.staging_entry_id, coalesce(s.metadata ->> 'error_type', '(none)') AS error_type"
+                f" FROM staging_entries s WHERE {_SCOPE_FILTER} ORDER BY s.staging_entry_id"),
+        scope.params(),
+    ).all()
+    return {r.staging_entry_id: r.error_type for r in rows}
+
+
 def review_scope_by_type(conn: Connection, scope: ReprocessScope) -> dict[str, int]:
     """What a reprocess of the scope would reopen: entries per error type (a dry run's answer)."""
     rows = conn.execute(

@@ -109,6 +109,27 @@ def outcome_words(summary: dict[str, Any]) -> list[tuple[str, int]]:
     ]
 
 
+def _preview_lines(scope: Mapping[str, Any]) -> list[str]:
+    """What decide/validate would make of each entry of a reprocess dry run: totals, then a table."""
+    would = scope.get("would") or {}
+    preview = scope.get("preview") or []
+    if not would and not preview:
+        return []
+    lines = ["", "Would become: " + ", ".join(f"`{k}` × {v}" for k, v in would.items())]
+    if preview:
+        lines += ["", "| entry | now | would be | why |", "| --- | --- | --- | --- |"]
+        lines += [f"| `{e.get('staging_entry_id') or e.get('task_id')}` | {e.get('error_type')} | {e.get('would')}"
+                  f" | {_cell(e.get('detail') or '')} |" for e in preview]
+    if scope.get("preview_not_shown"):
+        lines += ["", f"… and {scope['preview_not_shown']} more entries (the claim task's log lists each)."]
+    return lines
+
+
+def _cell(text: str) -> str:
+    """Text safe in a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None, heading: bool = True) -> str:
     """A short Markdown summary of one run: counts, rates and the top manual-review reasons.
 
@@ -128,6 +149,7 @@ def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None, head
             lines += ["", f"Reprocess scope: {scope.get('failed_tasks', 0)} FAILED task(s) and"
                           f" {scope.get('entries', 0)} entries in review would be queued again"
                           + (f" ({by_type})" if by_type else "") + "."]
+            lines += _preview_lines(scope)
     else:
         claimed = int(s.get("claimed", 0) or 0)
         words = [(w, n) for w, n in outcome_words(s) if n or w != "failed"]

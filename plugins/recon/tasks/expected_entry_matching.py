@@ -47,6 +47,10 @@ class Fulfil(Plan):
     held: bool = False  # the leg this line held in MISMATCH (a reprocessed mismatch)
     summary_kind: ClassVar[str] = "fulfil"
 
+    def detail(self) -> str:
+        variance = f"; the difference to variance account {self.variance_account_id}" if self.variance_account_id else ""
+        return f"expected entry {self.leg_ref}{variance}"
+
 
 @dataclass(frozen=True, slots=True)
 class Mismatch(Plan):
@@ -60,6 +64,9 @@ class Mismatch(Plan):
     @property
     def review_type(self) -> str:
         return ErrorType.MISMATCH.value
+
+    def detail(self) -> str:
+        return f"differs from expected entry {self.leg_ref}"
 
 
 @dataclass(frozen=True)
