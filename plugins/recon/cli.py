@@ -481,10 +481,11 @@ def _format_summary(summary: dict[str, Any]) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from recon.reporting.report import build_report, format_report
+    from recon.reporting.report import ReportFilter, build_report, format_report
 
+    where = ReportFilter.parse(args.merchant, args.account, args.since)  # checked before the database
     _announce_database()
-    report = build_report(default_database())
+    report = build_report(default_database(), where)
     _print(report, args.json, format_report(report))
     return 0
 
@@ -862,6 +863,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_review_commands(group("review", "exceptions: list, show, act on, export/import, verify the audit log"))
 
     report = commands.add_parser("report", help="statuses, manual-review reasons, balances, invariants")
+    report.add_argument("--merchant", help="only this merchant's accounts (merchant_id)")
+    report.add_argument("--account", help="only this account (account_id)")
+    report.add_argument("--since", help="only entries and transactions created since (ISO 8601 date or time)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_report)
 

@@ -690,8 +690,19 @@ def reopen_confirmed(conn: Connection, staging_entry_id: str, mismatched_transac
 # ---- read models: the report and the Recon view ------------------------------------------------------
 
 
-def transaction_status_counts(conn: Connection) -> dict[str, int]:
-    return dict(conn.execute(sa.text("SELECT status, count(*) FROM transactions GROUP BY status")).all())
+def transaction_status_counts(conn: Connection, accounts: Sequence[str] | None = None,
+                              since: dt.datetime | None = None) -> dict[str, int]:
+    """Transaction versions per status: all, or those with a leg on these accounts, created since then."""
+    return dict(conn.execute(sa.text(
+        """
+        SELECT status, count(*) FROM transactions t
+        WHERE (CAST(:accounts AS text[]) IS NULL OR EXISTS (
+                   SELECT 1 FROM entries e WHERE e.transaction_id = t.transaction_id
+                   AND e.account_id = ANY(CAST(:accounts AS text[]))))
+          AND (CAST(:since AS timestamptz) IS NULL OR t.created_at >= :since)
+        GROUP BY status
+        """
+    ), {"accounts": list(accounts) if accounts is not None else None, "since": since}).all())
 
 
 def mismatch_transactions(conn: Connection, limit: int) -> tuple[int, list[Any]]:
@@ -726,6 +737,8 @@ _OPEN_EXPECTED = """
     FROM entries e JOIN transactions t ON t.transaction_id = e.transaction_id
     WHERE e.status = 'EXPECTED' AND t.status = 'EXPECTED'
       AND (CAST(:account AS text) IS NULL OR e.account_id = :account)
+      AND (CAST(:accounts AS text[]) IS NULL OR e.account_id = ANY(CAST(:accounts AS text[])))
+      AND (CAST(:since AS timestamptz) IS NULL OR e.created_at >= :since)
 """
 _AGE_BUCKET = """
     CASE WHEN e.effective_date > now() - interval '1 day' THEN 0
@@ -734,13 +747,15 @@ _AGE_BUCKET = """
 """
 
 
-def open_expected_ageing(conn: Connection, account_id: str | None = None) -> list[dict[str, Any]]:
+def open_expected_ageing(conn: Connection, account_id: str | None = None, accounts: Sequence[str] | None = None,
+                         since: dt.datetime | None = None) -> list[dict[str, Any]]:
     """Open EXPECTED legs (their transaction still EXPECTED: not confirmed, not in MISMATCH) per
-    account and currency, each with count and amount per age bucket (AGE_BUCKETS)."""
+    account and currency, each with count and amount per age bucket (AGE_BUCKETS); `accounts` and
+    `since` (booked since) narrow them for the report's filter."""
     rows = conn.execute(
         sa.text(f"SELECT e.account_id, e.currency, {_AGE_BUCKET} AS bucket, count(*) AS n, sum(e.amount) AS amount"
                 f" {_OPEN_EXPECTED} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"),
-        {"account": account_id},
+        {"account": account_id, "accounts": list(accounts) if accounts is not None else None, "since": since},
     ).all()
     by_account: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
@@ -759,7 +774,7 @@ def stream_open_expected(conn: Connection, account_id: str | None = None) -> Ite
         sa.text(f"SELECT e.entry_id, e.account_id, e.order_id, e.entry_type, e.amount, e.currency,"
                 f" e.transaction_id, e.effective_date, floor(extract(epoch FROM now() - e.effective_date) / 86400)"
                 f" AS age_days {_OPEN_EXPECTED} ORDER BY e.effective_date, e.entry_id"),
-        {"account": account_id},
+        {"account": account_id, "accounts": None, "since": None},
     )
 
 

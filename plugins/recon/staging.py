@@ -724,22 +724,39 @@ def delete_unprocessed(conn: Connection, staging_entry_ids: Sequence[str]) -> li
 # ---- read models: the report and the Recon view ------------------------------------------------------
 
 
-def status_counts(conn: Connection) -> dict[str, int]:
-    return dict(conn.execute(sa.text("SELECT status, count(*) FROM staging_entries GROUP BY status")).all())
+# The report's filter (`recon report --merchant/--account/--since`): entries of these accounts (None:
+# all), created since then (None: ever).
+_REPORT_SCOPE = """
+    (CAST(:accounts AS text[]) IS NULL OR account_id = ANY(CAST(:accounts AS text[])))
+    AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
+"""
 
 
-def review_amounts(conn: Connection) -> list[Any]:
+def _report_scope(accounts: Sequence[str] | None, since: dt.datetime | None) -> dict[str, Any]:
+    return {"accounts": list(accounts) if accounts is not None else None, "since": since}
+
+
+def status_counts(conn: Connection, accounts: Sequence[str] | None = None,
+                  since: dt.datetime | None = None) -> dict[str, int]:
+    return dict(conn.execute(sa.text(f"SELECT status, count(*) FROM staging_entries WHERE {_REPORT_SCOPE}"
+                                     " GROUP BY status"), _report_scope(accounts, since)).all())
+
+
+def review_amounts(conn: Connection, accounts: Sequence[str] | None = None,
+                   since: dt.datetime | None = None) -> list[Any]:
     """Money waiting for manual review, per currency: (currency, count, amount)."""
     return conn.execute(sa.text(
         "SELECT currency, count(*) AS count, sum(amount) AS amount FROM staging_entries"
-        " WHERE status = 'NEEDS_MANUAL_REVIEW' GROUP BY currency ORDER BY currency")).all()
+        f" WHERE status = 'NEEDS_MANUAL_REVIEW' AND {_REPORT_SCOPE} GROUP BY currency ORDER BY currency"),
+        _report_scope(accounts, since)).all()
 
 
-def review_reasons(conn: Connection, sample: int) -> list[Any]:
+def review_reasons(conn: Connection, sample: int, accounts: Sequence[str] | None = None,
+                   since: dt.datetime | None = None) -> list[Any]:
     """Manual-review entries per error_type: the count and the first `sample` entries."""
     return conn.execute(
         sa.text(
-            """
+            f"""
             SELECT metadata ->> 'error_type' AS error_type, count(*) AS n,
                    (array_agg(jsonb_build_object(
                         'staging_entry_id', staging_entry_id, 'account_id', account_id,
@@ -747,28 +764,29 @@ def review_reasons(conn: Connection, sample: int) -> list[Any]:
                         'error', metadata ->> 'error', 'mismatched_fields', metadata -> 'mismatched_fields',
                         'candidates', metadata -> 'candidates') ORDER BY created_at, staging_entry_id)
                    )[1:CAST(:sample AS int)] AS sample
-            FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW'
+            FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW' AND {_REPORT_SCOPE}
             GROUP BY 1 ORDER BY n DESC, error_type
             """
         ),
-        {"sample": sample},
+        {"sample": sample, **_report_scope(accounts, since)},
     ).all()
 
 
-def tolerance_matches(conn: Connection, sample: int) -> tuple[int, list[Any]]:
+def tolerance_matches(conn: Connection, sample: int, accounts: Sequence[str] | None = None,
+                      since: dt.datetime | None = None) -> tuple[int, list[Any]]:
     """Confirmations fulfilled within their rule's tolerance: how many, and the first `sample`."""
     rows = conn.execute(
         sa.text(
-            """
+            f"""
             SELECT count(*) OVER () AS n, staging_entry_id, order_id, CAST(amount AS text) AS amount, currency,
                    metadata ->> 'variance' AS variance, metadata ->> 'variance_account_id' AS variance_account_id
             FROM staging_entries
-            WHERE status = 'PROCESSED' AND metadata ->> 'match_type' = 'FulfilledWithTolerance'
+            WHERE status = 'PROCESSED' AND metadata ->> 'match_type' = 'FulfilledWithTolerance' AND {_REPORT_SCOPE}
             ORDER BY created_at, staging_entry_id
             LIMIT :sample
             """
         ),
-        {"sample": sample},
+        {"sample": sample, **_report_scope(accounts, since)},
     ).all()
     return (rows[0].n if rows else 0), rows
 
