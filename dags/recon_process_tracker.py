@@ -414,9 +414,9 @@ def recon_process_tracker():
         expected = len(chunks) if chunks else 0
         incomplete = not params["dry_run"] and (len(results) < expected or written_back is None)
         # the Recon view (Airflow UI → Recon, and this run's "Recon summary" tab) reads this row
-        run_summaries.record_run_summary(dag_run.run_id, counts, outcome="failed" if incomplete else "success",
-                                      db=_recon_db())
-        log.info("%s", run_summaries.summary_markdown(counts, dag_run.run_id))
+        recorded = run_summaries.record_run_summary(dag_run.run_id, counts,
+                                                    outcome="failed" if incomplete else "success", db=_recon_db())
+        log.info("%s", run_summaries.summary_markdown(recorded["summary"], dag_run.run_id))
         if not params["dry_run"]:
             metrics.record_run(counts, _recon_db())  # StatsD, when RECON_STATSD_HOST is set
         if incomplete:

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import traceback
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -468,7 +469,8 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def _format_summary(summary: dict[str, Any]) -> str:
-    from recon.reporting.run_summaries import outcome_words
+    from recon.money import format_money
+    from recon.reporting.run_summaries import AMOUNT_WORDS, outcome_words
 
     parts = ", ".join(f"{n:,} {word}" for word, n in outcome_words(summary) if n or word in ("booked", "matched"))
     mismatched = summary.get("mismatched", 0)
@@ -477,6 +479,8 @@ def _format_summary(summary: dict[str, Any]) -> str:
              + f"; {summary['duration_s']}s, {summary['entries_per_s']:,} entries/s"]
     for error_type, n in summary.get("manual_review_by_type", {}).items():
         lines.append(f"  to review: {error_type} x{n:,}")
+    lines += [f"  money {word}: " + ", ".join(format_money(Decimal(a), c) for c, a in summary["amounts"][key].items())
+              for key, word in AMOUNT_WORDS if summary.get("amounts", {}).get(key)]
     return "\n".join(lines)
 
 

@@ -768,6 +768,13 @@ def open_expected_ageing(conn: Connection, account_id: str | None = None, accoun
     return list(by_account.values())
 
 
+def open_expected_totals(conn: Connection) -> dict[str, Decimal]:
+    """Money still expected (open EXPECTED legs, not confirmed, not in MISMATCH) per currency."""
+    rows = conn.execute(sa.text(f"SELECT e.currency, sum(e.amount) AS amount {_OPEN_EXPECTED} GROUP BY 1 ORDER BY 1"),
+                        {"account": None, "accounts": None, "since": None}).all()
+    return {r.currency: r.amount for r in rows}
+
+
 def stream_open_expected(conn: Connection, account_id: str | None = None) -> Iterator[Any]:
     """Every open EXPECTED leg, oldest first, through a server-side cursor (exports have no cap)."""
     yield from conn.execution_options(stream_results=True, yield_per=2_000).execute(

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from decimal import Decimal
 from typing import Any, Callable, Sequence
 
 from recon import settings, staging
@@ -22,6 +23,7 @@ from recon.db import Database
 from recon.errors import ErrorType, InvalidInputError
 from recon.model import TaskStatus, TaskType
 from recon.tasks.manager import TaskManager
+from recon.tasks.outcomes import ChunkResult, amounts_as_text
 from recon.tasks.verdicts import Decision, Validation
 from recon.tracker import ProcessTracker, parse_task_type
 
@@ -125,12 +127,16 @@ def summarize(chunk_results: Sequence[dict[str, Any] | None], claimed: int, star
     """Totals of a run; chunk results may be None for chunks that never ran."""
     totals: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    amounts = ChunkResult()
     for result in chunk_results:
         if not result:
             continue
         for name in SUMMARY_COUNTS:
             totals[name] += int(result.get(name, 0))
         reasons.update(result.get("manual_review_by_type", {}))
+        for kind, by_currency in (result.get("amounts") or {}).items():
+            for currency, amount in by_currency.items():
+                amounts.add_amount(kind, currency, Decimal(amount))
     if write_back_result:
         totals["retried"] += write_back_result.get("retried", 0)
         totals["failed"] += write_back_result.get("failed", 0)
@@ -143,6 +149,7 @@ def summarize(chunk_results: Sequence[dict[str, Any] | None], claimed: int, star
     summary["duration_s"] = round(duration, 3)
     summary["entries_per_s"] = round(processed / duration, 1)
     summary["manual_review_by_type"] = dict(reasons.most_common())
+    summary["amounts"] = amounts_as_text(amounts.amounts)  # per outcome and currency, exact text
     return summary
 
 

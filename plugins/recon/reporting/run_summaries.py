@@ -8,13 +8,15 @@ summary" tab and its run note render one with :func:`summary_markdown`.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any, Mapping
 
 import sqlalchemy as sa
 
-from recon import settings
+from recon import ledger, settings
 from recon.db import Database
 from recon.errors import InvalidInputError
+from recon.money import format_money
 from recon.tracker import ProcessTracker
 
 _RECORD_RUN = sa.text(
@@ -61,9 +63,13 @@ def record_run_summary(
     if not run_id:
         raise InvalidInputError("run_id must be a non-empty string")
     dry_run = bool(summary.get("dry_run", False))
+    summary = dict(summary)
     claimed = 0 if dry_run else int(summary.get("claimed", 0) or 0)
     processed = 0 if dry_run else int(summary.get("completed", 0) or 0) + int(summary.get("failed", 0) or 0)
     with db.begin() as conn:
+        if not dry_run:  # the money still expected when the run ended: the state it left, like the backlog
+            summary["amounts"] = {**(summary.get("amounts") or {}), "unconfirmed": {
+                currency: str(amount) for currency, amount in ledger.open_expected_totals(conn).items()}}
         row = conn.execute(
             _RECORD_RUN,
             {
@@ -107,6 +113,25 @@ def outcome_words(summary: dict[str, Any]) -> list[tuple[str, int]]:
         ("already processed", int(summary.get("already_processed", 0)) + int(summary.get("not_owned", 0))),
         ("failed", max(int(summary.get("failed", 0)) - to_review, 0)),
     ]
+
+
+# the money rows of a run's summary, in a controller's order: what the run did, then what is left open
+AMOUNT_WORDS = (("booked", "booked"), ("matched", "matched"), ("to_review", "to review"),
+                ("unconfirmed", "unconfirmed (still expected)"))
+
+
+def money_lines(amounts: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """A Markdown table of the run's money per currency: each with its decimals, grouped."""
+    currencies = sorted({c for by_currency in amounts.values() for c in by_currency})
+    if not currencies:
+        return []
+    lines = ["", "| money | " + " | ".join(currencies) + " |", "| --- |" + " ---: |" * len(currencies)]
+    for key, word in AMOUNT_WORDS:
+        by_currency = amounts.get(key) or {}
+        if by_currency:
+            lines.append(f"| {word} | " + " | ".join(
+                format_money(Decimal(by_currency[c]), c) if c in by_currency else "–" for c in currencies) + " |")
+    return lines
 
 
 def _preview_lines(scope: Mapping[str, Any]) -> list[str]:
@@ -168,6 +193,7 @@ def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None, head
             settled = int(s.get("booked", 0) or 0) + int(s.get("matched", 0) or 0)
             lines += ["", f"Settled without review: {100 * settled / claimed:.1f} % of claimed tasks"
                           " (booked or matched)."]
+        lines += money_lines(s.get("amounts") or {})
     reasons = s.get("manual_review_by_type") or {}
     if reasons:
         top = sorted(reasons.items(), key=lambda kv: (-int(kv[1]), kv[0]))[:5]
