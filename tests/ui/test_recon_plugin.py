@@ -247,9 +247,12 @@ def test_a_database_that_refuses_connections_is_a_503(
         admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
         try:  # the view's pooled connections go too: it must open new ones, which are refused
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-            for path in ("/recon/api/queue", "/recon/"):
+            for path in ("/recon/api/queue", "/recon/api/ledger?html=1"):
                 status, body = api_server.request("GET", path)
                 assert status == 503 and "cannot be reached" in json.dumps(body), (path, status, body)
+            # the page's shell reads nothing: it still paints, and each section says it could not load
+            status, shell = api_server.request("GET", "/recon/", headers={"Accept": "text/html"})
+            assert status == 200 and 'data-state="loading"' in shell, (status, shell)
         finally:
             admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
     assert api_server.request("GET", "/recon/api/queue")[0] == 200
