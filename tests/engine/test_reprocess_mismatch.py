@@ -73,3 +73,16 @@ def test_without_a_rule_change_a_reprocessed_mismatch_keeps_its_reason(books):
     assert meta["mismatched_fields"] == before["mismatched_fields"]
     assert mismatch_panel(s) == 1
     assert [h[1] for h in history(s, line)] == ["MismatchError", None, "MismatchError"]
+
+
+def test_a_reviewer_requeue_of_a_mismatch_is_judged_again_too(books):
+    from recon import review
+
+    s, line = mismatched(books)
+    accounts.update_recon_rule(s.rule, {"amount_tolerance_pct": "5"}, db=s.db)  # 50.00 is 4.2 % of 1,200.00
+    review.act(s.db, "requeue", line, reason="DATA_CORRECTION", note="tolerance raised", actor="fay")
+    s.process()
+    meta = s.meta(line)
+    assert meta["match_type"] == "FulfilledWithTolerance" and meta["variance"] == "-50.0000"
+    assert [h[0] for h in history(s, line)] == ["NEEDS_MANUAL_REVIEW", "PENDING", "PROCESSED"]
+    assert history(s, line)[1][2] == "requeue by fay: DATA_CORRECTION (tolerance raised)"
