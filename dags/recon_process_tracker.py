@@ -49,7 +49,9 @@ locks, before anything is written; results never depend on chunking or on which 
   (or `{"task_ids": ["task_..."]}`): FAILED tasks and entries waiting for manual review
   in that scope are queued again, then processed by this run.
 - **Dry run**: `dry_run = true` peeks at the due tasks without claiming them and runs
-  `decide` and `validate` only; nothing is written. With `reprocess` it reports the scope: FAILED
+  `decide` and `validate` only; nothing is written. With `reprocess` it says, entry by entry, what
+  `decide`/`validate` would make of each line in scope (the claim log lists every one, the summary
+  the first ones), and reports the scope: FAILED
   tasks and entries in review per error type that a real run would queue again.
 - A conf key this DAG does not take (`{"dryrun": true}`) fails the run before anything is claimed.
 
@@ -178,7 +180,16 @@ def _requeue(params) -> dict:
         dry_run=params["dry_run"],
         db=_recon_db(),
     )
-    log.info("reprocess%s: %s", " (dry run, nothing written)" if params["dry_run"] else "", result)
+    if params["dry_run"]:
+        # every entry on its own short line; the XCom and the summary keep the first few
+        for e in result["preview"]:
+            log.info("dry run: %s %s -> %s %s", e["staging_entry_id"] or e["task_id"], e["error_type"], e["would"],
+                     e["detail"])
+        shown = settings.DRY_RUN_ENTRIES_SHOWN
+        result = {**result, "preview": result["preview"][:shown],
+                  "preview_not_shown": max(len(result["preview"]) - shown, 0)}
+    log.info("reprocess%s: %s", " (dry run, nothing written)" if params["dry_run"] else "",
+             {k: v for k, v in result.items() if k != "preview"})
     return result
 
 
@@ -406,9 +417,9 @@ def recon_process_tracker():
         expected = len(chunks) if chunks else 0
         incomplete = not params["dry_run"] and (len(results) < expected or written_back is None)
         # the Recon view (Airflow UI → Recon, and this run's "Recon summary" tab) reads this row
-        run_summaries.record_run_summary(dag_run.run_id, counts, outcome="failed" if incomplete else "success",
-                                      db=_recon_db())
-        log.info("%s", run_summaries.summary_markdown(counts, dag_run.run_id))
+        recorded = run_summaries.record_run_summary(dag_run.run_id, counts,
+                                                    outcome="failed" if incomplete else "success", db=_recon_db())
+        log.info("%s", run_summaries.summary_markdown(recorded["summary"], dag_run.run_id))
         if not params["dry_run"]:
             metrics.record_run(counts, _recon_db())  # StatsD, when RECON_STATSD_HOST is set
         if incomplete:

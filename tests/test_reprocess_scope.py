@@ -66,3 +66,28 @@ def test_a_window_can_leave_mismatches_alone(db_url, exceptions, capsys):
     assert code == 0, err
     assert "requeued 2 FAILED task(s); reopened 2 entries" in out and review_types(exceptions) == ["MismatchError"]
     assert exceptions.one("SELECT count(*) FROM process_tracker WHERE status = 'FAILED'")[0] == 1
+
+
+def test_a_dry_run_says_what_decide_and_validate_would_make_of_each_entry(db_url, exceptions, capsys):
+    before = snapshot(db_url)
+    history = exceptions.one("SELECT count(*) FROM staging_entry_outcomes")[0]
+
+    code, err, out = run(capsys, "reprocess", *window(), "--dry-run", "--json")
+
+    assert code == 0, err
+    result = json.loads(out)
+    by_entry = {e["staging_entry_id"]: (e["error_type"], e["would"]) for e in result["preview"]}
+    assert sorted(by_entry.values()) == [("MismatchError", "MismatchError"),  # judged against its leg again
+                                         ("NoReconRuleFoundError", "NoReconRuleFoundError"),
+                                         ("NoReconRuleFoundError", "NoReconRuleFoundError")]
+    assert result["would"] == {"NoReconRuleFoundError": 2, "MismatchError": 1}
+    mismatch = next(e for e in result["preview"] if e["would"] == "MismatchError")
+    assert "expected" in mismatch["detail"] and mismatch["task_id"]
+    assert snapshot(db_url) == before  # the savepoint rolled back: nothing reopened or queued
+    assert exceptions.one("SELECT count(*) FROM staging_entry_outcomes")[0] == history
+
+    code, err, out = run(capsys, "reprocess", "--error-type", "MismatchError", "--dry-run")
+    assert code == 0, err
+    assert "what decide/validate would say now:" in out and "MismatchError: 1" in out
+    (line,) = [l for l in out.splitlines() if l.startswith(mismatch["staging_entry_id"])]
+    assert line.split()[1:3] == ["MismatchError", "MismatchError"]

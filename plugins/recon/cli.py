@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import traceback
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -110,6 +111,11 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
         lines = [f"dry run: would requeue {result['failed_tasks']:,} FAILED task(s) and reopen"
                  f" {result['entries']:,} entries from review; nothing written"]
         lines += [f"  {error_type}: {n:,}" for error_type, n in result["entries_by_error_type"].items()]
+        lines += ["what decide/validate would say now:"]
+        lines += [f"  {outcome}: {n:,}" for outcome, n in result["would"].items()]
+        lines += ["", f"{'STAGING ENTRY':<30} {'NOW':<24} {'WOULD BE':<24} WHY"]
+        lines += [f"{e['staging_entry_id'] or e['task_id']:<30} {e['error_type']:<24} {e['would']:<24} {e['detail']}"
+                  for e in result["preview"]]
         _print(result, args.json, "\n".join(lines))
         return 0
     _print(result, args.json, f"requeued {result['requeued_tasks']:,} FAILED task(s);"
@@ -467,7 +473,8 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 
 def _format_summary(summary: dict[str, Any]) -> str:
-    from recon.reporting.run_summaries import outcome_words
+    from recon.money import format_money
+    from recon.reporting.run_summaries import AMOUNT_WORDS, outcome_words
 
     parts = ", ".join(f"{n:,} {word}" for word, n in outcome_words(summary) if n or word in ("booked", "matched"))
     mismatched = summary.get("mismatched", 0)
@@ -476,14 +483,17 @@ def _format_summary(summary: dict[str, Any]) -> str:
              + f"; {summary['duration_s']}s, {summary['entries_per_s']:,} entries/s"]
     for error_type, n in summary.get("manual_review_by_type", {}).items():
         lines.append(f"  to review: {error_type} x{n:,}")
+    lines += [f"  money {word}: " + ", ".join(format_money(Decimal(a), c) for c, a in summary["amounts"][key].items())
+              for key, word in AMOUNT_WORDS if summary.get("amounts", {}).get(key)]
     return "\n".join(lines)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from recon.reporting.report import build_report, format_report
+    from recon.reporting.report import ReportFilter, build_report, format_report
 
+    where = ReportFilter.parse(args.merchant, args.account, args.since)  # checked before the database
     _announce_database()
-    report = build_report(default_database())
+    report = build_report(default_database(), where)
     _print(report, args.json, format_report(report))
     return 0
 
@@ -865,6 +875,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_review_commands(group("review", "exceptions: list, show, act on, export/import, verify the audit log"))
 
     report = commands.add_parser("report", help="statuses, manual-review reasons, balances, invariants")
+    report.add_argument("--merchant", help="only this merchant's accounts (merchant_id)")
+    report.add_argument("--account", help="only this account (account_id)")
+    report.add_argument("--since", help="only entries and transactions created since (ISO 8601 date or time)")
     report.add_argument("--json", action="store_true")
     report.set_defaults(func=cmd_report)
 

@@ -576,6 +576,25 @@ def lock_open_legs(conn: Connection, entry_ids: Sequence[str]) -> dict[str, Expe
     return {r[0]: _expected_leg(r) for r in rows}
 
 
+def held_legs(conn: Connection, entry_ids: Sequence[str], lock: bool) -> dict[str, tuple[ExpectedLeg, str | None]]:
+    """These EXPECTED legs still held by a mismatch (their transaction MISMATCH), each with the recon
+    rule that booked it: a reprocessed mismatch is judged again against its own leg, which no open-leg
+    look-up finds. With `lock`, their transactions are locked FOR UPDATE in a fixed order."""
+    if not entry_ids:
+        return {}
+    columns = _EXPECTED_LEG_COLUMNS.format(transaction_metadata="t.metadata")
+    rows = conn.exec_driver_sql(
+        f"""
+        SELECT {columns}, e.metadata ->> 'recon_rule_id' AS recon_rule_id
+        FROM entries e JOIN transactions t ON t.transaction_id = e.transaction_id
+        WHERE e.entry_id = ANY(CAST(%(ids)b AS text[])) AND e.status = 'EXPECTED' AND t.status = 'MISMATCH'
+        ORDER BY t.transaction_id, e.entry_id
+        """ + (" FOR UPDATE OF t" if lock else ""),
+        {"ids": sorted(entry_ids)},
+    )
+    return {r[0]: (_expected_leg(r[:13]), r[13]) for r in rows}
+
+
 def posted_legs(conn: Connection, transaction_ids: Sequence[str]) -> dict[str, list[PostedLeg]]:
     """The POSTED legs of these transactions (carried over to a fulfilled version)."""
     if not transaction_ids:
@@ -755,8 +774,19 @@ def reopen_confirmed(conn: Connection, staging_entry_id: str, mismatched_transac
 # ---- read models: the report and the Recon view ------------------------------------------------------
 
 
-def transaction_status_counts(conn: Connection) -> dict[str, int]:
-    return dict(conn.execute(sa.text("SELECT status, count(*) FROM transactions GROUP BY status")).all())
+def transaction_status_counts(conn: Connection, accounts: Sequence[str] | None = None,
+                              since: dt.datetime | None = None) -> dict[str, int]:
+    """Transaction versions per status: all, or those with a leg on these accounts, created since then."""
+    return dict(conn.execute(sa.text(
+        """
+        SELECT status, count(*) FROM transactions t
+        WHERE (CAST(:accounts AS text[]) IS NULL OR EXISTS (
+                   SELECT 1 FROM entries e WHERE e.transaction_id = t.transaction_id
+                   AND e.account_id = ANY(CAST(:accounts AS text[]))))
+          AND (CAST(:since AS timestamptz) IS NULL OR t.created_at >= :since)
+        GROUP BY status
+        """
+    ), {"accounts": list(accounts) if accounts is not None else None, "since": since}).all())
 
 
 def mismatch_transactions(conn: Connection, limit: int) -> tuple[int, list[Any]]:
@@ -791,6 +821,8 @@ _OPEN_EXPECTED = """
     FROM entries e JOIN transactions t ON t.transaction_id = e.transaction_id
     WHERE e.status = 'EXPECTED' AND t.status = 'EXPECTED'
       AND (CAST(:account AS text) IS NULL OR e.account_id = :account)
+      AND (CAST(:accounts AS text[]) IS NULL OR e.account_id = ANY(CAST(:accounts AS text[])))
+      AND (CAST(:since AS timestamptz) IS NULL OR e.created_at >= :since)
 """
 _AGE_BUCKET = """
     CASE WHEN e.effective_date > now() - interval '1 day' THEN 0
@@ -799,13 +831,15 @@ _AGE_BUCKET = """
 """
 
 
-def open_expected_ageing(conn: Connection, account_id: str | None = None) -> list[dict[str, Any]]:
+def open_expected_ageing(conn: Connection, account_id: str | None = None, accounts: Sequence[str] | None = None,
+                         since: dt.datetime | None = None) -> list[dict[str, Any]]:
     """Open EXPECTED legs (their transaction still EXPECTED: not confirmed, not in MISMATCH) per
-    account and currency, each with count and amount per age bucket (AGE_BUCKETS)."""
+    account and currency, each with count and amount per age bucket (AGE_BUCKETS); `accounts` and
+    `since` (booked since) narrow them for the report's filter."""
     rows = conn.execute(
         sa.text(f"SELECT e.account_id, e.currency, {_AGE_BUCKET} AS bucket, count(*) AS n, sum(e.amount) AS amount"
                 f" {_OPEN_EXPECTED} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"),
-        {"account": account_id},
+        {"account": account_id, "accounts": list(accounts) if accounts is not None else None, "since": since},
     ).all()
     by_account: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
@@ -818,13 +852,20 @@ def open_expected_ageing(conn: Connection, account_id: str | None = None) -> lis
     return list(by_account.values())
 
 
+def open_expected_totals(conn: Connection) -> dict[str, Decimal]:
+    """Money still expected (open EXPECTED legs, not confirmed, not in MISMATCH) per currency."""
+    rows = conn.execute(sa.text(f"SELECT e.currency, sum(e.amount) AS amount {_OPEN_EXPECTED} GROUP BY 1 ORDER BY 1"),
+                        {"account": None, "accounts": None, "since": None}).all()
+    return {r.currency: r.amount for r in rows}
+
+
 def stream_open_expected(conn: Connection, account_id: str | None = None) -> Iterator[Any]:
     """Every open EXPECTED leg, oldest first, through a server-side cursor (exports have no cap)."""
     yield from conn.execution_options(stream_results=True, yield_per=2_000).execute(
         sa.text(f"SELECT e.entry_id, e.account_id, e.order_id, e.entry_type, e.amount, e.currency,"
                 f" e.transaction_id, e.effective_date, floor(extract(epoch FROM now() - e.effective_date) / 86400)"
                 f" AS age_days {_OPEN_EXPECTED} ORDER BY e.effective_date, e.entry_id"),
-        {"account": account_id},
+        {"account": account_id, "accounts": None, "since": None},
     )
 
 

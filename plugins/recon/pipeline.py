@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections import Counter
+from decimal import Decimal
 from typing import Any, Callable, Sequence
 
 from recon import settings, staging
@@ -22,6 +23,7 @@ from recon.db import Database
 from recon.errors import ErrorType, InvalidInputError
 from recon.model import TaskStatus, TaskType
 from recon.tasks.manager import TaskManager
+from recon.tasks.outcomes import ChunkResult, amounts_as_text
 from recon.tasks.verdicts import Decision, Validation, pack, unpack
 from recon.tracker import ProcessTracker, parse_task_type
 
@@ -126,12 +128,16 @@ def summarize(chunk_results: Sequence[dict[str, Any] | None], claimed: int, star
     """Totals of a run; chunk results may be None for chunks that never ran."""
     totals: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
+    amounts = ChunkResult()
     for result in chunk_results:
         if not result:
             continue
         for name in SUMMARY_COUNTS:
             totals[name] += int(result.get(name, 0))
         reasons.update(result.get("manual_review_by_type", {}))
+        for kind, by_currency in (result.get("amounts") or {}).items():
+            for currency, amount in by_currency.items():
+                amounts.add_amount(kind, currency, Decimal(amount))
     if write_back_result:
         totals["retried"] += write_back_result.get("retried", 0)
         totals["failed"] += write_back_result.get("failed", 0)
@@ -144,6 +150,7 @@ def summarize(chunk_results: Sequence[dict[str, Any] | None], claimed: int, star
     summary["duration_s"] = round(duration, 3)
     summary["entries_per_s"] = round(processed / duration, 1)
     summary["manual_review_by_type"] = dict(reasons.most_common())
+    summary["amounts"] = amounts_as_text(amounts.amounts)  # per outcome and currency, exact text
     return summary
 
 
@@ -178,21 +185,47 @@ def requeue_scope(created_from: dt.datetime | str | None = None, created_to: dt.
     with db.begin() as conn:
         entry_ids = tracker.staging_entry_ids(task_ids, conn) if task_ids is not None else None
         scope = staging.ReprocessScope(created_from, created_to, entry_ids, review, tuple(exclude_error_types))
+
+        def reopen() -> tuple[list[str], list[str], list[str]]:
+            """FAILED tasks requeued, entries reopened, and the fresh tasks of entries that had none."""
+            if filtered:
+                reopened = staging.reopen_for_review(conn, scope)
+                requeued = tracker.requeue(tracker.failed_task_ids(reopened, conn), conn=conn) if reopened else []
+            else:
+                requeued = tracker.requeue(task_ids, created_from, created_to, conn)
+                reopened = staging.reopen_for_review(conn, scope)
+            return requeued, reopened, tracker.enqueue_entries(reopened, conn)
+
         if dry_run:
-            by_type = staging.review_scope_by_type(conn, scope)
-            failed = (len(tracker.failed_task_ids(staging.review_scope_ids(conn, scope), conn)) if filtered
+            before = staging.review_scope_types(conn, scope)
+            failed = (len(tracker.failed_task_ids(list(before), conn)) if filtered
                       else tracker.count_failed(task_ids, created_from, created_to, conn))
-            return {"dry_run": True, "failed_tasks": failed, "entries": sum(by_type.values()),
-                    "entries_by_error_type": by_type}
-        if filtered:
-            reopened = staging.reopen_for_review(conn, scope)
-            requeued = tracker.requeue(tracker.failed_task_ids(reopened, conn), conn=conn) if reopened else []
-        else:
-            requeued = tracker.requeue(task_ids, created_from, created_to, conn)
-            reopened = staging.reopen_for_review(conn, scope)
-        tracker.enqueue_entries(reopened, conn)
+            return {"dry_run": True, "failed_tasks": failed, "entries": len(before),
+                    "entries_by_error_type": dict(Counter(before.values()).most_common()),
+                    **_preview(conn, db, reopen, before)}
+        requeued, reopened, _ = reopen()
     log.info("reprocess: %d FAILED task(s) requeued, %d entries reopened", len(requeued), len(reopened))
     return {"requeued_tasks": len(requeued), "reopened_entries": len(reopened)}
+
+
+def _preview(conn: Any, db: Database, reopen: Callable[[], tuple[list[str], list[str], list[str]]],
+             before: dict[str, str]) -> dict[str, Any]:
+    """What decide/validate would say of each entry in scope: the scope is reopened in a savepoint,
+    each task asked as a run would ask it, and everything rolled back (a dry run writes nothing)."""
+    savepoint = conn.begin_nested()
+    try:
+        requeued, _, enqueued = reopen()
+        found = TaskManager(db).preview(conn, requeued + enqueued)
+    finally:
+        savepoint.rollback()
+    entries = sorted(({
+        "staging_entry_id": item.staging.staging_entry_id if item.staging else None,
+        "task_id": item.task_id,
+        "error_type": before.get(item.staging.staging_entry_id, "(none)") if item.staging else "(none)",
+        "would": verdict.outcome(),
+        "detail": verdict.detail()[:300],
+    } for item, verdict in found), key=lambda e: (e["staging_entry_id"] or "", e["task_id"]))
+    return {"would": dict(Counter(e["would"] for e in entries).most_common()), "preview": entries}
 
 
 def prune(retention_days: int, db: Database) -> dict[str, int]:

@@ -217,6 +217,16 @@ class _Asked:
         """Kept in the booked version's metadata: the ledger says which decision made it."""
         return {"action": self.action, "reason_code": self.reason, "note": self.note, "actor": self.actor}
 
+    @property
+    def run(self) -> str:
+        """Who changed the entry, as its outcome history names it."""
+        return f"review:{self.actor}"
+
+    @property
+    def history_reason(self) -> str:
+        """Why, as the entry's outcome history says it."""
+        return f"{self.action} by {self.actor}: {self.reason}" + (f" ({self.note})" if self.note else "")
+
 
 def _fulfil(conn: Connection, item: ReviewItem, expected_entry_id: str, asked: _Asked) -> dict[str, Any]:
     """Fulfil the expected leg with this line at the line's amount; a difference goes to the rule's
@@ -261,7 +271,8 @@ def _fulfil(conn: Connection, item: ReviewItem, expected_entry_id: str, asked: _
         after["variance"] = {"account_id": booked.variance.account_id, "entry_type": booked.variance.entry_type,
                              "amount": str(booked.variance.amount)}
     staging.apply_updates(conn, [StagingUpdate(entry.staging_entry_id, StagingStatus.PROCESSED,
-                                               {k: v for k, v in after.items() if k != "status"})])
+                                               {k: v for k, v in after.items() if k != "status"},
+                                               reason=asked.history_reason)], run=asked.run)
     return after
 
 
@@ -301,7 +312,8 @@ def _ignore(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]
             batch.flush(conn)
             after.update(reopened)
     staging.apply_updates(conn, [StagingUpdate(item.entry.staging_entry_id, StagingStatus.PROCESSED,
-                                               {"match_type": "Ignored", "review": asked.review_note})])
+                                               {"match_type": "Ignored", "review": asked.review_note},
+                                               reason=asked.history_reason)], run=asked.run)
     return after
 
 
@@ -317,13 +329,15 @@ def _reopen(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]
                                 f" ({entry.status}, {state})")
     batch.flush(conn)
     staging.back_to_review(conn, entry.staging_entry_id, f"reopened by {asked.actor}: {asked.reason}",
-                           ErrorType.REOPENED.value, {"reopened_transaction_id": reopened["reopened_transaction_id"]})
+                           ErrorType.REOPENED.value, {"reopened_transaction_id": reopened["reopened_transaction_id"]},
+                           run=asked.run)
     return {"status": StagingStatus.NEEDS_MANUAL_REVIEW.value, **reopened}
 
 
 def _requeue(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]:
     """Today's reprocess, for this one entry: back to PENDING with a fresh task."""
-    reopened = staging.reopen_for_review(conn, staging.ReprocessScope(staging_entry_ids=[item.entry.staging_entry_id]))
+    reopened = staging.reopen_for_review(conn, staging.ReprocessScope(staging_entry_ids=[item.entry.staging_entry_id]),
+                                         reason=asked.history_reason, run=asked.run)
     tasks = ProcessTracker(asked.db).enqueue_entries(reopened, conn)
     return {"status": StagingStatus.PENDING.value, "task_ids": tasks}
 

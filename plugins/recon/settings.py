@@ -44,6 +44,8 @@ DEFAULT_CHUNK_SIZE = 12_500
 MAX_BATCH_SIZE = 1_000_000
 MAX_CHUNK_SIZE = 15_000
 MAX_CHUNKS = 1_024  # Airflow's [core] max_map_length
+# a reprocess dry run's entries listed in its XCom and run summary (its claim log lists every one)
+DRY_RUN_ENTRIES_SHOWN = 50
 
 
 def int_env(name: str, default: int, minimum: int = 0, maximum: int | None = None) -> int:

@@ -284,11 +284,17 @@ def load_entries(conn: Connection, ids: Sequence[str], lock: bool, metadata: boo
         {"ids": sorted(ids)},
     )
     if not metadata:
-        return {r[0]: StagingEntry(*r[:8], {}, *r[9:]) for r in rows}
+        return {r[0]: StagingEntry(*r[:8], r[8] or {}, *r[9:]) for r in rows}
     return {r[0]: StagingEntry(*r) for r in rows}
 
 
-_NO_METADATA = "NULL"  # routing and validation of most strategies read no metadata
+# Routing and validation of most strategies read no metadata; only the expected leg a reprocessed
+# mismatch held is kept (the matcher judges it again against that leg): one key read in the same
+# statement, no extra query for the chunk.
+_NO_METADATA = (
+    "CASE WHEN status <> 'PROCESSED' AND metadata ? 'matched_entry_id'"
+    " THEN jsonb_build_object('matched_entry_id', metadata -> 'matched_entry_id') END"
+)
 
 
 def _key_arrays(keys: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
@@ -408,6 +414,7 @@ class StagingUpdate:
     status: str
     patch: dict[str, Any]
     task_id: str | None = None
+    reason: str | None = None  # the history's reason when the patch carries no error (a reviewer's decision)
 
 
 # the status change and its row in the entry's append-only history, in one statement
@@ -423,12 +430,13 @@ _UPDATE_STAGING = sa.text(
             discarded_at = CASE WHEN u.status = 'PROCESSED' THEN now() ELSE s.discarded_at END,
             updated_at = now()  -- set here, the touch trigger is skipped (sql/0002)
         FROM json_to_recordset(CAST(:rows AS json)) AS u(staging_entry_id text, status text, patch jsonb,
-                                                          task_id text)
+                                                          task_id text, reason text)
         WHERE s.staging_entry_id = u.staging_entry_id AND s.status <> 'PROCESSED'
-        RETURNING s.staging_entry_id, u.status, u.patch, u.task_id
+        RETURNING s.staging_entry_id, u.status, u.patch, u.task_id, u.reason
     )
     INSERT INTO staging_entry_outcomes (staging_entry_id, status, error_type, reason, task_id, run)
-    SELECT staging_entry_id, status, patch ->> 'error_type', patch ->> 'error', task_id, :run FROM changed
+    SELECT staging_entry_id, status, patch ->> 'error_type', coalesce(patch ->> 'error', reason), task_id, :run
+    FROM changed
     """
 )
 
@@ -465,9 +473,10 @@ def mark_for_review(conn: Connection, staging_entry_ids: Sequence[str], error: s
 # ---- reprocessing --------------------------------------------------------------------------------
 
 
-def reopen_for_review(conn: Connection, scope: ReprocessScope) -> list[str]:
+def reopen_for_review(conn: Connection, scope: ReprocessScope, reason: str = "reopened by a reprocess",
+                      run: str = "reprocess") -> list[str]:
     """Entries in manual review within the scope back to PENDING, their error keys removed (the
-    reason stays in their history, with a row saying they were reopened); returns their ids."""
+    reason stays in their history, with a row saying why they were reopened); returns their ids."""
     return list(
         conn.execute(
             sa.text(
@@ -482,12 +491,12 @@ def reopen_for_review(conn: Connection, scope: ReprocessScope) -> list[str]:
                     RETURNING s.staging_entry_id
                 ), recorded AS (
                     INSERT INTO staging_entry_outcomes (staging_entry_id, status, reason, run)
-                    SELECT staging_entry_id, 'PENDING', 'reopened by a reprocess', 'reprocess' FROM reopened
+                    SELECT staging_entry_id, 'PENDING', :reason, :run FROM reopened
                 )
                 SELECT staging_entry_id FROM reopened
                 """
             ),
-            scope.params(),
+            {**scope.params(), "reason": reason, "run": run},
         ).scalars()
     )
 
@@ -517,23 +526,32 @@ def lock_for_review(conn: Connection, staging_entry_id: str) -> ReviewItem | Non
     return ReviewItem(StagingEntry(*row[:11]), row.updated_at) if row is not None else None
 
 
-_MATCH_KEYS = ("match_type", "matched_transaction_id", "matched_entry_id", "evolved_transaction_id")
+_MATCH_KEYS = ("match_type", "matched_transaction_id", "matched_entry_id", "evolved_transaction_id",
+               "variance", "variance_account_id")
+_REVIEW_KEYS = ("mismatched_fields", "candidates")  # findings of an earlier review
 
 
 def back_to_review(conn: Connection, staging_entry_id: str, error: str, error_type: str,
-                   patch: dict[str, Any]) -> None:
-    """A reopened confirmation goes back to manual review (from PROCESSED too), its match keys removed."""
+                   patch: dict[str, Any], run: str | None = None) -> None:
+    """A reopened confirmation goes back to manual review (from PROCESSED too), its match keys and
+    the findings of an earlier review removed; the change is kept in its history (`run`: who did it)."""
     conn.execute(
         sa.text(
             """
-            UPDATE staging_entries SET status = 'NEEDS_MANUAL_REVIEW', discarded_at = NULL, updated_at = now(),
-                   metadata = (metadata - CAST(:drop AS text[])) || CAST(:patch AS jsonb)
-                              || jsonb_build_object('error', CAST(:error AS text), 'error_type', CAST(:error_type AS text))
-            WHERE staging_entry_id = :id
+            WITH changed AS (
+                UPDATE staging_entries SET status = 'NEEDS_MANUAL_REVIEW', discarded_at = NULL, updated_at = now(),
+                       metadata = (metadata - CAST(:drop AS text[])) || CAST(:patch AS jsonb)
+                                  || jsonb_build_object('error', CAST(:error AS text),
+                                                        'error_type', CAST(:error_type AS text))
+                WHERE staging_entry_id = :id
+                RETURNING staging_entry_id
+            )
+            INSERT INTO staging_entry_outcomes (staging_entry_id, status, error_type, reason, run)
+            SELECT staging_entry_id, 'NEEDS_MANUAL_REVIEW', :error_type, :error, :run FROM changed
             """
         ),
-        {"id": staging_entry_id, "drop": list(_MATCH_KEYS), "patch": json.dumps(patch), "error": error,
-         "error_type": error_type},
+        {"id": staging_entry_id, "drop": list(_MATCH_KEYS + _REVIEW_KEYS), "patch": json.dumps(patch),
+         "error": error, "error_type": error_type, "run": run},
     )
 
 
@@ -600,6 +618,17 @@ def review_scope_ids(conn: Connection, scope: ReprocessScope) -> list[str]:
     """The manual-review entries a reprocess of the scope would reopen (read-only)."""
     return list(conn.execute(sa.text(f"SELECT s.staging_entry_id FROM staging_entries s WHERE {_SCOPE_FILTER}"),
                              scope.params()).scalars())
+
+
+def review_scope_types(conn: Connection, scope: ReprocessScope) -> dict[str, str]:
+    """The manual-review entries a reprocess of the scope would reopen, each with its error type now
+    (read-only; a dry run lists them one by one)."""
+    rows = conn.execute(
+        sa.text(f"SELECT s.staging_entry_id, coalesce(s.metadata ->> 'error_type', '(none)') AS error_type"
+                f" FROM staging_entries s WHERE {_SCOPE_FILTER} ORDER BY s.staging_entry_id"),
+        scope.params(),
+    ).all()
+    return {r.staging_entry_id: r.error_type for r in rows}
 
 
 def review_scope_by_type(conn: Connection, scope: ReprocessScope) -> dict[str, int]:
@@ -699,22 +728,39 @@ def delete_unprocessed(conn: Connection, staging_entry_ids: Sequence[str]) -> li
 # ---- read models: the report and the Recon view ------------------------------------------------------
 
 
-def status_counts(conn: Connection) -> dict[str, int]:
-    return dict(conn.execute(sa.text("SELECT status, count(*) FROM staging_entries GROUP BY status")).all())
+# The report's filter (`recon report --merchant/--account/--since`): entries of these accounts (None:
+# all), created since then (None: ever).
+_REPORT_SCOPE = """
+    (CAST(:accounts AS text[]) IS NULL OR account_id = ANY(CAST(:accounts AS text[])))
+    AND (CAST(:since AS timestamptz) IS NULL OR created_at >= :since)
+"""
 
 
-def review_amounts(conn: Connection) -> list[Any]:
+def _report_scope(accounts: Sequence[str] | None, since: dt.datetime | None) -> dict[str, Any]:
+    return {"accounts": list(accounts) if accounts is not None else None, "since": since}
+
+
+def status_counts(conn: Connection, accounts: Sequence[str] | None = None,
+                  since: dt.datetime | None = None) -> dict[str, int]:
+    return dict(conn.execute(sa.text(f"SELECT status, count(*) FROM staging_entries WHERE {_REPORT_SCOPE}"
+                                     " GROUP BY status"), _report_scope(accounts, since)).all())
+
+
+def review_amounts(conn: Connection, accounts: Sequence[str] | None = None,
+                   since: dt.datetime | None = None) -> list[Any]:
     """Money waiting for manual review, per currency: (currency, count, amount)."""
     return conn.execute(sa.text(
         "SELECT currency, count(*) AS count, sum(amount) AS amount FROM staging_entries"
-        " WHERE status = 'NEEDS_MANUAL_REVIEW' GROUP BY currency ORDER BY currency")).all()
+        f" WHERE status = 'NEEDS_MANUAL_REVIEW' AND {_REPORT_SCOPE} GROUP BY currency ORDER BY currency"),
+        _report_scope(accounts, since)).all()
 
 
-def review_reasons(conn: Connection, sample: int) -> list[Any]:
+def review_reasons(conn: Connection, sample: int, accounts: Sequence[str] | None = None,
+                   since: dt.datetime | None = None) -> list[Any]:
     """Manual-review entries per error_type: the count and the first `sample` entries."""
     return conn.execute(
         sa.text(
-            """
+            f"""
             SELECT metadata ->> 'error_type' AS error_type, count(*) AS n,
                    (array_agg(jsonb_build_object(
                         'staging_entry_id', staging_entry_id, 'account_id', account_id,
@@ -722,30 +768,32 @@ def review_reasons(conn: Connection, sample: int) -> list[Any]:
                         'error', metadata ->> 'error', 'mismatched_fields', metadata -> 'mismatched_fields',
                         'candidates', metadata -> 'candidates') ORDER BY created_at, staging_entry_id)
                    )[1:CAST(:sample AS int)] AS sample
-            FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW'
+            FROM staging_entries WHERE status = 'NEEDS_MANUAL_REVIEW' AND {_REPORT_SCOPE}
             GROUP BY 1 ORDER BY n DESC, error_type
             """
         ),
-        {"sample": sample},
+        {"sample": sample, **_report_scope(accounts, since)},
     ).all()
 
 
-def tolerance_matches(conn: Connection, sample: int) -> tuple[int, list[Any]]:
+def tolerance_matches(conn: Connection, sample: int, accounts: Sequence[str] | None = None,
+                      since: dt.datetime | None = None) -> tuple[int, list[Any]]:
     """Confirmations fulfilled (one leg or a match group) within their rule's tolerance: how many,
     and the first `sample`."""
     rows = conn.execute(
         sa.text(
-            """
+            f"""
             SELECT count(*) OVER () AS n, staging_entry_id, order_id, CAST(amount AS text) AS amount, currency,
                    metadata ->> 'variance' AS variance, metadata ->> 'variance_account_id' AS variance_account_id
             FROM staging_entries
             WHERE status = 'PROCESSED'
               AND metadata ->> 'match_type' IN ('FulfilledWithTolerance', 'GroupFulfilledWithTolerance')
+              AND {_REPORT_SCOPE}
             ORDER BY created_at, staging_entry_id
             LIMIT :sample
             """
         ),
-        {"sample": sample},
+        {"sample": sample, **_report_scope(accounts, since)},
     ).all()
     return (rows[0].n if rows else 0), rows
 

@@ -6,6 +6,7 @@ import datetime as dt
 
 import pytest
 
+from recon.reporting import run_summaries
 from tests.dags.seed import Seed
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
@@ -165,6 +166,12 @@ def test_a_dry_run_of_a_reprocess_reports_its_scope_and_writes_nothing(run_dag, 
     assert seed.snapshot() == before
     scope = dag_run.summary["reprocess_scope"]
     assert scope["entries"] == 2 and scope["entries_by_error_type"] == {"NoReconRuleFoundError": 2}
+    # entry by entry, what decide/validate would make of each (still no rule: the same reason)
+    assert [(e["error_type"], e["would"]) for e in scope["preview"]] == [("NoReconRuleFoundError",) * 2] * 2
+    assert scope["would"] == {"NoReconRuleFoundError": 2} and scope["preview_not_shown"] == 0
+    markdown = run_summaries.summary_markdown(dag_run.summary)
+    assert "| entry | now | would be | why |" in markdown
+    assert sum(line.startswith("| `") for line in markdown.splitlines()) == 2
 
 
 def _fail_without_rule(seed: Seed, order_id: str, created_at: dt.datetime) -> tuple[str, str]:

@@ -321,11 +321,12 @@ def test_the_report_and_the_recon_view_show_reasons_and_waiting_lines(books):
     assert [t["staging_entry_id"] for t in data["queue"]["waiting"]["tasks"]] == [waiting]
     entries = {e["staging_entry_id"]: e for e in data["exceptions"]["manual_review"]["entries"]}
     assert waiting not in entries and entries[mismatch]["mismatched_fields"][0]["field"] == "amount"
-    html = render("recon_view.html", {"data": data, "filters": {}, "limit": 50, "chart": None,
-                                      "reprocess_conf": None, "window_conf": {}, "base": "", "airflow": "",
-                                      "dag_id": "d", "dag_url": "", "trigger_api": ""})
-    assert "Confirmations waiting for a match (1)" in html and "ORD-LATER" in html
-    assert "expected <code>100.0000</code>, actual <code>90.0000</code>" in html
+    links = {"base": "", "airflow": "", "dag_id": "d", "dag_url": "", "trigger_api": ""}
+    queue_html = render("_section_queue.html", {**links, "q": data["queue"]})
+    assert "Confirmations waiting for a match (1)" in queue_html and "ORD-LATER" in queue_html
+    exceptions_html = render("_section_exceptions.html", {
+        **links, "ex": data["exceptions"], "filters": {}, "limit": 50, "reprocess_conf": None, "window_conf": {}})
+    assert "expected <code>100.0000</code>, actual <code>90.0000</code>" in exceptions_html
 
 
 def test_the_report_lists_matches_within_tolerance(books):

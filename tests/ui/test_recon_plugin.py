@@ -138,8 +138,14 @@ def test_throughput_and_run_endpoints_equal_the_recorded_runs(api_server: Airflo
 
 
 def test_the_html_view_shows_the_database_figures(api_server: AirflowServer, seeded: SeededBooks) -> None:
-    status, html = api_server.request("GET", "/recon/", headers={"Accept": "text/html"})
-    assert status == 200, html
+    """The page is a shell; each section comes rendered from its JSON endpoint (`html=1`)."""
+    status, shell = api_server.request("GET", "/recon/", headers={"Accept": "text/html"})
+    assert status == 200 and 'data-src="/recon/api/exceptions"' in shell, shell
+    html = ""
+    for name in ("queue", "throughput", "exceptions", "ledger"):
+        status, body = api_server.request("GET", f"/recon/api/{name}?html=1")
+        assert status == 200, body
+        html += body["html"]
     for state, n in seeded.rows("SELECT status, count(*) FROM process_tracker GROUP BY status"):
         assert f'data-testid="status-{state}">{n}<' in html
     for error_type, n in seeded.rows(
@@ -241,9 +247,12 @@ def test_a_database_that_refuses_connections_is_a_503(
         admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
         try:  # the view's pooled connections go too: it must open new ones, which are refused
             admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-            for path in ("/recon/api/queue", "/recon/"):
+            for path in ("/recon/api/queue", "/recon/api/ledger?html=1"):
                 status, body = api_server.request("GET", path)
                 assert status == 503 and "cannot be reached" in json.dumps(body), (path, status, body)
+            # the page's shell reads nothing: it still paints, and each section says it could not load
+            status, shell = api_server.request("GET", "/recon/", headers={"Accept": "text/html"})
+            assert status == 200 and 'data-state="loading"' in shell, (status, shell)
         finally:
             admin.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
     assert api_server.request("GET", "/recon/api/queue")[0] == 200

@@ -137,8 +137,9 @@ def exceptions(
     }
 
 
-# Reprocessing a mismatch today looks for an open expected leg, finds its leg in MISMATCH and
-# replaces the true reason with NoMatchFoundError: the view never offers it (review actions do).
+# A reprocess judges a mismatch again against the leg it holds (a corrected tolerance fulfils it),
+# but one click must not do that to thousands: the view leaves mismatches to the review actions and
+# to `./recon reprocess --error-type MismatchError` after its dry run.
 NOT_REPROCESSED_FROM_THE_VIEW = ["MismatchError"]
 
 

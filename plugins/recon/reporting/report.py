@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import datetime as dt
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
 
-from recon import ledger, staging
+from sqlalchemy.engine import Connection
+
+from recon import accounts, ledger, staging
 from recon.db import Database
+from recon.errors import InvalidInputError
 from recon.json_encoding import jsonable
 from recon.money import format_money
 from recon.tracker import ProcessTracker
@@ -15,17 +19,67 @@ from recon.tracker import ProcessTracker
 MANUAL_REVIEW_SAMPLE = 20  # entries listed per reason; the counts are always complete
 
 
-def build_report(db: Database) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ReportFilter:
+    """`recon report --merchant/--account/--since`: the entries, review items, matches, unconfirmed
+    legs, transactions and balances of a merchant's accounts or one account, created since a time.
+    Balances are as of now whatever `since` says; the queue and the books' invariants are global."""
+
+    merchant_id: str | None = None
+    account_id: str | None = None
+    since: dt.datetime | None = None
+
+    @classmethod
+    def parse(cls, merchant_id: str | None, account_id: str | None, since: str | None) -> "ReportFilter":
+        """From the command line; a bad --since is named before anything is read."""
+        when = None
+        if since:
+            try:
+                when = dt.datetime.fromisoformat(since)
+            except ValueError:
+                raise InvalidInputError(f"--since {since!r} is not an ISO 8601 date or time"
+                                        " (e.g. 2026-11-01 or 2026-11-01T08:00:00+01:00)", field="since") from None
+            when = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+        return cls(merchant_id or None, account_id or None, when)
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.merchant_id, self.account_id, self.since))
+
+    def account_ids(self, conn: Connection) -> list[str] | None:
+        """The accounts in scope (None: all); an unknown merchant or account, or an account of
+        another merchant, is refused with its name."""
+        if self.account_id is not None:
+            account = accounts.get_account(self.account_id, conn)
+            if self.merchant_id is not None and account.merchant_id != self.merchant_id:
+                accounts.get_merchant(self.merchant_id, conn)
+                raise InvalidInputError(f"account {self.account_id} belongs to merchant {account.merchant_id},"
+                                        f" not {self.merchant_id}", field="account")
+            return [self.account_id]
+        if self.merchant_id is not None:
+            accounts.get_merchant(self.merchant_id, conn)
+            return [a.account_id for a in accounts.list_accounts(conn) if a.merchant_id == self.merchant_id]
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return jsonable({"merchant_id": self.merchant_id, "account_id": self.account_id, "since": self.since})
+
+
+def build_report(db: Database, where: ReportFilter = ReportFilter()) -> dict[str, Any]:
     with db.begin() as conn:
-        statuses = staging.status_counts(conn)
-        transactions = ledger.transaction_status_counts(conn)
-        reasons = staging.review_reasons(conn, MANUAL_REVIEW_SAMPLE)
+        scope = where.account_ids(conn)
+        since = where.since
+        statuses = staging.status_counts(conn, scope, since)
+        transactions = ledger.transaction_status_counts(conn, scope, since)
+        reasons = staging.review_reasons(conn, MANUAL_REVIEW_SAMPLE, scope, since)
         waiting_count, waiting = ProcessTracker(db).waiting(MANUAL_REVIEW_SAMPLE, conn)
-        tolerated_count, tolerated = staging.tolerance_matches(conn, MANUAL_REVIEW_SAMPLE)
-        in_review = staging.review_amounts(conn)
-        unconfirmed = ledger.open_expected_ageing(conn)
+        tolerated_count, tolerated = staging.tolerance_matches(conn, MANUAL_REVIEW_SAMPLE, scope, since)
+        in_review = staging.review_amounts(conn, scope, since)
+        unconfirmed = ledger.open_expected_ageing(conn, accounts=scope, since=since)
+        balances = ledger.balances_of(conn, accounts.list_accounts(conn, scope))
     invariants = ledger.check_invariants(db)
     return {
+        **({"filter": where.describe()} if where.active else {}),
         "staging_entries": {s: statuses.get(s, 0) for s in ("PENDING", "PROCESSED", "NEEDS_MANUAL_REVIEW")},
         "tracker": ProcessTracker(db).stats()["by_status"],
         "transactions": transactions,
@@ -40,13 +94,18 @@ def build_report(db: Database) -> dict[str, Any]:
                                         "reason": w.reason}) for w in waiting]},
         "in_review": [jsonable(dict(r._mapping)) for r in in_review],
         "unconfirmed": jsonable(unconfirmed),  # open expected legs by account and age
-        "balances": [jsonable(asdict(b)) for b in ledger.balances(db=db)],  # money exact, as text
+        "balances": [jsonable(asdict(b)) for b in balances],  # money exact, as text
         "invariants": {**asdict(invariants), "ok": invariants.ok},
     }
 
 
 def format_report(report: dict[str, Any]) -> str:
-    lines = ["Staging entries"]
+    lines = []
+    if report.get("filter"):
+        shown = ", ".join(f"{k.split('_')[0]} {v}" for k, v in report["filter"].items() if v is not None)
+        lines.append(f"Filtered: {shown} (the tracker queue, waiting tasks and the books' check are for everything;"
+                     " balances are as of now)")
+    lines.append("Staging entries")
     lines += [f"  {status:<22}{n:>10}" for status, n in report["staging_entries"].items()]
     lines.append("Tracker tasks")
     lines += [f"  {status:<22}{n:>10}" for status, n in report["tracker"].items()]

@@ -8,13 +8,15 @@ summary" tab and its run note render one with :func:`summary_markdown`.
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any, Mapping
 
 import sqlalchemy as sa
 
-from recon import settings
+from recon import ledger, settings
 from recon.db import Database
 from recon.errors import InvalidInputError
+from recon.money import format_money
 from recon.tracker import ProcessTracker
 
 _RECORD_RUN = sa.text(
@@ -61,9 +63,13 @@ def record_run_summary(
     if not run_id:
         raise InvalidInputError("run_id must be a non-empty string")
     dry_run = bool(summary.get("dry_run", False))
+    summary = dict(summary)
     claimed = 0 if dry_run else int(summary.get("claimed", 0) or 0)
     processed = 0 if dry_run else int(summary.get("completed", 0) or 0) + int(summary.get("failed", 0) or 0)
     with db.begin() as conn:
+        if not dry_run:  # the money still expected when the run ended: the state it left, like the backlog
+            summary["amounts"] = {**(summary.get("amounts") or {}), "unconfirmed": {
+                currency: str(amount) for currency, amount in ledger.open_expected_totals(conn).items()}}
         row = conn.execute(
             _RECORD_RUN,
             {
@@ -109,6 +115,46 @@ def outcome_words(summary: dict[str, Any]) -> list[tuple[str, int]]:
     ]
 
 
+# the money rows of a run's summary, in a controller's order: what the run did, then what is left open
+AMOUNT_WORDS = (("booked", "booked"), ("matched", "matched"), ("to_review", "to review"),
+                ("unconfirmed", "unconfirmed (still expected)"))
+
+
+def money_lines(amounts: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """A Markdown table of the run's money per currency: each with its decimals, grouped."""
+    currencies = sorted({c for by_currency in amounts.values() for c in by_currency})
+    if not currencies:
+        return []
+    lines = ["", "| money | " + " | ".join(currencies) + " |", "| --- |" + " ---: |" * len(currencies)]
+    for key, word in AMOUNT_WORDS:
+        by_currency = amounts.get(key) or {}
+        if by_currency:
+            lines.append(f"| {word} | " + " | ".join(
+                format_money(Decimal(by_currency[c]), c) if c in by_currency else "–" for c in currencies) + " |")
+    return lines
+
+
+def _preview_lines(scope: Mapping[str, Any]) -> list[str]:
+    """What decide/validate would make of each entry of a reprocess dry run: totals, then a table."""
+    would = scope.get("would") or {}
+    preview = scope.get("preview") or []
+    if not would and not preview:
+        return []
+    lines = ["", "Would become: " + ", ".join(f"`{k}` × {v}" for k, v in would.items())]
+    if preview:
+        lines += ["", "| entry | now | would be | why |", "| --- | --- | --- | --- |"]
+        lines += [f"| `{e.get('staging_entry_id') or e.get('task_id')}` | {e.get('error_type')} | {e.get('would')}"
+                  f" | {_cell(e.get('detail') or '')} |" for e in preview]
+    if scope.get("preview_not_shown"):
+        lines += ["", f"… and {scope['preview_not_shown']} more entries (the claim task's log lists each)."]
+    return lines
+
+
+def _cell(text: str) -> str:
+    """Text safe in a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None, heading: bool = True) -> str:
     """A short Markdown summary of one run: counts, rates and the top manual-review reasons.
 
@@ -128,6 +174,7 @@ def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None, head
             lines += ["", f"Reprocess scope: {scope.get('failed_tasks', 0)} FAILED task(s) and"
                           f" {scope.get('entries', 0)} entries in review would be queued again"
                           + (f" ({by_type})" if by_type else "") + "."]
+            lines += _preview_lines(scope)
     else:
         claimed = int(s.get("claimed", 0) or 0)
         words = [(w, n) for w, n in outcome_words(s) if n or w != "failed"]
@@ -146,6 +193,7 @@ def summary_markdown(summary: Mapping[str, Any], run_id: str | None = None, head
             settled = int(s.get("booked", 0) or 0) + int(s.get("matched", 0) or 0)
             lines += ["", f"Settled without review: {100 * settled / claimed:.1f} % of claimed tasks"
                           " (booked or matched)."]
+        lines += money_lines(s.get("amounts") or {})
     reasons = s.get("manual_review_by_type") or {}
     if reasons:
         top = sorted(reasons.items(), key=lambda kv: (-int(kv[1]), kv[0]))[:5]

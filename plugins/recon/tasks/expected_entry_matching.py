@@ -14,6 +14,10 @@ review.
 A rule with ``group_by`` (N:1) looks the line up by its value of that key instead: every open leg
 found is the group, fulfilled in one transaction when their net sum closes to the line's amount
 within the rule's tolerance, else SplitMismatchError. No subset is searched: the key decides.
+
+A reprocessed mismatch still holds its expected leg (the transaction stays MISMATCH, so no open-leg
+look-up finds it): it is judged again against that leg under the rule as it is now, so a corrected
+tolerance fulfils it and an unchanged rule gives the same mismatch, never a false "no match".
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from recon.db.engine import database_now
 from recon.errors import ErrorType
 from recon.ledger import LedgerBatch
 from recon.match_keys import BY_AMOUNT, BY_METADATA, BY_ORDER, DEFAULT_KEYS, Lookup
-from recon.model import Account, ExpectedLeg, PostedLeg, ProcessingMode, ReconRule, StagingEntry
+from recon.model import Account, ExpectedLeg, PostedLeg, ProcessingMode, ReconRule, StagingEntry, StagingStatus
 from recon.tasks.base import ReconTask, VerdictOutdated
 from recon.tasks.chunk import OrderKey, Reservations, WorkItem
 from recon.tasks.verdicts import Applied, ManualReview, Plan, RunResult, Verdict, Wait
@@ -48,7 +52,12 @@ class Fulfil(Plan):
     leg_ref: str
     booked_in_chunk: bool = False
     variance_account_id: str | None = None
+    held: bool = False  # the leg this line held in MISMATCH (a reprocessed mismatch)
     summary_kind: ClassVar[str] = "fulfil"
+
+    def detail(self) -> str:
+        variance = f"; the difference to variance account {self.variance_account_id}" if self.variance_account_id else ""
+        return f"expected entry {self.leg_ref}{variance}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +88,9 @@ class Mismatch(Plan):
     def review_type(self) -> str:
         return ErrorType.MISMATCH.value
 
+    def detail(self) -> str:
+        return f"differs from expected entry {self.leg_ref}"
+
 
 @dataclass(frozen=True)
 class _Loaded:
@@ -90,6 +102,7 @@ class _Loaded:
     queued: set[tuple[str, Lookup]]  # (account_one, look-up) with a TRANSACTION line still to be booked
     stranded: dict[tuple[str, Lookup], str]  # the same, where the only such lines have no task to run
     now: dt.datetime
+    held: dict[str, tuple[ExpectedLeg, str | None]]  # legs reprocessed mismatches hold, with their rule id
 
 
 @dataclass(frozen=True)
@@ -142,8 +155,11 @@ class ExpectedEntryMatchingTask(ReconTask):
         order_keys = sorted({(e.account_id, e.order_id) for e in entries if e.order_id})
         fulfilled = ledger.fulfilled_orders(
             conn, [k for k in order_keys if not found.get(Lookup(BY_ORDER, k[0], (k[1],)))])
+        # reprocessed mismatches only: normal work has none and runs no query for them
+        held_ids = sorted({e.metadata["matched_entry_id"] for e in entries if _held_leg_id(e)})
+        held = ledger.held_legs(conn, held_ids, lock) if held_ids else {}
         return _Loaded(rules_by_two, accounts.load_accounts(conn, sorted({e.account_id for e in entries})),
-                       lines, found, fulfilled, queued, stranded, database_now(conn))
+                       lines, found, fulfilled, queued, stranded, database_now(conn), held)
 
     @staticmethod
     def _queued(conn: Connection, lookups: dict[Lookup, set[str]], reservations: Reservations
@@ -200,6 +216,9 @@ class ExpectedEntryMatchingTask(ReconTask):
         account = loaded.accounts[entry.account_id]
         if entry.currency != account.currency:  # checked before any leg is taken: see _match
             return _currency_mismatch(entry, account.currency, f"account {account.account_id}")
+        held = loaded.held.get(_held_leg_id(entry) or "")
+        if held is not None:
+            return self._judge_again(entry, rules, *held, reservations)
         merchant_id = account.merchant_id
         tried: list[tuple[ReconRule, Lookup]] = []
         for rule in rules:
@@ -262,6 +281,22 @@ class ExpectedEntryMatchingTask(ReconTask):
             # a later confirmation of this order in the chunk finds it fulfilled, as it would one at a time
             reservations.mark_fulfilled((entry.account_id, entry.order_id))
         return Fulfil(leg.entry_id, in_chunk, rule.variance_account_id if differs else None)
+
+    @staticmethod
+    def _judge_again(entry: StagingEntry, rules: list[ReconRule], leg: ExpectedLeg, rule_id: str | None,
+                     reservations: Reservations) -> Verdict:
+        """A reprocessed mismatch against the leg it holds, under the rule that booked the leg (or the
+        line's first rule): fulfilled when it now agrees within tolerance, else the same mismatch."""
+        rule = next((r for r in rules if r.id == rule_id), rules[0])
+        reservations.consume(leg.entry_id)
+        differs = match_keys.mismatched_fields(entry, leg)
+        if differs and not (len(differs) == 1 and differs[0]["field"] == "amount"
+                            and match_keys.within_tolerance(rule, entry.amount, leg.amount)):
+            # the transaction stays MISMATCH: nothing to write but the same reason
+            return ManualReview(ErrorType.MISMATCH, _mismatch_reason(differs), _mismatch_metadata(leg, differs))
+        if entry.order_id:
+            reservations.mark_fulfilled((entry.account_id, entry.order_id))
+        return Fulfil(leg.entry_id, False, rule.variance_account_id if differs else None, held=True)
 
     def _group(self, entry: StagingEntry, rule: ReconRule, found: Lookup, candidates: list[ExpectedLeg],
                loaded: _Loaded, reservations: Reservations) -> Verdict:
@@ -379,16 +414,23 @@ class ExpectedEntryMatchingTask(ReconTask):
                     reservations: Reservations) -> _Prepared:
         """Another confirmation may have fulfilled or mismatched a planned leg since validate: lock
         the legs' transactions, every plan's (a group's too) in one statement in one fixed order so
-        concurrent chunks cannot deadlock, and check that each is still open."""
+        concurrent chunks cannot deadlock, and check that each is still open; the leg a reprocessed
+        mismatch holds is locked as it is (its transaction is MISMATCH)."""
         in_db: set[str] = set()
+        held: set[str] = set()
         for _, plan in planned:
             if isinstance(plan, FulfilGroup):
                 in_db.update(ref for ref in plan.leg_refs if ref not in plan.in_chunk)
+            elif _holds(plan):
+                held.add(plan.leg_ref)
             elif not plan.booked_in_chunk:
                 in_db.add(plan.leg_ref)
         legs = ledger.lock_open_legs(conn, sorted(in_db))
-        if len(legs) != len(in_db):
-            gone = sorted(in_db - set(legs))
+        if held:  # reprocessed mismatches only: normal work runs no query for them
+            held_legs = ledger.held_legs(conn, sorted(held), lock=True)
+            legs.update((entry_id, leg) for entry_id, (leg, _) in held_legs.items())
+        if len(legs) != len(in_db) + len(held):
+            gone = sorted((in_db | held) - set(legs))
             raise VerdictOutdated(f"{len(gone)} expected leg(s) no longer open, e.g. {gone[0]}")
         # bookings of this chunk that these plans fulfil publish what they write (see Reservations)
         reservations.want_accounts(
@@ -410,12 +452,7 @@ class ExpectedEntryMatchingTask(ReconTask):
         if isinstance(plan, Mismatch):
             batch.mismatch_transaction_ids.append(leg.transaction_id)
             differs = match_keys.mismatched_fields(entry, leg)
-            return ManualReview(
-                ErrorType.MISMATCH,
-                "; ".join(f"{d['field']}: expected {d['expected']}, got {d['actual']}" for d in differs),
-                metadata={"matched_transaction_id": leg.transaction_id, "matched_entry_id": leg.entry_id,
-                          "mismatched_fields": differs},
-            )
+            return ManualReview(ErrorType.MISMATCH, _mismatch_reason(differs), _mismatch_metadata(leg, differs))
         transaction_id = ledger.book_fulfilment(batch, leg, posted_legs, entry, plan.variance_account_id).transaction_id
         result = {
             "matched_transaction_id": leg.transaction_id,
@@ -460,6 +497,25 @@ def _currency_mismatch(entry: StagingEntry, expected: str, of: str) -> ManualRev
         f"confirmation currency {entry.currency} differs from {of} ({expected}); no expected entry was taken",
         {"mismatched_fields": [{"field": "currency", "expected": expected, "actual": entry.currency}]},
     )
+
+
+def _held_leg_id(entry: StagingEntry) -> str | None:
+    """The expected leg a reprocessed mismatch still names (set by its mismatch, kept by a reprocess)."""
+    leg_id = entry.metadata.get("matched_entry_id")
+    return leg_id if isinstance(leg_id, str) and entry.status != StagingStatus.PROCESSED else None
+
+
+def _holds(plan: Fulfil | Mismatch | FulfilGroup) -> bool:
+    return isinstance(plan, Fulfil) and plan.held
+
+
+def _mismatch_reason(differs: list[dict[str, str]]) -> str:
+    return "; ".join(f"{d['field']}: expected {d['expected']}, got {d['actual']}" for d in differs)
+
+
+def _mismatch_metadata(leg: ExpectedLeg, differs: list[dict[str, str]]) -> dict[str, object]:
+    return {"matched_transaction_id": leg.transaction_id, "matched_entry_id": leg.entry_id,
+            "mismatched_fields": differs}
 
 
 def _opposite(side: str) -> str:

@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 
 from sqlalchemy.engine import Connection
 
-from recon import staging
+from recon import settings, staging
 from recon.db import Database
 from recon.errors import ErrorType, LeaseLostError, is_retryable
 from recon.ledger import LedgerBatch
@@ -187,6 +187,21 @@ class TaskManager:
             return Retry(f"{ErrorType.UNEXPECTED}: {type(exc).__name__}: {exc}")
         reservations.evaluated(item.staging.staging_entry_id)  # no longer queued for later items
         return verdict
+
+    def preview(self, conn: Connection, task_ids: Sequence[str]) -> list[tuple[WorkItem, Verdict]]:
+        """What decide and validate would say of each task, read on the caller's connection: a
+        reprocess dry run reopens its scope in a savepoint, asks this, and rolls back. A chunk at a
+        time, as the DAG would (verdicts do not depend on chunking)."""
+        size = settings.chunk_size()
+        found: list[tuple[WorkItem, Verdict]] = []
+        for start in range(0, len(task_ids), size):
+            chunk = list(task_ids[start:start + size])
+            items = load_items(conn, self.tracker, chunk, lock=False, metadata=self._metadata)
+            decision = self._decide(chunk, items)
+            verdicts = self._validate(conn, decision, items, lock=False)
+            position = {task_id: i for i, task_id in enumerate(chunk)}
+            found.extend((item, verdicts[position[item.task_id]]) for item in items)
+        return found
 
     # ---- run ----------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ outcome, the staging entry's new status, and the chunk's counters."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from recon.errors import ErrorType
@@ -32,9 +33,13 @@ class ChunkResult:
     already_processed: int = 0
     not_owned: int = 0
     manual_review_by_type: dict[str, int] = field(default_factory=dict)
+    # money per outcome and currency ("booked", "matched", "to_review"): what a controller asks of a
+    # run; read from the chunk's own lines, no query
+    amounts: dict[str, dict[str, Decimal]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-friendly (XCom): amounts as exact text."""
+        return {**asdict(self), "amounts": amounts_as_text(self.amounts)}
 
     def add(self, other: "ChunkResult") -> None:
         for name, value in other.to_dict().items():
@@ -42,6 +47,13 @@ class ChunkResult:
                 setattr(self, name, getattr(self, name) + value)
         for error_type, n in other.manual_review_by_type.items():
             self.count_review(error_type, n)
+        for kind, by_currency in other.amounts.items():
+            for currency, amount in by_currency.items():
+                self.add_amount(kind, currency, amount)
+
+    def add_amount(self, kind: str, currency: str, amount: Decimal) -> None:
+        by_currency = self.amounts.setdefault(kind, {})
+        by_currency[currency] = by_currency.get(currency, Decimal(0)) + amount
 
     def count_review(self, error_type: str, n: int = 1) -> None:
         self.manual_review += n
@@ -92,19 +104,26 @@ class ItemOutcome:
             totals.failed += 1
         else:
             totals.retried += 1
-        result = self.result
+        result, entry = self.result, self.item.staging
         if isinstance(result, AlreadyProcessed):
             totals.already_processed += 1
         elif isinstance(result, Applied):
-            if result.kind == "book":
-                totals.booked += 1
-            else:
-                totals.matched += 1
+            kind = "booked" if result.kind == "book" else "matched"
+            setattr(totals, kind, getattr(totals, kind) + 1)
+            if entry is not None:
+                totals.add_amount(kind, entry.currency, entry.amount)
         elif isinstance(result, Wait):
             totals.waiting += 1
         if isinstance(result, ManualReview):
             totals.count_review(result.error_type.value)
             if result.error_type == ErrorType.MISMATCH:
                 totals.mismatched += 1
-        elif written == TaskStatus.FAILED and self.item.staging is not None:
+        elif written == TaskStatus.FAILED and entry is not None:
             totals.count_review(ErrorType.RETRIES_EXHAUSTED.value)
+        if entry is not None and (isinstance(result, ManualReview) or written == TaskStatus.FAILED):
+            totals.add_amount("to_review", entry.currency, entry.amount)
+
+
+def amounts_as_text(amounts: dict[str, dict[str, Decimal]]) -> dict[str, dict[str, str]]:
+    return {kind: {currency: str(amount) for currency, amount in sorted(by_currency.items())}
+            for kind, by_currency in amounts.items()}

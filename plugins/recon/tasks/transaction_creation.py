@@ -30,6 +30,9 @@ class Book(Plan):
     merchant_id: str
     summary_kind: ClassVar[str] = "book"
 
+    def detail(self) -> str:
+        return f"rule {self.rule_id}, expected on {self.contra_account_id}"
+
 
 @dataclass(frozen=True)
 class _Loaded:

@@ -52,6 +52,15 @@ class Verdict:
         """The manual-review error type this verdict ends in, if any."""
         return None
 
+    def outcome(self) -> str:
+        """What this verdict would make of the entry, as a reprocess dry run names it: the error
+        type it ends in, else the verdict's own name (Book, Fulfil, Wait...)."""
+        return self.review_type or type(self).__name__
+
+    def detail(self) -> str:
+        """A short why for people (a dry run's listing); empty when the outcome says it all."""
+        return ""
+
 
 @dataclass(frozen=True, slots=True)
 class AlreadyProcessed(Verdict):
@@ -76,6 +85,9 @@ class ManualReview(Verdict):
     def review_type(self) -> str:
         return self.error_type.value
 
+    def detail(self) -> str:
+        return self.message
+
 
 @dataclass(frozen=True, slots=True)
 class Wait(Verdict):
@@ -86,6 +98,9 @@ class Wait(Verdict):
     seconds: float
     summary_kind: ClassVar[str] = "waiting"
 
+    def detail(self) -> str:
+        return self.reason
+
 
 @dataclass(frozen=True, slots=True)
 class Retry(Verdict):
@@ -93,6 +108,9 @@ class Retry(Verdict):
 
     error: str
     summary_kind: ClassVar[str] = "error"
+
+    def detail(self) -> str:
+        return self.error
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,10 @@
 
 Every route here needs Airflow's permission to read runs of the recon DAG (the router's
 dependency); the figures come from :mod:`recon.reporting.monitoring`, one query each.
+
+The view's page is a shell that paints at once (no database work); each of its sections loads on
+its own from its JSON endpoint with ``html=1``, which adds the section rendered (money formatted
+in Python, exactly) next to the data. A filter change reloads only the exceptions.
 """
 
 from __future__ import annotations
@@ -55,25 +59,69 @@ def as_json(data: Any) -> JSONResponse:
 # -- JSON ------------------------------------------------------------------------------------
 
 
+# the view's sections, in page order: (name = its JSON endpoint and template, title while loading)
+SECTIONS = (("queue", "Tracker queue"), ("throughput", "Throughput"), ("exceptions", "Exceptions"),
+            ("ledger", "Ledger"))
+
+HTML = Query(False, description="add the section rendered for the Recon view (key `html`)")
+
+
+def section(name: str, data: dict[str, Any], html: bool, context: dict[str, Any]) -> dict[str, Any]:
+    """The section's data, and with `html` its rendering (on the view's threads: it is CPU work)."""
+    if not html:
+        return data
+    return {**data, "html": render(f"_section_{name}.html", context)}
+
+
 @router.get("/api/queue")
-async def api_queue(limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT)) -> JSONResponse:
-    return as_json(await read_recon(lambda db: monitoring.queue(db, limit)))
+async def api_queue(request: Request, limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT),
+                    html: bool = HTML) -> JSONResponse:
+    links = page_links(request)
+
+    def read(db: Database) -> dict[str, Any]:
+        data = monitoring.queue(db, limit)
+        return section("queue", data, html, {**links, "q": data})
+
+    return as_json(await read_recon(read))
 
 
 @router.get("/api/throughput")
-async def api_throughput(limit: int = Query(30, ge=1, le=monitoring.MAX_LIMIT)) -> JSONResponse:
-    return as_json(await read_recon(lambda db: monitoring.throughput(db, limit)))
+async def api_throughput(request: Request, limit: int = Query(30, ge=1, le=monitoring.MAX_LIMIT),
+                         html: bool = HTML) -> JSONResponse:
+    links = page_links(request)
+
+    def read(db: Database) -> dict[str, Any]:
+        data = monitoring.throughput(db, limit)
+        return section("throughput", data, html, {**links, "tp": data, "chart": throughput_chart(data["runs"])})
+
+    return as_json(await read_recon(read))
 
 
 @router.get("/api/exceptions")
-async def api_exceptions(f: dict = Depends(filters)) -> JSONResponse:
+async def api_exceptions(request: Request, f: dict = Depends(filters), html: bool = HTML) -> JSONResponse:
+    links = page_links(request)
     limit = f.pop("limit")
-    return as_json(await read_recon(lambda db: monitoring.exceptions(db, limit=limit, **f)))
+
+    def read(db: Database) -> dict[str, Any]:
+        data = monitoring.exceptions(db, limit=limit, **f)
+        return section("exceptions", data, html, {
+            **links, "ex": data, "filters": {k: v for k, v in f.items() if v}, "limit": limit,
+            "reprocess_conf": monitoring.reprocess_conf(f), "window_conf": monitoring.reprocess_window_conf(7),
+        })
+
+    return as_json(await read_recon(read))
 
 
 @router.get("/api/ledger")
-async def api_ledger(limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT)) -> JSONResponse:
-    return as_json(await read_recon(lambda db: monitoring.ledger_overview(db, limit)))
+async def api_ledger(request: Request, limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT),
+                     html: bool = HTML) -> JSONResponse:
+    links = page_links(request)
+
+    def read(db: Database) -> dict[str, Any]:
+        data = monitoring.ledger_overview(db, limit)
+        return section("ledger", data, html, {**links, "lg": data})
+
+    return as_json(await read_recon(read))
 
 
 @router.get("/api/overview")
@@ -95,21 +143,9 @@ async def api_run(ids: tuple[str, str] = Depends(run_ids)) -> JSONResponse:
 
 @router.get("/", response_class=HTMLResponse)
 async def view(request: Request, f: dict = Depends(filters)) -> HTMLResponse:
-    links = page_links(request)
-
-    def page(db: Database) -> str:
-        data = monitoring.overview(db, **f)
-        return render("recon_view.html", {
-            **links,
-            "data": data,
-            "filters": {k: v for k, v in f.items() if k != "limit" and v},
-            "limit": f["limit"],
-            "chart": throughput_chart(data["throughput"]["runs"]),
-            "reprocess_conf": monitoring.reprocess_conf(f),
-            "window_conf": monitoring.reprocess_window_conf(7),
-        })
-
-    return HTMLResponse(await read_recon(page))
+    """The shell, at once: its sections fetch their data themselves (the filters, checked here,
+    travel in the page's query string to the exceptions section)."""
+    return HTMLResponse(render("recon_view.html", {**page_links(request), "sections": SECTIONS}))
 
 
 @router.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse)
