@@ -423,7 +423,8 @@ def show(db: Database, staging_entry_id: str) -> dict[str, Any]:
         in_review = row.status == StagingStatus.NEEDS_MANUAL_REVIEW
         named = [meta["matched_entry_id"]] if in_review and meta.get("matched_entry_id") else []
         # the matcher's own candidates when it recorded them (entry ids, or objects naming one)
-        named += [c.get("entry_id") if isinstance(c, dict) else c for c in meta.get("candidates") or []
+        recorded = meta.get("candidates") if isinstance(meta.get("candidates"), list) else []  # SQL may write anything
+        named += [c.get("entry_id") if isinstance(c, dict) else c for c in recorded
                   if isinstance(c, str) or (isinstance(c, dict) and isinstance(c.get("entry_id"), str))]
         legs = ledger.candidate_legs(conn, row.account_id, row.order_id, named)
         history = decisions(conn, staging_entry_id)
@@ -433,7 +434,8 @@ def show(db: Database, staging_entry_id: str) -> dict[str, Any]:
         "difference": row.amount - c.leg.amount, "mismatched_fields": _differences(row, c.leg),
         "recon_rule_id": c.recon_rule_id,
     } for c in legs]
-    mismatched = meta.get("mismatched_fields")
+    recorded = meta.get("mismatched_fields")
+    mismatched = [f for f in recorded if isinstance(f, dict)] if isinstance(recorded, list) else None
     if mismatched is None and named:
         mismatched = next((c["mismatched_fields"] for c in candidates if c["entry_id"] == named[0]), [])
     return {

@@ -9,6 +9,7 @@ Airflow's real roles answer the same in the live tests (tests/api/test_api_live.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -133,6 +134,24 @@ def test_an_exception_is_read_with_its_candidates_and_its_decisions(books: Revie
     [decision] = api.get(f"/exceptions/{sid}").json()["decisions"]
     assert (decision["action"], decision["reason_code"], decision["actor"]) == ("accept", "BANK_FEE", REVIEWER)
     assert_problem(api.get("/exceptions/stg_nope"), 404, "not-found")
+
+
+def test_review_keys_are_the_engines_and_odd_ones_written_by_sql_still_read(
+    books: ReviewBooks, api: TestClient, db: Database
+) -> None:
+    line = {"account_id": books.clearing, "entry_type": "CREDIT", "amount": "1.00", "currency": "USD",
+            "processing_mode": "CONFIRMATION"}
+    for key in ("candidates", "mismatched_fields"):  # a producer may not pose as the matcher
+        assert_problem(api.post("/staging-entries", json={**line, "metadata": {"order_id": "o", key: []}}),
+                       422, "invalid-input", field="body")
+    sid = books.confirmation("nowhere", "10.00")
+    odd = {"candidates": 5, "mismatched_fields": [{"field": "amount", "expected": 1}, "x"], "error": 7}
+    with db.begin() as conn:  # plain SQL is a producer too
+        conn.execute(sa.text("UPDATE staging_entries SET metadata = metadata || CAST(:m AS jsonb)"
+                             " WHERE staging_entry_id = :s"), {"m": json.dumps(odd), "s": sid})
+    item = api.get(f"/exceptions/{sid}").json()
+    assert (item["reason"], item["candidates"]) == ("7", [])
+    assert item["mismatched_fields"] == [{"field": "amount", "expected": "1", "actual": None}]
 
 
 # ---- the actions ---------------------------------------------------------------------------------------

@@ -34,16 +34,17 @@ AGE_PATTERN = r"^[0-9]{1,6}(\.[0-9]{1,6})?[dhm]?$"
 OlderThan = Annotated[str | None, Query(pattern=AGE_PATTERN, max_length=16, examples=["3d"],
                                         description="created before this long ago: 3d, 12h, 90m (a bare number is days)")]
 ReasonCode = Literal[review.REASON_CODES]  # type: ignore[valid-type]
-AsText = BeforeValidator(lambda v: v if v is None else str(v))  # the engine's figures, as it stored them
+# what the engine stored in a line's metadata, as text (plain SQL may have written another JSON type)
+AsText = BeforeValidator(lambda v: v if v is None else str(v))
 
 
 # ---- what is read ------------------------------------------------------------------------------------
 
 
 class MismatchedField(BaseModel):
-    field: str
-    expected: Annotated[str | None, AsText]
-    actual: Annotated[str | None, AsText]
+    field: Annotated[str | None, AsText] = None
+    expected: Annotated[str | None, AsText] = None
+    actual: Annotated[str | None, AsText] = None
 
 
 class OpenException(BaseModel):
@@ -108,9 +109,9 @@ class ExceptionDetail(BaseModel):
     status: str
     processing_mode: str
     effective_date: UtcTimestamp
-    error_type: str | None
-    reason: str | None
-    match_type: str | None
+    error_type: Annotated[str | None, AsText]
+    reason: Annotated[str | None, AsText]
+    match_type: Annotated[str | None, AsText]
     mismatched_fields: list[MismatchedField]
     candidates: list[Candidate]
     seen: str = Field(description="when the line last changed: send it as an action's `seen` to refuse the"
