@@ -234,7 +234,7 @@ async def requeue(request: Request, staging_entry_id: EntryId, body: Action, act
     return await _act(request, "requeue", staging_entry_id, body, actor, principal, key)
 
 
-@router.post("/requeue", response_model=Requeued, dependencies=WRITERS)
+@router.post("/requeue", response_model=Requeued, dependencies=WRITERS, responses=problem_responses(409))
 async def requeue_matching(request: Request, body: Requeue, actor: str = Depends(reviewer),
                            principal: str = Depends(caller), key: IdempotencyKey = None) -> JSONResponse:
     """Every open item matching the filter back to the queue, each its own decision (items taken by
