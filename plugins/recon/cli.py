@@ -503,19 +503,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def _older_than(text: str | None) -> Any:
     """'3d', '12h', '90m' or a number of days, as a timedelta."""
-    import datetime as dt
+    from recon.review import parse_age
 
-    if text is None:
-        return None
-    units = {"d": "days", "h": "hours", "m": "minutes"}
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "d")
-    try:
-        value = float(number)
-    except ValueError:
-        raise InvalidInputError(f"--older-than {text!r} must look like 3d, 12h or 90m") from None
-    if value < 0:
-        raise InvalidInputError(f"--older-than {text!r} must not be negative")
-    return dt.timedelta(**{units[unit]: value})
+    return parse_age(text, "--older-than")
 
 
 def _review_database(args: argparse.Namespace) -> Any:

@@ -67,6 +67,15 @@ class StaleReviewError(ConflictError):
     error_type = "StaleReviewError"
 
 
+class ReviewNotAllowedError(ConflictError):
+    """A reviewer's action that does not apply to the item as it is (accept on a line without a
+    mismatch, reopen with nothing to reopen, a write-off with no variance account): another action,
+    or a change elsewhere first; nothing was written. The REST API answers 409, not 422: the request
+    was well formed."""
+
+    error_type = "ReviewNotAllowedError"
+
+
 class NotFoundError(ReconError, LookupError):
     """A referenced merchant, account, rule or task does not exist."""
 

@@ -19,6 +19,7 @@ import datetime as dt
 import getpass
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Connection
 
 from recon import accounts, ledger, staging
 from recon.db import Database
-from recon.errors import ErrorType, InvalidInputError, NotFoundError, StaleReviewError
+from recon.errors import ErrorType, InvalidInputError, NotFoundError, ReviewNotAllowedError, StaleReviewError
 from recon.ledger import LedgerBatch
 from recon.model import ProcessingMode, StagingStatus
 from recon.staging import ReviewItem, StagingUpdate
@@ -84,7 +85,7 @@ def _append(conn: Connection, item: ReviewItem, action: str, reason: str, note: 
     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CHAIN_LOCK})
     last = conn.execute(sa.text("SELECT seq, row_hash FROM review_decisions ORDER BY seq DESC LIMIT 1")).first()
     now = conn.execute(sa.text("SELECT now()")).scalar_one()
-    before = {"status": item.entry.status, "updated_at": _seen_token(item.updated_at),
+    before = {"status": item.entry.status, "updated_at": seen_token(item.updated_at),
               **{k: item.entry.metadata[k] for k in ("error_type", "matched_transaction_id", "evolved_transaction_id")
                  if item.entry.metadata.get(k) is not None}}
     draft = Decision(
@@ -148,9 +149,23 @@ def verify(db: Database) -> ChainReport:
 # ---- checks shared by the actions ------------------------------------------------------------------
 
 
-def _seen_token(updated_at: dt.datetime) -> str:
+def seen_token(updated_at: dt.datetime) -> str:
     """What a reviewer saw of an item: when it last changed (shown by `show`, the export, the form)."""
     return updated_at.astimezone(dt.timezone.utc).isoformat()
+
+
+_AGE = re.compile(r"([0-9]{1,6}(?:\.[0-9]{1,6})?)([dhm]?)")
+_AGE_UNITS = {"d": "days", "h": "hours", "m": "minutes", "": "days"}
+
+
+def parse_age(text: str | None, name: str = "older_than") -> dt.timedelta | None:
+    """'3d', '12h', '90m' or a number of days (the review filters' --older-than), as a timedelta."""
+    if text is None:
+        return None
+    found = _AGE.fullmatch(text)
+    if found is None:
+        raise InvalidInputError(f"{name} {text!r} must look like 3d, 12h or 90m", field=name)
+    return dt.timedelta(**{_AGE_UNITS[found.group(2)]: float(found.group(1))})
 
 
 def _parse_seen(seen: str | None) -> dt.datetime | None:
@@ -186,7 +201,7 @@ def _lock(conn: Connection, staging_entry_id: str, seen: dt.datetime | None, sta
     if seen is not None and item.updated_at != seen:
         raise StaleReviewError(
             f"staging entry {staging_entry_id} changed since you looked (it is now {item.entry.status},"
-            f" changed at {_seen_token(item.updated_at)}; you saw {_seen_token(seen)}): reload it and decide again")
+            f" changed at {seen_token(item.updated_at)}; you saw {seen_token(seen)}): reload it and decide again")
     if status is not None and item.entry.status != status:
         raise StaleReviewError(
             f"staging entry {staging_entry_id} is {item.entry.status}, no longer in manual review"
@@ -232,29 +247,32 @@ def _fulfil(conn: Connection, item: ReviewItem, expected_entry_id: str, asked: _
     """Fulfil the expected leg with this line at the line's amount; a difference goes to the rule's
     variance account. Refused (nothing written) when the pair cannot be matched."""
     entry = item.entry
+    named = "expected_entry_id" if asked.action == "force-match" else None  # the field to blame, if asked for
     if entry.processing_mode != ProcessingMode.CONFIRMATION:
-        raise InvalidInputError(f"staging entry {entry.staging_entry_id} is a {entry.processing_mode} line:"
-                                " only a CONFIRMATION line fulfils an expected entry (use ignore or requeue)")
+        raise ReviewNotAllowedError(f"staging entry {entry.staging_entry_id} is a {entry.processing_mode} line:"
+                                    " only a CONFIRMATION line fulfils an expected entry (use ignore or requeue)")
     found = ledger.lock_leg_for_review(conn, expected_entry_id)
     if found is None:
         raise StaleReviewError(f"expected entry {expected_entry_id} is not open: unknown, already fulfilled or"
-                               " reopened since you looked")
+                               " reopened since you looked", field=named)
     leg = found.leg
     if found.transaction_status == "MISMATCH" and entry.metadata.get("matched_transaction_id") != leg.transaction_id:
-        raise InvalidInputError(f"expected entry {leg.entry_id} is held by another line's mismatch"
-                                f" (transaction {leg.transaction_id}): resolve or reopen that one first")
+        raise ReviewNotAllowedError(f"expected entry {leg.entry_id} is held by another line's mismatch"
+                                    f" (transaction {leg.transaction_id}): resolve or reopen that one first",
+                                    field=named)
     if leg.account_id != entry.account_id:
-        raise InvalidInputError(f"expected entry {leg.entry_id} is on account {leg.account_id}, the line on"
-                                f" {entry.account_id}: a confirmation fulfils an expected entry of its own account")
+        raise ReviewNotAllowedError(f"expected entry {leg.entry_id} is on account {leg.account_id}, the line on"
+                                    f" {entry.account_id}: a confirmation fulfils an expected entry of its own"
+                                    " account", field=named)
     for name, want, got in (("currency", leg.currency, entry.currency), ("side", leg.entry_type, entry.entry_type)):
         if want != got:
-            raise InvalidInputError(f"{name} differs: expected entry {leg.entry_id} is {want}, the line {got};"
-                                    " only an amount difference can be written off")
+            raise ReviewNotAllowedError(f"{name} differs: expected entry {leg.entry_id} is {want}, the line {got};"
+                                        " only an amount difference can be written off", field=named)
     variance_account_id = None
     if leg.amount != entry.amount:
         rule = _rule_of(conn, found)
         if rule.variance_account_id is None:
-            raise InvalidInputError(
+            raise ReviewNotAllowedError(
                 f"the amounts differ by {leg.amount - entry.amount} {leg.currency} and recon rule {rule.id} has no"
                 " variance account to write it off to: give the rule a variance_account_id first")
         variance_account_id = rule.variance_account_id
@@ -281,14 +299,14 @@ def _rule_of(conn: Connection, found: ledger.ReviewLeg) -> Any:
         return accounts.get_rule(found.recon_rule_id, conn)
     rules = [r for r in accounts.load_rules(conn, [found.leg.account_id]) if r.account_two_id == found.leg.account_id]
     if not rules:
-        raise InvalidInputError(f"no recon rule has account {found.leg.account_id} as account_two")
+        raise ReviewNotAllowedError(f"no recon rule has account {found.leg.account_id} as account_two")
     return rules[0]
 
 
 def _accept(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]:
     meta = item.entry.metadata
     if not meta.get("matched_entry_id"):
-        raise InvalidInputError(
+        raise ReviewNotAllowedError(
             f"accept resolves a mismatch with its expected entry; staging entry {item.entry.staging_entry_id} is"
             f" {meta.get('error_type')}: use force-match --expected ENTRY_ID")
     return _fulfil(conn, item, meta["matched_entry_id"], asked)
@@ -325,8 +343,8 @@ def _reopen(conn: Connection, item: ReviewItem, asked: _Asked) -> dict[str, Any]
     reopened = ledger.reopen_confirmed(conn, entry.staging_entry_id, mismatched, batch)
     if reopened is None:
         state = entry.metadata.get("match_type") or entry.metadata.get("error_type")
-        raise InvalidInputError(f"staging entry {entry.staging_entry_id} has no match or mismatch to reopen"
-                                f" ({entry.status}, {state})")
+        raise ReviewNotAllowedError(f"staging entry {entry.staging_entry_id} has no match or mismatch to reopen"
+                                    f" ({entry.status}, {state})")
     batch.flush(conn)
     staging.back_to_review(conn, entry.staging_entry_id, f"reopened by {asked.actor}: {asked.reason}",
                            ErrorType.REOPENED.value, {"reopened_transaction_id": reopened["reopened_transaction_id"]},
@@ -419,7 +437,8 @@ def show(db: Database, staging_entry_id: str) -> dict[str, Any]:
         in_review = row.status == StagingStatus.NEEDS_MANUAL_REVIEW
         named = [meta["matched_entry_id"]] if in_review and meta.get("matched_entry_id") else []
         # the matcher's own candidates when it recorded them (entry ids, or objects naming one)
-        named += [c.get("entry_id") if isinstance(c, dict) else c for c in meta.get("candidates") or []
+        recorded = meta.get("candidates") if isinstance(meta.get("candidates"), list) else []  # SQL may write anything
+        named += [c.get("entry_id") if isinstance(c, dict) else c for c in recorded
                   if isinstance(c, str) or (isinstance(c, dict) and isinstance(c.get("entry_id"), str))]
         legs = ledger.candidate_legs(conn, row.account_id, row.order_id, named)
         history = decisions(conn, staging_entry_id)
@@ -429,7 +448,8 @@ def show(db: Database, staging_entry_id: str) -> dict[str, Any]:
         "difference": row.amount - c.leg.amount, "mismatched_fields": _differences(row, c.leg),
         "recon_rule_id": c.recon_rule_id,
     } for c in legs]
-    mismatched = meta.get("mismatched_fields")
+    recorded = meta.get("mismatched_fields")
+    mismatched = [f for f in recorded if isinstance(f, dict)] if isinstance(recorded, list) else None
     if mismatched is None and named:
         mismatched = next((c["mismatched_fields"] for c in candidates if c["entry_id"] == named[0]), [])
     return {
@@ -437,7 +457,7 @@ def show(db: Database, staging_entry_id: str) -> dict[str, Any]:
         "entry_type": row.entry_type, "amount": row.amount, "currency": row.currency, "status": row.status,
         "processing_mode": row.processing_mode, "effective_date": row.effective_date,
         "error_type": meta.get("error_type"), "reason": meta.get("error"), "match_type": meta.get("match_type"),
-        "mismatched_fields": mismatched or [], "candidates": candidates, "seen": _seen_token(row.updated_at),
+        "mismatched_fields": mismatched or [], "candidates": candidates, "seen": seen_token(row.updated_at),
         "created_at": row.created_at, "decisions": [vars(d) for d in history],
     }
 
@@ -464,7 +484,7 @@ def export_csv(db: Database, path: Path, error_type: str | None = None, account_
             named = [item.metadata["matched_entry_id"]] if item.metadata.get("matched_entry_id") else []
             legs = ledger.candidate_legs(conn, item.account_id, item.order_id, named)
             rows.append({
-                "staging_entry_id": item.staging_entry_id, "seen": _seen_token(item.updated_at),
+                "staging_entry_id": item.staging_entry_id, "seen": seen_token(item.updated_at),
                 "error_type": item.error_type, "account_id": item.account_id, "order_id": item.order_id or "",
                 "entry_type": item.entry_type, "amount": str(item.amount), "currency": item.currency,
                 "reason": item.reason or "", "candidates": " ".join(c.leg.entry_id for c in legs),

@@ -574,8 +574,10 @@ class OpenItem:
 
 
 def open_items(conn: Connection, error_type: str | None = None, account_id: str | None = None,
-               older_than: dt.timedelta | None = None, limit: int = 10_000) -> list[OpenItem]:
-    """Lines in manual review, oldest first; `older_than` compares with the line's created_at."""
+               older_than: dt.timedelta | None = None, limit: int = 10_000,
+               after: tuple[dt.datetime, str] | None = None) -> list[OpenItem]:
+    """Lines in manual review, oldest first; `older_than` compares with the line's created_at;
+    `after` (created_at, staging_entry_id) of the previous page's last line (the API's cursor)."""
     rows = conn.execute(
         sa.text(
             """
@@ -587,11 +589,14 @@ def open_items(conn: Connection, error_type: str | None = None, account_id: str 
               AND (CAST(:error_type AS text) IS NULL OR coalesce(metadata ->> 'error_type', '(none)') = :error_type)
               AND (CAST(:account_id AS text) IS NULL OR account_id = :account_id)
               AND (CAST(:older_than AS interval) IS NULL OR created_at < now() - CAST(:older_than AS interval))
+              AND (CAST(:after_at AS timestamptz) IS NULL
+                   OR (created_at, staging_entry_id) > (CAST(:after_at AS timestamptz), CAST(:after_id AS text)))
             ORDER BY created_at, staging_entry_id
             LIMIT :limit
             """
         ),
-        {"error_type": error_type, "account_id": account_id, "older_than": older_than, "limit": limit},
+        {"error_type": error_type, "account_id": account_id, "older_than": older_than, "limit": limit,
+         "after_at": after[0] if after else None, "after_id": after[1] if after else None},
     )
     return [OpenItem(*r) for r in rows]
 

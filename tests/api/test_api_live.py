@@ -11,7 +11,11 @@ statement's remittance text carry the order ids it confirms.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import threading
 import uuid
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,8 +23,9 @@ import httpx
 import pytest
 import schemathesis
 
+from recon import pipeline
 from recon.db import Database
-from recon.settings import DAG_ID
+from recon.settings import DAG_ID, PROJECT_ROOT
 from recon.web.api.app import openapi_text
 from recon.web.api.problems import PROBLEM_JSON, TYPE_PREFIX
 from tests import databases
@@ -231,6 +236,110 @@ def test_every_error_answers_the_problem_shape_with_its_status(clients: dict[str
     for response, status, slug, field in cases:
         assert_problem(response, status, slug, field)
     assert "262,144 bytes (RECON_API_MAX_BODY_BYTES)" in cases[5][0].json()["detail"]
+
+
+# ---- review: Airflow's users decide, and are recorded -------------------------------------------------------
+
+
+def processed(airflow: AirflowServer, viewer: httpx.Client, recon_db: Database, staging_entry_id: str) -> None:
+    """Process the queue here (the DAG may take the line first: either is fine) until the line is done."""
+    pipeline.process_queue(db=recon_db)
+    airflow.wait_for(f"staging entry {staging_entry_id} processed", lambda: viewer.get(
+        f"/staging-entries/{staging_entry_id}").json()["status"] != "PENDING", RUN_TIMEOUT_S)
+
+
+def test_reviewers_act_as_themselves_and_a_viewer_only_reads(
+    airflow: AirflowServer, clients: dict[str, httpx.Client], recon_db: Database
+) -> None:
+    api, viewer, anonymous = clients["producer"], clients["viewer"], clients["anonymous"]
+    merchant = created(api.post("/merchants", json={"merchant_name": "Review Ltd"}))["merchant_id"]
+    orders, psp, fees = (created(api.post("/accounts", json={
+        "merchant_id": merchant, "account_name": name, "account_type": kind, "currency": "USD"}))["account_id"]
+        for name, kind in (("Orders", "DEBIT_NORMAL"), ("PSP", "CREDIT_NORMAL"), ("Fees", "DEBIT_NORMAL")))
+    created(api.post("/rules", json={"account_one_id": orders, "account_two_id": psp, "variance_account_id": fees}))
+    line = {"entry_type": "DEBIT", "currency": "USD", "metadata": {"order_id": "ORD-R1"}}
+    order = created(api.post("/staging-entries", json={**line, "account_id": orders, "amount": "100.00",
+                                                       "processing_mode": "TRANSACTION"}))
+    processed(airflow, viewer, recon_db, order["staging_entry_id"])
+    sid = created(api.post("/staging-entries", json={**line, "account_id": psp, "entry_type": "CREDIT",
+                                                     "amount": "97.50", "processing_mode": "CONFIRMATION"}))["staging_entry_id"]
+    processed(airflow, viewer, recon_db, sid)
+
+    assert_problem(anonymous.get("/exceptions"), 401, "unauthenticated")
+    assert_problem(anonymous.post(f"/exceptions/{sid}/accept", json={"reason": "BANK_FEE"}), 401, "unauthenticated")
+    [item] = viewer.get("/exceptions", params={"account_id": psp}).json()["items"]
+    assert (item["staging_entry_id"], item["error_type"], item["amount"]) == (sid, "MismatchError", "97.5000")
+    seen = viewer.get(f"/exceptions/{sid}").json()["seen"]
+    assert_problem(viewer.post(f"/exceptions/{sid}/accept", json={"reason": "BANK_FEE"}), 403, "forbidden")
+
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    body = {"reason": "BANK_FEE", "note": "the PSP kept 2.50", "seen": seen}
+    decision = created(api.post(f"/exceptions/{sid}/accept", json=body, headers=key))
+    assert (decision["actor"], decision["after"]["variance"]["amount"]) == ("producer", "2.5000")
+    replay = api.post(f"/exceptions/{sid}/accept", json=body, headers=key)
+    assert replay.json() == decision and replay.headers["idempotent-replayed"] == "true"
+    assert_problem(api.post(f"/exceptions/{sid}/accept", json=body), 409, "review-stale")
+    assert_problem(api.post("/exceptions/stg_nope/ignore", json={"reason": "NOT_OURS"}), 404, "not-found")
+    detail = viewer.get(f"/exceptions/{sid}").json()
+    assert detail["status"] == "PROCESSED" and [(d["action"], d["actor"]) for d in detail["decisions"]] == [
+        ("accept", "producer")]
+
+
+# ---- the README's curl examples, as written ----------------------------------------------------------------
+
+
+def readme_api_script() -> str:
+    """The bash blocks of the README's REST API section, in order."""
+    text = (PROJECT_ROOT / "README.md").read_text()
+    section = text[text.index("### The REST API"):]
+    section = section[:section.index("\n### ", 1)]
+    return "\n".join(re.findall(r"```bash\n(.*?)```", section, re.S))
+
+
+def test_the_readmes_curl_examples_work_as_written(
+    airflow: AirflowServer, clients: dict[str, httpx.Client], recon_db: Database
+) -> None:
+    """Run as a user would with `./recon ui` (its address and password file replaced by this server's);
+    then what the examples did, read back. With `./recon ui` due work starts the DAG within seconds;
+    this module's Airflow runs only the runs a test triggers, so a thread here processes the queue
+    every second instead, while the examples wait for the engine."""
+    script = readme_api_script()
+    assert "Idempotency-Key" in script and "/exceptions/$LINE/accept" in script
+    script = script.replace("http://localhost:8080", airflow.base_url).replace(
+        ".recon/airflow/simple_auth_manager_passwords.json.generated",
+        str(airflow.home / "simple_auth_manager_passwords.json.generated"))
+    stop, failures = threading.Event(), []
+
+    def engine() -> None:
+        while not stop.wait(1):
+            try:
+                pipeline.process_queue(db=recon_db)
+            except Exception as exc:  # reported below, not lost in the thread
+                failures.append(exc)
+                return
+
+    worker = threading.Thread(target=engine, daemon=True)
+    worker.start()
+    try:
+        done = subprocess.run(["bash", "-euo", "pipefail", "-c", script + '\necho "README: $M $BANK $LINE"'],
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=2 * RUN_TIMEOUT_S)
+    finally:
+        stop.set()
+        worker.join(60)
+    assert not failures, failures
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    merchant, bank, line = done.stdout.strip().splitlines()[-1].split()[1:]
+
+    admin = clients["admin"]
+    books = {a["account_name"]: a for a in admin.get("/accounts", params={"merchant_id": merchant}).json()["items"]}
+    assert set(books) == {"Orders EUR", "Bank EUR", "Bank fees EUR"}
+    assert abs(Decimal(books["Bank fees EUR"]["posted"])) == Decimal("5")  # the write-off, once
+    statement = admin.get("/staging-entries", params={"account_id": bank, "processing_mode": "CONFIRMATION"}).json()
+    assert len(statement["items"]) > 1  # the uploaded statement's lines and ORD-1005's
+    item = admin.get(f"/exceptions/{line}").json()
+    assert (item["status"], item["match_type"]) == ("PROCESSED", "ForceMatched")
+    assert [(d["action"], d["actor"]) for d in item["decisions"]] == [
+        ("force-match", "admin"), ("reopen", "admin"), ("accept", "admin")]
 
 
 # ---- schemathesis: generated requests against the live API ----------------------------------------------

@@ -67,6 +67,7 @@ RESERVED_COLUMNS = frozenset(
         "matched_transaction_id", "matched_entry_id", "evolved_transaction_id",
         "source_staging_entry_id", "recon_rule_id", "fulfilled_expected_entry_id",
         "derived_from_entry_id", "evolved_from_transaction_id",
+        "mismatched_fields", "candidates",  # what a reviewer is shown of a line in review
     }
 )
 

@@ -35,6 +35,16 @@ async def caller(user: BaseUser = Depends(get_user)) -> str:
     return str(user.get_id() or user.get_name())
 
 
+def actor_name(user: BaseUser) -> str:
+    """Who decided, as the review audit log records it: the Airflow user's name (view and API alike)."""
+    return str(user.get_name() or user.get_id())
+
+
+async def reviewer(user: BaseUser = Depends(get_user)) -> str:
+    """The actor of a review action sent through the API: the authenticated user, never the body."""
+    return actor_name(user)
+
+
 async def login_for_browsers(request: Request, exc: HTTPException) -> Response:
     """A browser without a session is sent to Airflow's login; API clients get the status."""
     wants_html = "text/html" in request.headers.get("accept", "")

@@ -24,7 +24,7 @@ from airflow.api_fastapi.core_api.security import get_user
 from recon import review, staging
 from recon.db import Database
 from recon.errors import InvalidInputError, NotFoundError, StaleReviewError
-from recon.web.access import can_edit_recon_dag, can_read_recon_runs
+from recon.web.access import actor_name, can_edit_recon_dag, can_read_recon_runs
 from recon.web.database import read_recon, write_recon
 from recon.web.rendering import render
 from recon.web.urls import page_links
@@ -130,7 +130,7 @@ async def act(
     """One reviewer action; afterwards the exception list (the item gone, the decision on top), or the
     detail page again with what was refused (409: it changed since the reviewer looked)."""
     _check_same_origin(request, user, token)
-    actor = str(user.get_name() or user.get_id())
+    actor = actor_name(user)
     try:
         outcome = await write_recon(lambda db: review.act(
             db, action, staging_entry_id, reason=reason, note=note, actor=actor, seen=seen or None,

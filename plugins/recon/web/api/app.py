@@ -12,7 +12,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from recon.web.api import accounts, ledger, merchants, rules, staging_entries, tracker, uploads
+from recon.web.api import accounts, ledger, merchants, reviews, rules, staging_entries, tracker, uploads
 from recon.web.api.limits import BodyLimitMiddleware
 from recon.web.api.problems import COMMON_PROBLEMS, ProblemDetails, install_problem_handlers, problem_responses
 from recon.web.api.request_ids import RequestIdMiddleware
@@ -20,12 +20,13 @@ from recon.web.api.request_ids import RequestIdMiddleware
 MOUNT_PATH = "/api/v1"  # inside the Recon app, itself at settings.WEB_URL_PREFIX
 TITLE = "Recon Engine REST API"
 DESCRIPTION = """\
-Merchants, accounts with balances, recon rules, staging entries and statement uploads, the ledger
-and the Process Tracker of the recon engine.
+Merchants, accounts with balances, recon rules, staging entries and statement uploads, the ledger,
+the Process Tracker and the review of exceptions (reviewer actions, audited) of the recon engine.
 
 **Authentication**: Airflow's own. Get a token from Airflow's `POST /auth/token` and send it as
 `Authorization: Bearer <token>`. Reads need permission to read runs of the DAG
-`recon_process_tracker`; writes need permission to edit it.
+`recon_process_tracker`; writes, review actions included, need permission to edit it (the
+reviewer recorded in the audit log is the authenticated user).
 
 **Conventions**: errors are `application/problem+json` (RFC 9457) with a stable `type`; lists are
 pages with an opaque `next_cursor`; creating POSTs take an `Idempotency-Key`; amounts are decimal
@@ -42,7 +43,7 @@ def build_api_app() -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every answer has the id
-    for module in (merchants, accounts, rules, staging_entries, uploads, ledger, tracker):
+    for module in (merchants, accounts, rules, staging_entries, uploads, ledger, tracker, reviews):
         app.include_router(module.router)
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app

@@ -25,7 +25,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
-from recon.errors import ConflictError, DatabaseConfigError, InvalidInputError, NotFoundError, ReconError
+from recon.errors import (
+    ConflictError,
+    DatabaseConfigError,
+    InvalidInputError,
+    NotFoundError,
+    ReconError,
+    ReviewNotAllowedError,
+    StaleReviewError,
+)
 from recon.web.database import RETRY_AFTER_SECONDS, ReconViewTimeout, describe_unusable_database
 
 log = logging.getLogger(__name__)
@@ -58,6 +66,8 @@ IDEMPOTENCY_KEY_IN_PROGRESS = ProblemType(
 BODY_TOO_LARGE = ProblemType("body-too-large", 413, "The request body is too large")
 UPLOAD_TOO_LARGE = ProblemType("upload-too-large", 413, "The uploaded file is too large")
 UNSUPPORTED_MEDIA_TYPE = ProblemType("unsupported-media-type", 415, "Unsupported media type")
+REVIEW_STALE = ProblemType("review-stale", 409, "The item changed since it was read")
+REVIEW_NOT_ALLOWED = ProblemType("review-not-allowed", 409, "The action does not apply to the item as it is")
 INVALID_INPUT = ProblemType("invalid-input", 422, "The request has invalid input")
 INTERNAL_ERROR = ProblemType("internal-error", 500, "Internal error")
 DATABASE_UNAVAILABLE = ProblemType("database-unavailable", 503, "The recon database cannot answer now")
@@ -65,7 +75,7 @@ DATABASE_NOT_CONFIGURED = ProblemType("database-not-configured", 503, "The recon
 
 PROBLEM_TYPES = [
     MALFORMED_JSON, UNAUTHENTICATED, FORBIDDEN, NOT_FOUND, METHOD_NOT_ALLOWED, CONFLICT, IDEMPOTENCY_KEY_REUSED,
-    IDEMPOTENCY_KEY_IN_PROGRESS, BODY_TOO_LARGE, UPLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, INVALID_INPUT,
+    IDEMPOTENCY_KEY_IN_PROGRESS, REVIEW_STALE, REVIEW_NOT_ALLOWED, BODY_TOO_LARGE, UPLOAD_TOO_LARGE, UNSUPPORTED_MEDIA_TYPE, INVALID_INPUT,
     INTERNAL_ERROR, DATABASE_UNAVAILABLE, DATABASE_NOT_CONFIGURED,
 ]
 
@@ -186,6 +196,10 @@ def _message(error: dict[str, Any]) -> str:
 
 
 async def _recon_error(request: Request, exc: ReconError) -> JSONResponse:
+    if isinstance(exc, StaleReviewError):
+        return problem_response(request, REVIEW_STALE, str(exc), field=exc.field)
+    if isinstance(exc, ReviewNotAllowedError):
+        return problem_response(request, REVIEW_NOT_ALLOWED, str(exc), field=exc.field)
     if isinstance(exc, ConflictError):
         return problem_response(request, CONFLICT, str(exc), field=exc.field)
     if isinstance(exc, InvalidInputError):
