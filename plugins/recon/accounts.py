@@ -103,6 +103,7 @@ class RuleSettings:
     variance_account_id: str | None = None
     date_window_days: int | None = None
     aging_days: int | None = None
+    fee_account_id: str | None = None  # PSP settlement fees (sql/0035)
 
     @classmethod
     def of(cls, rule: ReconRule) -> "RuleSettings":
@@ -123,6 +124,7 @@ class RuleSettings:
             variance_account_id=_chosen_id(self.variance_account_id, "variance_account_id"),
             date_window_days=None if self.date_window_days is None else _whole(self.date_window_days, "date_window_days", 3660),
             aging_days=None if self.aging_days is None else _whole(self.aging_days, "aging_days", 3660),
+            fee_account_id=_chosen_id(self.fee_account_id, "fee_account_id"),
         )
 
 
@@ -175,9 +177,10 @@ def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | N
         created = conn.execute(
             sa.text(
                 "INSERT INTO recon_rules (id, merchant_id, account_one_id, account_two_id, priority, match_keys,"
-                " amount_tolerance, amount_tolerance_pct, variance_account_id, date_window_days, aging_days)"
+                " amount_tolerance, amount_tolerance_pct, variance_account_id, date_window_days, aging_days,"
+                " fee_account_id)"
                 " VALUES (coalesce(:id, recon_new_id('rule')), :m, :a, :b, :priority, CAST(:keys AS jsonb),"
-                " :tolerance, :pct, :variance, :window, :aging)"
+                " :tolerance, :pct, :variance, :window, :aging, :fee)"
                 " ON CONFLICT (id) DO NOTHING RETURNING id"
             ),
             {"id": rule_id, "m": one.merchant_id, "a": account_one_id, "b": account_two_id,
@@ -205,7 +208,8 @@ def update_recon_rule(rule_id: str, changes: dict[str, object], *, db: Database)
             sa.text(
                 "UPDATE recon_rules SET priority = :priority, match_keys = CAST(:keys AS jsonb),"
                 " amount_tolerance = :tolerance, amount_tolerance_pct = :pct, variance_account_id = :variance,"
-                " date_window_days = :window, aging_days = :aging, updated_at = now() WHERE id = :id"
+                " date_window_days = :window, aging_days = :aging, fee_account_id = :fee, updated_at = now()"
+                " WHERE id = :id"
             ),
             {"id": rule.id, **_settings_params(settings)},
         )
@@ -222,17 +226,8 @@ def _check_settings(conn: Connection, account_one_id: str, two: Account, setting
                     rule_id: str | None) -> None:
     """What the accounts decide: the variance account (same merchant and currency as the contra
     account, neither of the rule's own accounts) and no priority tie on either account."""
-    if settings.variance_account_id is not None:
-        variance = get_account(settings.variance_account_id, conn)
-        if variance.account_id in (account_one_id, two.account_id):
-            raise InvalidInputError(f"variance account {variance.account_id} must differ from the rule's accounts",
-                                    field="variance_account_id")
-        if variance.merchant_id != two.merchant_id:
-            raise InvalidInputError(f"variance account {variance.account_id} belongs to merchant"
-                                    f" {variance.merchant_id}, not {two.merchant_id}", field="variance_account_id")
-        if variance.currency != two.currency:
-            raise InvalidInputError(f"variance account {variance.account_id} is in {variance.currency}, the contra"
-                                    f" account {two.account_id} in {two.currency}", field="variance_account_id")
+    for field, name in (("variance_account_id", "variance account"), ("fee_account_id", "fee account")):
+        _check_side_account(conn, getattr(settings, field), field, name, account_one_id, two)
     if settings.priority is not None:
         tie = conn.execute(
             sa.text("SELECT id FROM recon_rules WHERE priority = :p AND id IS DISTINCT FROM :id"
@@ -244,12 +239,29 @@ def _check_settings(conn: Connection, account_one_id: str, two: Account, setting
                                 " account: choose another priority", field="priority")
 
 
+def _check_side_account(conn: Connection, account_id: str | None, field: str, name: str, account_one_id: str,
+                        two: Account) -> None:
+    """A variance or fee account: same merchant and currency as the contra account, neither of the
+    rule's own accounts (a leg booked there must not look like a line of the rule)."""
+    if account_id is None:
+        return
+    side = get_account(account_id, conn)
+    if side.account_id in (account_one_id, two.account_id):
+        raise InvalidInputError(f"{name} {side.account_id} must differ from the rule's accounts", field=field)
+    if side.merchant_id != two.merchant_id:
+        raise InvalidInputError(f"{name} {side.account_id} belongs to merchant {side.merchant_id},"
+                                f" not {two.merchant_id}", field=field)
+    if side.currency != two.currency:
+        raise InvalidInputError(f"{name} {side.account_id} is in {side.currency}, the contra account"
+                                f" {two.account_id} in {two.currency}", field=field)
+
+
 def _settings_params(settings: RuleSettings) -> dict[str, object]:
     return {"priority": settings.priority,
             "keys": json.dumps([{"line": line, "expected": expected} for line, expected in settings.match_keys]),
             "tolerance": settings.amount_tolerance, "pct": settings.amount_tolerance_pct,
             "variance": settings.variance_account_id, "window": settings.date_window_days,
-            "aging": settings.aging_days}
+            "aging": settings.aging_days, "fee": settings.fee_account_id}
 
 
 def list_rules(conn: Connection) -> list[ReconRule]:
@@ -401,7 +413,7 @@ def delete_account(account_id: str, *, db: Database) -> None:
 
 _RULE_COLUMNS = (
     "id, merchant_id, account_one_id, account_two_id, priority, match_keys, amount_tolerance,"
-    " amount_tolerance_pct, variance_account_id, date_window_days, aging_days"
+    " amount_tolerance_pct, variance_account_id, date_window_days, aging_days, fee_account_id"
 )
 
 

@@ -224,6 +224,24 @@ def book_fulfilment(batch: LedgerBatch, leg: ExpectedLeg, posted_legs: Sequence[
     return Fulfilment(transaction_id, legs[-1] if difference else None)
 
 
+def book_pair(batch: LedgerBatch, transaction_id: str, money_in_account_id: str, money_out_account_id: str,
+              amount: Decimal, currency: str, effective_date: dt.datetime, metadata: dict[str, Any]) -> None:
+    """Two POSTED legs of `transaction_id` moving `amount` from one account to another, in the
+    statement sides the engine reads (money arriving on an account is a CREDIT there, as on a bank
+    or PSP statement): CREDIT on `money_in_account_id`, DEBIT on `money_out_account_id`. A negative
+    amount moves it the other way. Balanced by itself, so it may join any transaction (a PSP's
+    fee booked with the fulfilment it was charged on)."""
+    if amount < 0:
+        money_in_account_id, money_out_account_id, amount = money_out_account_id, money_in_account_id, -amount
+    if amount == 0:
+        return
+    for account_id, side in ((money_in_account_id, EntryType.CREDIT), (money_out_account_id, EntryType.DEBIT)):
+        batch.entries.append(NewEntry(
+            entry_id=new_id("ent"), account_id=account_id, transaction_id=transaction_id, entry_type=side.value,
+            amount=amount, currency=currency, status="POSTED", effective_date=effective_date, metadata=metadata,
+        ))
+
+
 @dataclass(frozen=True)
 class InvariantReport:
     unbalanced_transactions: int

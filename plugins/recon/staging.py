@@ -82,11 +82,12 @@ class NewStagingEntry:
 
 
 def parse_processing_mode(mode: object) -> str:
-    """A processing mode as the user wrote it (any case, spaces around) -> TRANSACTION or CONFIRMATION."""
-    try:
-        return ProcessingMode(str(mode).strip().upper()).value
-    except ValueError:
-        raise InvalidInputError(f"mode {mode!r} must be TRANSACTION or CONFIRMATION") from None
+    """A processing mode as the user wrote it (any case, spaces around) -> TRANSACTION or CONFIRMATION
+    (SETTLEMENT lines are written by the settlement report ingest only)."""
+    value = str(mode).strip().upper()
+    if value not in (ProcessingMode.TRANSACTION, ProcessingMode.CONFIRMATION):
+        raise InvalidInputError(f"mode {mode!r} must be TRANSACTION or CONFIRMATION")
+    return value
 
 
 def _check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ DecimalText = Annotated[str, Field(max_length=64, pattern=DECIMAL_PATTERN, examp
 
 class RuleChange(BaseModel):
     """Rule settings; in a PATCH only those given change (null removes the variance account, the
-    window or the ageing)."""
+    window, the ageing or the fee account)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,6 +54,7 @@ class RuleChange(BaseModel):
     variance_account_id: Text | None = None
     date_window_days: Days | None = None
     aging_days: Days | None = None
+    fee_account_id: Text | None = None
 
     def settings(self) -> dict[str, Any]:
         """The given fields as accounts.RuleSettings takes them."""
@@ -81,6 +82,7 @@ class Rule(BaseModel):
     variance_account_id: str | None
     date_window_days: int | None
     aging_days: int | None
+    fee_account_id: str | None
 
 
 def _rule(rule: ReconRule) -> Rule:
@@ -89,7 +91,7 @@ def _rule(rule: ReconRule) -> Rule:
                 match_keys=[MatchKey(line=line, expected=expected) for line, expected in rule.match_keys],
                 amount_tolerance=Decimal(rule.amount_tolerance), amount_tolerance_pct=Decimal(rule.amount_tolerance_pct),
                 variance_account_id=rule.variance_account_id, date_window_days=rule.date_window_days,
-                aging_days=rule.aging_days)
+                aging_days=rule.aging_days, fee_account_id=rule.fee_account_id)
 
 
 @router.post("", status_code=201, response_model=Rule, dependencies=WRITERS, responses=problem_responses(409))
