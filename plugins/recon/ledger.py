@@ -714,6 +714,24 @@ def mismatch_transactions(conn: Connection, limit: int) -> tuple[int, list[Any]]
     return count, rows
 
 
+def booking_statuses(conn: Connection, staging_entry_ids: Sequence[str]) -> dict[str, str]:
+    """The live status of what each of these TRANSACTION lines booked (EXPECTED: not confirmed yet;
+    POSTED: its expected leg fulfilled; MISMATCH), by staging entry id: a payout is confirmed by the
+    bank when its booking is POSTED."""
+    if not staging_entry_ids:
+        return {}
+    rows = conn.execute(sa.text(
+        """
+        SELECT DISTINCT ON (first.source_staging_entry_id) first.source_staging_entry_id, live.status
+        FROM transactions first
+        JOIN transactions live ON live.logical_transaction_id = first.logical_transaction_id
+        WHERE first.source_staging_entry_id = ANY(:ids) AND first.version = 1 AND live.status <> 'ARCHIVED'
+        ORDER BY first.source_staging_entry_id, live.version DESC
+        """
+    ), {"ids": list(staging_entry_ids)}).all()
+    return {r.source_staging_entry_id: r.status for r in rows}
+
+
 # ---- read models: the REST API (a page at a time, in key order) ---------------------------------------
 
 

@@ -16,10 +16,13 @@ import sqlalchemy as sa
 from recon.ingest.settlement import LineKind, SettlementReport
 from recon.ingest.adyen import read_adyen_settlement
 from recon.ingest.stripe import read_stripe_payouts
+from recon.reporting import monitoring
+from recon.web.rendering import render
 from recon.settings import PROJECT_ROOT
 from tests.test_cli import recon
 
 SETTLEMENT = PROJECT_ROOT / "tests" / "data" / "settlement"
+VIEW_LINKS = {"airflow": "", "base": "/recon", "dag_id": "recon", "dag_url": "/dags/recon", "trigger_api": "/api"}
 
 
 class Books:
@@ -150,6 +153,21 @@ def test_adyen_batch_orders_report_and_bank_reconcile_three_ways(db_url, db, tmp
     # the refunds and the chargeback gave their gross back to the order account, linked by order id
     refund = json.loads(books.run("entry", "show", "ORD-100093", "--json"))
     assert "SettlementBooked" in json.dumps(refund)
+    with db.begin() as conn:
+        given_back = conn.execute(sa.text(
+            "SELECT sum(amount) FROM entries WHERE account_id = :a AND status = 'POSTED' AND entry_type = 'CREDIT'"
+            " AND metadata ->> 'settlement_kind' IN ('refund', 'chargeback')"), {"a": books.orders}).scalar()
+    assert given_back == Decimal("131.07") + Decimal("127.29") + Decimal("161.23") + Decimal("374.09") \
+        + Decimal("9.52") + Decimal("192.90") + Decimal("104.15")
+
+    # the Recon view's Settlements section: the batch, its figures, and the bank's confirmation
+    [shown] = monitoring.settlements(db)["batches"]
+    assert (shown["batch_id"], shown["payments"], shown["refunds"], shown["chargebacks"]) == ("4", 300, 6, 1)
+    assert shown["fees"] == batch.fee_total and shown["net"] == batch.payout == shown["payout"]
+    assert (shown["payout_reference"], shown["bank"], shown["in_review"]) == ("TX4821937650XT", "confirmed", 0)
+    html = render("recon_view.html", {**VIEW_LINKS, "data": monitoring.overview(db), "filters": {}, "limit": 50,
+                                       "chart": "", "reprocess_conf": None, "window_conf": {}})
+    assert 'data-testid="settlement-bank-4">confirmed' in html and "TX4821937650XT" in html
 
 
 def test_stripe_payouts_with_refunds_and_a_dispute_reconcile_by_amount(db_url, db, tmp_path):
@@ -203,6 +221,9 @@ def test_a_carried_over_batch_expects_nothing_on_the_bank(db_url, db, tmp_path):
     assert Decimal(balances[books.clearing]["posted"]) == 0
     # the transfer moved batch 5's negative balance to batch 6's legs: each batch is back to zero
     assert clearing_by_batch(db, books.clearing) == {"5": 0, "6": 0}
+    shown = {b["batch_id"]: b for b in monitoring.settlements(db)["batches"]}
+    assert (shown["5"]["bank"], shown["5"]["carried"], shown["6"]["bank"]) == (
+        "carried forward", Decimal("-468.35"), "confirmed")
 
 
 def test_a_payment_of_an_order_never_booked_is_an_exception(db_url, db, tmp_path):
