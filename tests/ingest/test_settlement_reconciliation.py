@@ -22,6 +22,7 @@ from recon.settings import PROJECT_ROOT
 from tests.test_cli import recon
 
 SETTLEMENT = PROJECT_ROOT / "tests" / "data" / "settlement"
+RECONCILE = SETTLEMENT / "reconcile"
 VIEW_LINKS = {"airflow": "", "base": "/recon", "dag_id": "recon", "dag_url": "/dags/recon", "trigger_api": "/api"}
 
 
@@ -126,14 +127,16 @@ def clearing_by_batch(db, clearing: str) -> dict[str, Decimal]:
 
 
 def test_adyen_batch_orders_report_and_bank_reconcile_three_ways(db_url, db, tmp_path):
+    """The README's example, with its files: tests/data/settlement/reconcile/."""
     books = Books(db_url, "EUR", bank_key=("--match-key", "order_id=metadata.payout_reference"))
     path = SETTLEMENT / "adyen_batch_4.csv"
     checked = read_adyen_settlement(path, "EUR")
     settled = orders_csv(checked, tmp_path / "orders.csv")
+    assert (tmp_path / "orders.csv").read_text() == (RECONCILE / "orders_batch_4.csv").read_text()
     [batch] = checked.batches
     assert batch.payout == Decimal("73879.47") and len(settled) == 300
 
-    books.run("ingest", str(tmp_path / "orders.csv"), "--account", books.orders, "--mode", "TRANSACTION")
+    books.run("ingest", str(RECONCILE / "orders_batch_4.csv"), "--account", books.orders, "--mode", "TRANSACTION")
     books.run("process")
     out = books.run("ingest", str(path), "--account", books.clearing, "--format", "adyen-settlement")
     assert "310 ingested" in out
@@ -144,9 +147,7 @@ def test_adyen_batch_orders_report_and_bank_reconcile_three_ways(db_url, db, tmp
     expected = books.balances()[books.bank]
     assert Decimal(expected["pending"]) - Decimal(expected["posted"]) == batch.payout
 
-    camt053(tmp_path / "bank.xml", "EUR", batch.payout, "ADYEN BV PAYOUT TX4821937650XT BATCH 4 AcmeShopEUR",
-            "2026-11-04")
-    books.run("ingest", str(tmp_path / "bank.xml"), "--account", books.bank, "--mode", "CONFIRMATION",
+    books.run("ingest", str(RECONCILE / "bank_payout_batch_4.xml"), "--account", books.bank, "--mode", "CONFIRMATION",
               "--order-id-pattern", r"TX\d+XT")
     books.run("process")
     assert_three_way(db, books, checked, batch.payout, settled)
