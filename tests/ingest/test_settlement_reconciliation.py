@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from recon.ingest.settlement import LineKind, SettlementReport
 from recon.ingest.adyen import read_adyen_settlement
+from recon.ingest.settlement import LineKind, SettlementReport
 from recon.ingest.stripe import read_stripe_payouts
 from recon.reporting import monitoring
 from recon.web.rendering import render
@@ -302,3 +303,36 @@ def test_fee_account_is_checked_like_the_variance_account(db_url):
     assert f"fee account        {books.fees}" in books.run("rule", "show", rule["id"])
     books.run("rule", "update", rule["id"], "--no-fee-account")
     assert json.loads(books.run("rule", "show", rule["id"], "--json"))["fee_account_id"] is None
+
+
+def test_settlement_lines_end_in_the_same_books_one_at_a_time_and_in_chunks(db_url, pg_admin_url, tmp_path):
+    """The Stripe report (payments, refunds, a dispute, fees, synthesised payouts) drained one task at a
+    time and in chunks of 37 from two copies of one database: the same outcome per line, the same
+    ledger rows (tests/test_batch_equivalence.py's comparison)."""
+    from bench.databases import Server, database_name
+    from recon import pipeline
+    from recon.db import Database, reset_default_database
+    from tests.test_batch_equivalence import state
+
+    books = Books(db_url, "USD", bank_key=("--match-key", "amount", "--date-window-days", "3"))
+    path = SETTLEMENT / "stripe_payouts.csv"
+    orders_csv(read_stripe_payouts(path, "USD"), tmp_path / "orders.csv")
+    books.run("ingest", str(tmp_path / "orders.csv"), "--account", books.orders, "--mode", "TRANSACTION")
+    books.run("process")
+    books.run("ingest", str(path), "--account", books.clearing)
+    reset_default_database()
+    server = Server(pg_admin_url)
+    copy_name = f"{database_name(db_url)}_copy"
+    copy, original = Database(server.copy(database_name(db_url), copy_name), "copy"), Database(db_url, "original")
+    try:
+        for db, batch_size, chunk_size in ((original, 1, 1), (copy, 300, 37)):
+            summary = pipeline.process_queue(batch_size=batch_size, chunk_size=chunk_size, db=db, run_id="eq")
+            assert summary["retried"] == 0, summary
+        want, got = state(original), state(copy)
+        assert got == want
+        assert {s[0] for s in want["staging"].values()} == {"PROCESSED"}
+        assert Counter(s[2] for s in want["staging"].values())["SettlementBooked"] > 20
+    finally:
+        original.dispose()
+        copy.dispose()
+        server.drop(copy_name)

@@ -40,12 +40,11 @@ import datetime as dt
 import re
 import time
 from collections.abc import Callable
-from decimal import Decimal
 from typing import BinaryIO
 
 from sqlalchemy.engine import Connection
 
-from recon import accounts, staging
+from recon import accounts
 from recon.errors import InvalidInputError
 from recon.ingest.adyen import read_adyen_settlement
 from recon.ingest.bank_statement import BATCH_ROWS, NaturalKeyBatch
@@ -68,9 +67,6 @@ _READERS: dict[str, Callable[[BinaryIO, str], SettlementReport]] = {
     FORMAT_ADYEN: read_adyen_settlement,
     FORMAT_STRIPE: read_stripe_payouts,
 }
-# kinds booked by the SETTLEMENT strategy (recon.tasks.settlement_booking)
-SELF_BOOKED = frozenset({LineKind.REFUND, LineKind.CHARGEBACK, LineKind.CHARGEBACK_REVERSAL, LineKind.FEE,
-                         LineKind.OTHER, LineKind.BALANCE_TO_NEXT_BATCH, LineKind.BALANCE_FROM_PREVIOUS_BATCH})
 _OTHER_BATCH = re.compile(r"\bbatch\s+(\S+)", re.IGNORECASE)
 
 

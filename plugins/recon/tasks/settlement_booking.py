@@ -40,7 +40,7 @@ from recon.tasks.expected_entry_matching import settlement_fee as fee_of
 from recon.tasks.verdicts import Applied, ManualReview, Plan, Verdict
 
 # settlement_kind values (recon.ingest.settlement.LineKind) booked against the order account
-_ORDER_KINDS = {"refund": -1, "chargeback": -1, "chargeback_reversal": 1}  # +1: money in to clearing
+_ORDER_KINDS = frozenset({"refund", "chargeback", "chargeback_reversal"})
 CARRIED_OUT, CARRIED_IN = "balance_to_next_batch", "balance_from_previous_batch"
 
 
@@ -112,8 +112,8 @@ class SettlementBookingTask(ReconTask):
                                     "note": "booked by the other batch's balance transfer"})
         transaction_id = new_id("txn")
         clearing = entry.account_id
-        money_in = entry.entry_type == "CREDIT"  # statement side: money arriving on the clearing account
-        signed = entry.amount if money_in else -entry.amount
+        # the report's gross, signed as it moves the merchant's balance at the PSP (a refund's is negative)
+        gross = Decimal(entry.metadata.get("gross", 0))
         legs = {"source_staging_entry_id": entry.staging_entry_id,
                 **{k: entry.metadata[k] for k in ("order_id", "settlement_batch", "settlement_kind", "psp_type",
                                                   "psp_line_reference") if k in entry.metadata}}
@@ -121,9 +121,7 @@ class SettlementBookingTask(ReconTask):
         fee = fee_of(entry)
         if kind in _ORDER_KINDS:
             assert plan.order_account_id is not None
-            gross = abs(Decimal(entry.metadata.get("gross", entry.amount)))
-            gross_signed = gross if money_in else -gross
-            ledger.book_pair(batch, transaction_id, clearing, plan.order_account_id, gross_signed, entry.currency,
+            ledger.book_pair(batch, transaction_id, clearing, plan.order_account_id, gross, entry.currency,
                              entry.effective_date, legs)
         elif kind == CARRIED_OUT:
             # this batch's clearing legs get the balance; the next batch's give it
@@ -131,7 +129,6 @@ class SettlementBookingTask(ReconTask):
             _book_transfer(batch, transaction_id, entry, legs, other)
         elif kind != CARRIED_IN and kind != "fee":
             assert plan.fee_account_id is not None
-            gross = Decimal(entry.metadata.get("gross", signed))
             ledger.book_pair(batch, transaction_id, clearing, plan.fee_account_id, gross, entry.currency,
                              entry.effective_date, legs)
         if fee:
