@@ -139,6 +139,8 @@ def test_adyen_batch_orders_report_and_bank_reconcile_three_ways(db_url, db, tmp
 
     books.run("ingest", str(RECONCILE / "orders_batch_4.csv"), "--account", books.orders, "--mode", "TRANSACTION")
     books.run("process")
+    dry = recon(db_url, "ingest", str(path), "--account", books.clearing, "--dry-run")
+    assert "310 ingested" in dry.stdout and "nothing written" in dry.stderr
     out = books.run("ingest", str(path), "--account", books.clearing, "--format", "adyen-settlement")
     assert "310 ingested" in out
     again = recon(db_url, "ingest", str(path), "--account", books.clearing, check=False)  # detected by header

@@ -108,7 +108,7 @@ def settlement_entry(line: SettlementLine, account_id: str, source_file: str | N
     """The staging entry of one checked line (None when it moves no money)."""
     mode, amount = ProcessingMode.SETTLEMENT, line.gross
     extra: dict[str, str] = {}
-    if line.kind is LineKind.PAYMENT:
+    if line.kind is LineKind.PAYMENT and line.gross:  # (a payment of 0 that cost a fee books only its fee)
         mode = ProcessingMode.CONFIRMATION
     elif line.kind is LineKind.PAYOUT:
         mode, amount = ProcessingMode.TRANSACTION, abs(line.net)
