@@ -671,8 +671,9 @@ def reopen_confirmed(conn: Connection, staging_entry_id: str, mismatched_transac
         source_staging_entry_id=None,
     ))
     for leg in legs:
-        if leg.fulfilled_expected_entry_id or "variance_of_expected_entry_id" in leg.metadata:
-            continue  # the confirmation's own leg and its write-off leave with it
+        if (leg.fulfilled_expected_entry_id or "variance_of_expected_entry_id" in leg.metadata
+                or "fee_of_staging_entry_id" in leg.metadata):
+            continue  # the confirmation's own leg, its write-off and its PSP fee leave with it
         batch.entries.append(_carried(PostedLeg(*leg[:8]), new_transaction_id, status=leg.status))
     restored = None
     if expected_id is not None:

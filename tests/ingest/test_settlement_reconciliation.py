@@ -343,3 +343,27 @@ def test_settlement_lines_end_in_the_same_books_one_at_a_time_and_in_chunks(db_u
         original.dispose()
         copy.dispose()
         server.drop(copy_name)
+
+
+def test_a_reviewer_reopening_a_settled_payment_takes_its_fee_back_too(db_url, db, tmp_path):
+    """Reopened, the payment's confirmation leaves with its fee legs; confirmed again, the fee is
+    booked once, not twice."""
+    books = Books(db_url, "EUR", bank_key=("--match-key", "order_id=metadata.payout_reference"))
+    path = SETTLEMENT / "adyen_batch_5_carry_over.csv"
+    orders_csv(read_adyen_settlement(path, "EUR"), tmp_path / "orders.csv")
+    books.run("ingest", str(tmp_path / "orders.csv"), "--account", books.orders, "--mode", "TRANSACTION")
+    books.run("process")
+    books.run("ingest", str(path), "--account", books.clearing)
+    books.run("process")
+    fees = Decimal(books.balances()[books.fees]["posted"])
+    with db.begin() as conn:
+        payment = conn.execute(sa.text(
+            "SELECT staging_entry_id FROM staging_entries WHERE order_id = 'ORD-100401'"
+            " AND processing_mode = 'CONFIRMATION'")).scalar_one()
+    books.run("review", "reopen", payment, "--reason", "DATA_CORRECTION")
+    fee = Decimal("0.11") + Decimal("2.48") + Decimal("0.10") + Decimal("1.24")  # the line's four fee components
+    assert Decimal(books.balances()[books.fees]["posted"]) == fees - fee
+    books.run("review", "requeue", payment, "--reason", "DATA_CORRECTION")
+    books.run("process")
+    assert Decimal(books.balances()[books.fees]["posted"]) == fees
+    assert books.report()["invariants"]["ok"]
