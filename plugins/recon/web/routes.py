@@ -76,6 +76,11 @@ async def api_ledger(limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monit
     return as_json(await read_recon(lambda db: monitoring.ledger_overview(db, limit)))
 
 
+@router.get("/api/settlements")
+async def api_settlements(limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT)) -> JSONResponse:
+    return as_json(await read_recon(lambda db: monitoring.settlements(db, limit)))
+
+
 @router.get("/api/overview")
 async def api_overview(f: dict = Depends(filters)) -> JSONResponse:
     return as_json(await read_recon(lambda db: monitoring.overview(db, **f)))
