@@ -73,9 +73,9 @@ def ingest_file(
 
     `order_id_pattern` (default RECON_ORDER_ID_PATTERN) finds an order id in a bank line's
     remittance text. `mode` is None for a PSP settlement report (each line's kind gives its mode;
-    see recon.ingest.settlement_entries), required otherwise. Raises InvalidInputError (bad file, format, figures that do not add up,
-    limits, a mode no rule gives the account) or NotFoundError (unknown account), in which case
-    nothing was written.
+    see recon.ingest.settlement_entries), required otherwise. Raises InvalidInputError (bad file,
+    format, figures that do not add up, limits, a mode no rule gives the account) or NotFoundError
+    (unknown account), in which case nothing was written.
     """
     if file_format not in FORMATS:
         raise InvalidInputError(f"format {file_format!r} is not one of {', '.join(FORMATS)}")

@@ -321,6 +321,8 @@ class ExpectedEntryMatchingTask(ReconTask):
             "evolved_transaction_id": transaction_id,
             "match_type": "Phase2_Fulfilled",
         }
+        if fee:
+            result.update(fee=str(fee), fee_account_id=plan.fee_account_id)
         if entry.amount != leg.amount:
             result.update(match_type="FulfilledWithTolerance", variance=str(entry.amount - leg.amount),
                           variance_account_id=plan.variance_account_id)

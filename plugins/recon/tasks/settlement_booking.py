@@ -157,6 +157,6 @@ def _book_transfer(batch: LedgerBatch, transaction_id: str, entry: StagingEntry,
     for metadata, entry_type in ((this_batch, side), (next_batch, side.opposite)):
         batch.entries.append(NewEntry(
             entry_id=new_id("ent"), account_id=entry.account_id, transaction_id=transaction_id,
-            entry_type=entry_type.value, amount=entry.amount, currency=entry.currency, status="POSTED", effective_date=entry.effective_date,
-            metadata=metadata,
+            entry_type=entry_type.value, amount=entry.amount, currency=entry.currency, status="POSTED",
+            effective_date=entry.effective_date, metadata=metadata,
         ))
