@@ -56,7 +56,7 @@ ENUMS = {
     ("entries", "status"): {"EXPECTED", "POSTED", "ARCHIVED"},
     ("transactions", "status"): {"EXPECTED", "POSTED", "MISMATCH", "ARCHIVED"},
     ("staging_entries", "status"): {"PENDING", "NEEDS_MANUAL_REVIEW", "PROCESSED"},
-    ("staging_entries", "processing_mode"): {"CONFIRMATION", "TRANSACTION"},
+    ("staging_entries", "processing_mode"): {"CONFIRMATION", "TRANSACTION", "SETTLEMENT"},  # SETTLEMENT: sql/0035
     ("process_tracker", "task_type"): {"PROCESS_STAGING_ENTRY"},
     ("process_tracker", "status"): {"PENDING", "PROCESSING", "COMPLETED", "FAILED", "RETRY"},
 }

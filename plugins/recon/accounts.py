@@ -103,6 +103,7 @@ class RuleSettings:
     variance_account_id: str | None = None
     date_window_days: int | None = None
     aging_days: int | None = None
+    fee_account_id: str | None = None  # PSP settlement fees (sql/0035)
     group_by: str | None = None  # metadata.<name>: confirmations fulfil the open legs sharing its value
 
     @classmethod
@@ -131,6 +132,7 @@ class RuleSettings:
             variance_account_id=_chosen_id(self.variance_account_id, "variance_account_id"),
             date_window_days=None if self.date_window_days is None else _whole(self.date_window_days, "date_window_days", 3660),
             aging_days=None if self.aging_days is None else _whole(self.aging_days, "aging_days", 3660),
+            fee_account_id=_chosen_id(self.fee_account_id, "fee_account_id"),
         )
 
 
@@ -184,8 +186,9 @@ def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | N
             sa.text(
                 "INSERT INTO recon_rules (id, merchant_id, account_one_id, account_two_id, priority, match_keys,"
                 " amount_tolerance, amount_tolerance_pct, variance_account_id, date_window_days, aging_days,"
-                " group_by) VALUES (coalesce(:id, recon_new_id('rule')), :m, :a, :b, :priority,"
-                " CAST(:keys AS jsonb), :tolerance, :pct, :variance, :window, :aging, :group_by)"
+                " fee_account_id, group_by)"
+                " VALUES (coalesce(:id, recon_new_id('rule')), :m, :a, :b, :priority, CAST(:keys AS jsonb),"
+                " :tolerance, :pct, :variance, :window, :aging, :fee, :group_by)"
                 " ON CONFLICT (id) DO NOTHING RETURNING id"
             ),
             {"id": rule_id, "m": one.merchant_id, "a": account_one_id, "b": account_two_id,
@@ -213,7 +216,8 @@ def update_recon_rule(rule_id: str, changes: dict[str, object], *, db: Database)
             sa.text(
                 "UPDATE recon_rules SET priority = :priority, match_keys = CAST(:keys AS jsonb),"
                 " amount_tolerance = :tolerance, amount_tolerance_pct = :pct, variance_account_id = :variance,"
-                " date_window_days = :window, aging_days = :aging, group_by = :group_by, updated_at = now()"
+                " date_window_days = :window, aging_days = :aging, fee_account_id = :fee, group_by = :group_by,"
+                " updated_at = now()"
                 " WHERE id = :id"
             ),
             {"id": rule.id, **_settings_params(settings)},
@@ -231,17 +235,8 @@ def _check_settings(conn: Connection, account_one_id: str, two: Account, setting
                     rule_id: str | None) -> None:
     """What the accounts decide: the variance account (same merchant and currency as the contra
     account, neither of the rule's own accounts) and no priority tie on either account."""
-    if settings.variance_account_id is not None:
-        variance = get_account(settings.variance_account_id, conn)
-        if variance.account_id in (account_one_id, two.account_id):
-            raise InvalidInputError(f"variance account {variance.account_id} must differ from the rule's accounts",
-                                    field="variance_account_id")
-        if variance.merchant_id != two.merchant_id:
-            raise InvalidInputError(f"variance account {variance.account_id} belongs to merchant"
-                                    f" {variance.merchant_id}, not {two.merchant_id}", field="variance_account_id")
-        if variance.currency != two.currency:
-            raise InvalidInputError(f"variance account {variance.account_id} is in {variance.currency}, the contra"
-                                    f" account {two.account_id} in {two.currency}", field="variance_account_id")
+    for field, name in (("variance_account_id", "variance account"), ("fee_account_id", "fee account")):
+        _check_side_account(conn, getattr(settings, field), field, name, account_one_id, two)
     if settings.priority is not None:
         tie = conn.execute(
             sa.text("SELECT id FROM recon_rules WHERE priority = :p AND id IS DISTINCT FROM :id"
@@ -253,12 +248,29 @@ def _check_settings(conn: Connection, account_one_id: str, two: Account, setting
                                 " account: choose another priority", field="priority")
 
 
+def _check_side_account(conn: Connection, account_id: str | None, field: str, name: str, account_one_id: str,
+                        two: Account) -> None:
+    """A variance or fee account: same merchant and currency as the contra account, neither of the
+    rule's own accounts (a leg booked there must not look like a line of the rule)."""
+    if account_id is None:
+        return
+    side = get_account(account_id, conn)
+    if side.account_id in (account_one_id, two.account_id):
+        raise InvalidInputError(f"{name} {side.account_id} must differ from the rule's accounts", field=field)
+    if side.merchant_id != two.merchant_id:
+        raise InvalidInputError(f"{name} {side.account_id} belongs to merchant {side.merchant_id},"
+                                f" not {two.merchant_id}", field=field)
+    if side.currency != two.currency:
+        raise InvalidInputError(f"{name} {side.account_id} is in {side.currency}, the contra account"
+                                f" {two.account_id} in {two.currency}", field=field)
+
+
 def _settings_params(settings: RuleSettings) -> dict[str, object]:
     return {"priority": settings.priority,
             "keys": json.dumps([{"line": line, "expected": expected} for line, expected in settings.match_keys]),
             "tolerance": settings.amount_tolerance, "pct": settings.amount_tolerance_pct,
             "variance": settings.variance_account_id, "window": settings.date_window_days,
-            "aging": settings.aging_days, "group_by": settings.group_by}
+            "aging": settings.aging_days, "fee": settings.fee_account_id, "group_by": settings.group_by}
 
 
 def list_rules(conn: Connection) -> list[ReconRule]:
@@ -266,6 +278,8 @@ def list_rules(conn: Connection) -> list[ReconRule]:
     rows = conn.execute(sa.text(f"SELECT {_RULE_COLUMNS} FROM recon_rules ORDER BY merchant_id, account_two_id,"
                                 " priority, id"))
     return [ReconRule.from_row(r) for r in rows]
+
+
 def require_rule_for_mode(conn: Connection, account_id: str, mode: str) -> None:
     """Lines of `mode` on this account can be processed only if a rule names the account on that
     side: TRANSACTION lines arrive on a rule's account_one, CONFIRMATION lines on its account_two.
@@ -410,7 +424,7 @@ def delete_account(account_id: str, *, db: Database) -> None:
 
 _RULE_COLUMNS = (
     "id, merchant_id, account_one_id, account_two_id, priority, match_keys, amount_tolerance,"
-    " amount_tolerance_pct, variance_account_id, date_window_days, aging_days, group_by"
+    " amount_tolerance_pct, variance_account_id, date_window_days, aging_days, fee_account_id, group_by"
 )
 
 

@@ -209,8 +209,11 @@ def _rule_changes(args: argparse.Namespace) -> dict[str, Any]:
         changes["variance_account_id"] = args.variance_account
     if args.group_by is not None:
         changes["group_by"] = args.group_by
+    if args.fee_account is not None:
+        changes["fee_account_id"] = args.fee_account
     for flag, name in (("no_variance_account", "variance_account_id"), ("no_date_window", "date_window_days"),
-                       ("default_aging", "aging_days"), ("no_group_by", "group_by")):
+                       ("default_aging", "aging_days"), ("no_group_by", "group_by"),
+                       ("no_fee_account", "fee_account_id")):
         if getattr(args, flag, False):
             changes[name] = None
     return changes
@@ -228,8 +231,9 @@ def _rule_line(rule: Any) -> str:
     from recon import match_keys
 
     keys = f"group by {rule.group_by}" if rule.group_by else f"keys {match_keys.keys_text(rule.match_keys)}"
+    fees = f"  fees -> {rule.fee_account_id}" if rule.fee_account_id else ""
     return (f"{rule.id}  {rule.account_one_id} -> {rule.account_two_id}  priority {rule.priority}"
-            f"  {keys}{_tolerance_text(rule)}")
+            f"  {keys}{_tolerance_text(rule)}{fees}")
 
 
 def _tolerance_text(rule: Any) -> str:
@@ -256,6 +260,7 @@ def _rule_text(rule: Any) -> str:
         f"  variance account   {rule.variance_account_id or '-'}",
         f"  date window        {window}",
         f"  ageing             {aging}",
+        f"  fee account        {rule.fee_account_id or '-'}",
     ])
 
 
@@ -708,6 +713,8 @@ def _rule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--group-by", metavar="metadata.NAME",
                         help="N:1: a confirmation fulfils every open expected leg carrying its value of this"
                              " key when their sum equals its amount (within tolerance); replaces --match-key")
+    parser.add_argument("--fee-account", metavar="ACCOUNT",
+                        help="books the fees of PSP settlement lines confirmed on account_two")
     parser.add_argument("--aging-days", metavar="D",
                         help="an unmatched line waits D days after its effective_date (default:"
                              " RECON_MATCHING_WINDOW_SECONDS after arrival)")
@@ -816,18 +823,21 @@ def build_parser() -> argparse.ArgumentParser:
     update.add_argument("--no-date-window", action="store_true", help="remove the date window")
     update.add_argument("--default-aging", action="store_true", help="age by RECON_MATCHING_WINDOW_SECONDS again")
     update.add_argument("--no-group-by", action="store_true", help="match one expected leg by the match keys again")
+    update.add_argument("--no-fee-account", action="store_true", help="remove the fee account")
     update.set_defaults(func=cmd_rule_update)
     delete = rule.add_parser("delete", help="delete a rule no ledger entry refers to")
     delete.add_argument("rule_id")
     delete.set_defaults(func=cmd_rule_delete)
 
-    ingest = commands.add_parser("ingest", help="ingest a statement file (CSV, camt.053/054, MT940/942, BAI2)")
+    ingest = commands.add_parser("ingest", help="ingest a statement file (CSV, camt.053/054, MT940/942, BAI2) or a"
+                                                " PSP settlement report (Adyen, Stripe)")
     ingest.add_argument("file", help="the file, or - for standard input")
     ingest.add_argument("--dry-run", action="store_true", help="parse and check, report as usual, write nothing")
     ingest.add_argument("--name", help="the name stored as each entry's source_file (default: the file's name;"
                                        " give one for standard input, to void it later)")
     ingest.add_argument("--account", required=True)
-    ingest.add_argument("--mode", required=True, choices=["TRANSACTION", "CONFIRMATION"])
+    ingest.add_argument("--mode", choices=["TRANSACTION", "CONFIRMATION"],
+                        help="required, except for a PSP settlement report (each line's type gives its mode)")
     ingest.add_argument("--format", default="auto", choices=ingest_files.FORMATS,
                         help="the file's format (default: detected from its content)")
     ingest.add_argument("--order-id-pattern", default=None,

@@ -304,6 +304,24 @@ def book_group_fulfilment(batch: LedgerBatch, legs: Sequence[tuple[ExpectedLeg, 
     return GroupFulfilment(group_id, transaction_id, new_legs[-1] if difference else None)
 
 
+def book_pair(batch: LedgerBatch, transaction_id: str, money_in_account_id: str, money_out_account_id: str,
+              amount: Decimal, currency: str, effective_date: dt.datetime, metadata: dict[str, Any]) -> None:
+    """Two POSTED legs of `transaction_id` moving `amount` from one account to another, in the
+    statement sides the engine reads (money arriving on an account is a CREDIT there, as on a bank
+    or PSP statement): CREDIT on `money_in_account_id`, DEBIT on `money_out_account_id`. A negative
+    amount moves it the other way. Balanced by itself, so it may join any transaction (a PSP's
+    fee booked with the fulfilment it was charged on)."""
+    if amount < 0:
+        money_in_account_id, money_out_account_id, amount = money_out_account_id, money_in_account_id, -amount
+    if amount == 0:
+        return
+    for account_id, side in ((money_in_account_id, EntryType.CREDIT), (money_out_account_id, EntryType.DEBIT)):
+        batch.entries.append(NewEntry(
+            entry_id=new_id("ent"), account_id=account_id, transaction_id=transaction_id, entry_type=side.value,
+            amount=amount, currency=currency, status="POSTED", effective_date=effective_date, metadata=metadata,
+        ))
+
+
 @dataclass(frozen=True)
 class InvariantReport:
     unbalanced_transactions: int
@@ -756,8 +774,9 @@ def reopen_confirmed(conn: Connection, staging_entry_id: str, mismatched_transac
         source_staging_entry_id=None,
     ))
     for leg in legs:
-        if leg.fulfilled_expected_entry_id or "variance_of_expected_entry_id" in leg.metadata:
-            continue  # the confirmation's own leg and its write-off leave with it
+        if (leg.fulfilled_expected_entry_id or "variance_of_expected_entry_id" in leg.metadata
+                or "fee_of_staging_entry_id" in leg.metadata):
+            continue  # the confirmation's own leg, its write-off and its PSP fee leave with it
         batch.entries.append(_carried(PostedLeg(*leg[:8]), new_transaction_id, status=leg.status))
     restored = None
     if expected_id is not None:
@@ -808,6 +827,24 @@ def mismatch_transactions(conn: Connection, limit: int) -> tuple[int, list[Any]]
         {"limit": limit},
     ).all()
     return count, rows
+
+
+def booking_statuses(conn: Connection, staging_entry_ids: Sequence[str]) -> dict[str, str]:
+    """The live status of what each of these TRANSACTION lines booked (EXPECTED: not confirmed yet;
+    POSTED: its expected leg fulfilled; MISMATCH), by staging entry id: a payout is confirmed by the
+    bank when its booking is POSTED."""
+    if not staging_entry_ids:
+        return {}
+    rows = conn.execute(sa.text(
+        """
+        SELECT DISTINCT ON (first.source_staging_entry_id) first.source_staging_entry_id, live.status
+        FROM transactions first
+        JOIN transactions live ON live.logical_transaction_id = first.logical_transaction_id
+        WHERE first.source_staging_entry_id = ANY(:ids) AND first.version = 1 AND live.status <> 'ARCHIVED'
+        ORDER BY first.source_staging_entry_id, live.version DESC
+        """
+    ), {"ids": list(staging_entry_ids)}).all()
+    return {r.source_staging_entry_id: r.status for r in rows}
 
 
 # ---- read models: the REST API (a page at a time, in key order) ---------------------------------------

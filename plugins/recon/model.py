@@ -26,6 +26,9 @@ class EntryType(enum.StrEnum):
 class ProcessingMode(enum.StrEnum):
     TRANSACTION = "TRANSACTION"
     CONFIRMATION = "CONFIRMATION"
+    # a PSP settlement line that books itself (refund, chargeback, fee, balance carried): written
+    # only by the settlement report ingest (recon.ingest.settlement_entries), never chosen by a user
+    SETTLEMENT = "SETTLEMENT"
 
 
 class StagingStatus(enum.StrEnum):
@@ -70,7 +73,7 @@ class Account:
 
 @dataclass(frozen=True)
 class ReconRule:
-    """A row of recon_rules, in column order (sql/0001, sql/0014, sql/0040).
+    """A row of recon_rules, in column order (sql/0001, sql/0014, sql/0035, sql/0040).
 
     match_keys: [{"line": field of the confirmation line, "expected": field of the expected leg}];
     aging_days None means RECON_MATCHING_WINDOW_SECONDS; date_window_days None means no window;
@@ -89,6 +92,7 @@ class ReconRule:
     variance_account_id: str | None = None
     date_window_days: int | None = None
     aging_days: int | None = None
+    fee_account_id: str | None = None  # where a PSP settlement's fees are booked (sql/0035)
     group_by: str | None = None
 
     @classmethod

@@ -82,11 +82,12 @@ class NewStagingEntry:
 
 
 def parse_processing_mode(mode: object) -> str:
-    """A processing mode as the user wrote it (any case, spaces around) -> TRANSACTION or CONFIRMATION."""
-    try:
-        return ProcessingMode(str(mode).strip().upper()).value
-    except ValueError:
-        raise InvalidInputError(f"mode {mode!r} must be TRANSACTION or CONFIRMATION") from None
+    """A processing mode as the user wrote it (any case, spaces around) -> TRANSACTION or CONFIRMATION
+    (SETTLEMENT lines are written by the settlement report ingest only)."""
+    value = str(mode).strip().upper()
+    if value not in (ProcessingMode.TRANSACTION, ProcessingMode.CONFIRMATION):
+        raise InvalidInputError(f"mode {mode!r} must be TRANSACTION or CONFIRMATION")
+    return value
 
 
 def _check_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -801,6 +802,43 @@ def tolerance_matches(conn: Connection, sample: int, accounts: Sequence[str] | N
         {"sample": sample, **_report_scope(accounts, since)},
     ).all()
     return (rows[0].n if rows else 0), rows
+
+
+def settlement_batches(conn: Connection, limit: int) -> list[Any]:
+    """The latest `limit` PSP settlement batches (per clearing account), with what their lines add
+    up to (lines by kind, refunds, chargebacks, fees, net), the payout line (its staging entry, amount
+    and reference) and how many of the batch's lines wait in review or in the queue."""
+    return conn.execute(sa.text(
+        """
+        SELECT s.account_id, s.metadata ->> 'settlement_batch' AS batch_id, min(s.currency) AS currency,
+               min(s.metadata ->> 'psp_format') AS psp_format,
+               count(*) FILTER (WHERE s.metadata ->> 'settlement_kind' = 'payment') AS payments,
+               count(*) FILTER (WHERE s.metadata ->> 'settlement_kind' = 'refund') AS refunds,
+               count(*) FILTER (WHERE s.metadata ->> 'settlement_kind' = 'chargeback') AS chargebacks,
+               coalesce(sum(CAST(s.metadata ->> 'gross' AS numeric))
+                        FILTER (WHERE s.metadata ->> 'settlement_kind' = 'payment'), 0) AS settled_gross,
+               coalesce(-sum(CAST(s.metadata ->> 'gross' AS numeric))
+                        FILTER (WHERE s.metadata ->> 'settlement_kind' = 'refund'), 0) AS refunded,
+               coalesce(-sum(CAST(s.metadata ->> 'gross' AS numeric))
+                        FILTER (WHERE s.metadata ->> 'settlement_kind' = 'chargeback'), 0) AS charged_back,
+               coalesce(sum(CAST(s.metadata ->> 'fee_total' AS numeric)), 0) AS fees,
+               coalesce(sum(CAST(s.metadata ->> 'net' AS numeric)) FILTER (WHERE s.metadata ->> 'settlement_kind'
+                        NOT IN ('payout', 'balance_to_next_batch')), 0) AS net,
+               min(s.staging_entry_id) FILTER (WHERE s.metadata ->> 'settlement_kind' = 'payout') AS payout_entry_id,
+               sum(s.amount) FILTER (WHERE s.metadata ->> 'settlement_kind' = 'payout') AS payout,
+               min(s.metadata ->> 'payout_reference') AS payout_reference,
+               -sum(CAST(s.metadata ->> 'net' AS numeric))
+                   FILTER (WHERE s.metadata ->> 'settlement_kind' = 'balance_to_next_batch') AS carried,
+               count(*) FILTER (WHERE s.status = 'NEEDS_MANUAL_REVIEW') AS in_review,
+               count(*) FILTER (WHERE s.status = 'PENDING') AS queued,
+               max(s.created_at) AS ingested_at
+        FROM staging_entries s
+        WHERE s.metadata ? 'settlement_batch'
+        GROUP BY s.account_id, s.metadata ->> 'settlement_batch'
+        ORDER BY max(s.created_at) DESC, s.account_id, 2 DESC
+        LIMIT :limit
+        """
+    ), {"limit": limit}).all()
 
 
 @dataclass(frozen=True)

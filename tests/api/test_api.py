@@ -151,7 +151,13 @@ def test_rules_are_created_listed_and_refused_with_the_field(api: TestClient, db
         "rule_id": b["rule"], "merchant_id": b["merchant"], "account_one_id": b["orders"], "account_two_id": b["bank"],
         "priority": 10, "match_keys": [{"line": "order_id", "expected": "order_id"}], "amount_tolerance": "0.0000",
         "amount_tolerance_pct": "0.0000", "variance_account_id": None, "date_window_days": None, "aging_days": None,
-        "group_by": None}
+        "fee_account_id": None, "group_by": None}
+    fees = api.post("/accounts", json={"merchant_id": b["merchant"], "account_name": "PSP fees", "currency": "USD",
+                                       "account_type": "CREDIT_NORMAL"}).json()["account_id"]
+    assert api.patch(f"/rules/{b['rule']}", json={"fee_account_id": fees}).json()["fee_account_id"] == fees
+    assert_problem(api.patch(f"/rules/{b['rule']}", json={"fee_account_id": b["orders"]}), 422, "invalid-input",
+                   field="fee_account_id")
+    assert api.patch(f"/rules/{b['rule']}", json={"fee_account_id": None}).json()["fee_account_id"] is None
     assert [r["rule_id"] for r in api.get("/rules", params={"merchant_id": b["merchant"]}).json()["items"]] == [b["rule"]]
     assert_problem(api.post("/rules", json={"account_one_id": b["orders"], "account_two_id": b["bank"]}), 409, "conflict")
     assert_problem(api.post("/rules", json={"account_one_id": b["orders"], "account_two_id": "acc_nope"}),

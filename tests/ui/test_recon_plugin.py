@@ -35,6 +35,7 @@ ENDPOINTS = [
     "/recon/api/throughput",
     "/recon/api/exceptions",
     "/recon/api/ledger",
+    "/recon/api/settlements",
     "/recon/api/overview",
     "/recon/api/runs/recon_process_tracker/manual__seed-2",
     "/recon/",

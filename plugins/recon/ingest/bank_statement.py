@@ -33,7 +33,7 @@ def write_lines(
     batch_rows: int = BATCH_ROWS,
 ) -> None:
     """Write `lines` to `report.account_id` on `conn` (the caller's transaction), counting into `report`."""
-    batch = _Batch(conn, report)
+    batch = NaturalKeyBatch(conn, report)
     pacing = Pacing(report, progress, progress_every, batch_rows, time.monotonic() - report.elapsed_seconds)
     for line in lines:
         report.rows_read += 1
@@ -59,8 +59,8 @@ def _entry(line: StatementLine, report: IngestReport) -> NewStagingEntry:
     )
 
 
-class _Batch:
-    """Booked lines waiting for one duplicate look-up and one INSERT."""
+class NaturalKeyBatch:
+    """Booked lines waiting for one duplicate look-up and one INSERT (settlement reports use it too)."""
 
     def __init__(self, conn: Connection, report: IngestReport):
         self._conn = conn

@@ -24,6 +24,9 @@ from recon.ingest import bai2, camt, mt940
 from recon.ingest.bank_statement import write_lines
 from recon.ingest.csv import ingest_csv
 from recon.ingest.report import IngestReport, Progress
+from recon.ingest.settlement import detect_settlement_format
+from recon.ingest.settlement_entries import FORMATS as SETTLEMENT_FORMATS
+from recon.ingest.settlement_entries import ingest_settlement_report
 from recon.ingest.statement import DETECT_BYTES, StatementLine, detect_format
 from recon.tracker import ProcessTracker
 
@@ -37,7 +40,7 @@ _BANK_READERS: dict[str, Callable[..., Iterator[StatementLine]]] = {
     "mt942": mt940.iter_mt942_lines,
     "bai2": bai2.iter_bai2_lines,
 }
-FORMATS = ("auto", "csv", *_BANK_READERS)
+FORMATS = ("auto", "csv", *_BANK_READERS, *SETTLEMENT_FORMATS)
 # an ingest this large changes the tables' statistics: ANALYZE them at once (about 0.2 s), so the
 # Recon view's and the engine's plans do not depend on autovacuum (slow to come, or off)
 ANALYZE_AFTER_ROWS = 10_000
@@ -57,7 +60,7 @@ def dry_run_ingest(source: FileSource, account_id: str, mode: str, *, db: Databa
 def ingest_file(
     source: FileSource,
     account_id: str,
-    mode: str,
+    mode: str | None,
     *,
     db: Database,
     file_format: str = "auto",
@@ -69,20 +72,31 @@ def ingest_file(
     """Ingest one statement file of any supported format into `account_id` in `mode`.
 
     `order_id_pattern` (default RECON_ORDER_ID_PATTERN) finds an order id in a bank line's
-    remittance text. Raises InvalidInputError (bad file, format, figures that do not add up,
-    limits, a mode no rule gives the account) or NotFoundError (unknown account), in which case
-    nothing was written.
+    remittance text. `mode` is None for a PSP settlement report (each line's kind gives its mode;
+    see recon.ingest.settlement_entries), required otherwise. Raises InvalidInputError (bad file,
+    format, figures that do not add up, limits, a mode no rule gives the account) or NotFoundError
+    (unknown account), in which case nothing was written.
     """
     if file_format not in FORMATS:
         raise InvalidInputError(f"format {file_format!r} is not one of {', '.join(FORMATS)}")
     if source_file is None:
         source_file = _file_name(source)
     with _opened(source) as stream:
+        if file_format == "auto":
+            head = stream.peek(DETECT_BYTES)[:DETECT_BYTES]
+            file_format = detect_format(head)
+            if file_format == "csv":
+                file_format = detect_settlement_format(head.split(b"\n", 1)[0].decode("utf-8", "replace")) or "csv"
+        if file_format in SETTLEMENT_FORMATS:
+            if mode is not None:
+                raise InvalidInputError(f"a {file_format} report sets each line's mode from its type: leave out"
+                                        f" --mode (got {mode!r})", field="mode")
+            return _ingest_settlement(stream, account_id, db, file_format, source_file, progress, progress_every)
+        if mode is None:
+            raise InvalidInputError(f"a {file_format} file needs a mode: TRANSACTION or CONFIRMATION", field="mode")
         if isinstance(account_id, str) and account_id.strip():  # an unusable id: the format's reader names it
             with db.begin() as conn:  # before a row is read
                 require_rule_for_mode(conn, account_id, staging.parse_processing_mode(mode))
-        if file_format == "auto":
-            file_format = detect_format(stream.peek(DETECT_BYTES)[:DETECT_BYTES])
         if file_format == "csv":
             report = ingest_csv(stream, account_id, mode, db, source_file, progress, progress_every=progress_every)
         else:
@@ -110,6 +124,20 @@ def _ingest_bank_statement(
         lines = _BANK_READERS[file_format](stream, expected_currency=account.currency,
                                            order_id_pattern=order_id_pattern)
         write_lines(conn, lines, report, progress=progress, progress_every=progress_every)
+    report.elapsed_seconds = time.monotonic() - started
+    return report
+
+
+def _ingest_settlement(
+    stream: BinaryIO, account_id: str, db: Database, file_format: str, source_file: str | None,
+    progress: Callable[[Progress], None] | None, progress_every: int,
+) -> IngestReport:
+    started = time.monotonic()
+    report = IngestReport(account_id, "per line", source_file, file_format=file_format)
+    with db.begin() as conn:
+        for mode in ("CONFIRMATION", "SETTLEMENT", "TRANSACTION"):  # every mode a report writes, in a fixed order
+            staging.lock_for_ingest(conn, account_id, mode)
+        ingest_settlement_report(stream, account_id, conn, report, progress=progress, progress_every=progress_every)
     report.elapsed_seconds = time.monotonic() - started
     return report
 

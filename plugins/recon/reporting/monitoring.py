@@ -191,6 +191,27 @@ def ledger_overview(db: Database, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
             "unconfirmed": {"age_buckets": list(ledger.AGE_BUCKETS), "accounts": unconfirmed}}
 
 
+# ---------------------------------------------------------------------------------------------
+# Settlements: PSP batches, their payouts and whether the bank confirmed them
+# ---------------------------------------------------------------------------------------------
+
+
+def settlements(db: Database, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
+    """The latest PSP settlement batches: lines settled, refunds, chargebacks, fees, net, the payout
+    expected on the bank and its state (``bank``: confirmed, expected, mismatch, carried forward,
+    queued), and how many of the batch's lines are exceptions."""
+    with db.begin() as conn:
+        batches = staging.settlement_batches(conn, _limit(limit))
+        booked = ledger.booking_statuses(conn, [b.payout_entry_id for b in batches if b.payout_entry_id])
+    shown = []
+    for b in batches:
+        status = booked.get(b.payout_entry_id) if b.payout_entry_id else None
+        bank = ("carried forward" if b.payout_entry_id is None else
+                {"POSTED": "confirmed", "EXPECTED": "expected", "MISMATCH": "mismatch"}.get(status or "", "queued"))
+        shown.append({**b._mapping, "bank": bank})
+    return {"batches": shown}
+
+
 def overview(db: Database, **filters: Any) -> dict[str, Any]:
     """Everything the Recon view shows, in one dict."""
     limit = filters.pop("limit", DEFAULT_LIMIT)
@@ -199,6 +220,7 @@ def overview(db: Database, **filters: Any) -> dict[str, Any]:
         "throughput": throughput(db),
         "exceptions": exceptions(db, limit=limit, **filters),
         "ledger": ledger_overview(db, limit),
+        "settlements": settlements(db, limit),
     }
 
 

@@ -52,6 +52,7 @@ class Fulfil(Plan):
     leg_ref: str
     booked_in_chunk: bool = False
     variance_account_id: str | None = None
+    fee_account_id: str | None = None  # a PSP settlement line's fee goes there (metadata.fee_total)
     held: bool = False  # the leg this line held in MISMATCH (a reprocessed mismatch)
     summary_kind: ClassVar[str] = "fulfil"
 
@@ -280,7 +281,7 @@ class ExpectedEntryMatchingTask(ReconTask):
         if entry.order_id:
             # a later confirmation of this order in the chunk finds it fulfilled, as it would one at a time
             reservations.mark_fulfilled((entry.account_id, entry.order_id))
-        return Fulfil(leg.entry_id, in_chunk, rule.variance_account_id if differs else None)
+        return Fulfil(leg.entry_id, in_chunk, rule.variance_account_id if differs else None, rule.fee_account_id)
 
     @staticmethod
     def _judge_again(entry: StagingEntry, rules: list[ReconRule], leg: ExpectedLeg, rule_id: str | None,
@@ -296,7 +297,8 @@ class ExpectedEntryMatchingTask(ReconTask):
             return ManualReview(ErrorType.MISMATCH, _mismatch_reason(differs), _mismatch_metadata(leg, differs))
         if entry.order_id:
             reservations.mark_fulfilled((entry.account_id, entry.order_id))
-        return Fulfil(leg.entry_id, False, rule.variance_account_id if differs else None, held=True)
+        return Fulfil(leg.entry_id, False, rule.variance_account_id if differs else None, rule.fee_account_id,
+                      held=True)
 
     def _group(self, entry: StagingEntry, rule: ReconRule, found: Lookup, candidates: list[ExpectedLeg],
                loaded: _Loaded, reservations: Reservations) -> Verdict:
@@ -453,13 +455,26 @@ class ExpectedEntryMatchingTask(ReconTask):
             batch.mismatch_transaction_ids.append(leg.transaction_id)
             differs = match_keys.mismatched_fields(entry, leg)
             return ManualReview(ErrorType.MISMATCH, _mismatch_reason(differs), _mismatch_metadata(leg, differs))
+        fee = settlement_fee(entry)
+        if fee and plan.fee_account_id is None:
+            return ManualReview(ErrorType.NO_RECON_RULE, f"the settlement line's fee {fee} has no account to go to:"
+                                f" rule of account {entry.account_id} names no fee account (--fee-account)")
         transaction_id = ledger.book_fulfilment(batch, leg, posted_legs, entry, plan.variance_account_id).transaction_id
+        if fee:  # the PSP kept its fee out of the gross: clearing -> fee account, in the same transaction
+            assert plan.fee_account_id is not None
+            ledger.book_pair(batch, transaction_id, plan.fee_account_id, entry.account_id, fee, entry.currency,
+                             entry.effective_date, {"source_staging_entry_id": entry.staging_entry_id,
+                                                    "fee_of_staging_entry_id": entry.staging_entry_id,
+                                                    "settlement_batch": entry.metadata.get("settlement_batch"),
+                                                    **({"order_id": entry.order_id} if entry.order_id else {})})
         result = {
             "matched_transaction_id": leg.transaction_id,
             "matched_entry_id": leg.entry_id,
             "evolved_transaction_id": transaction_id,
             "match_type": "Phase2_Fulfilled",
         }
+        if fee:
+            result.update(fee=str(fee), fee_account_id=plan.fee_account_id)
         if entry.amount != leg.amount:
             result.update(match_type="FulfilledWithTolerance", variance=str(entry.amount - leg.amount),
                           variance_account_id=plan.variance_account_id)
@@ -516,6 +531,13 @@ def _mismatch_reason(differs: list[dict[str, str]]) -> str:
 def _mismatch_metadata(leg: ExpectedLeg, differs: list[dict[str, str]]) -> dict[str, object]:
     return {"matched_transaction_id": leg.transaction_id, "matched_entry_id": leg.entry_id,
             "mismatched_fields": differs}
+
+
+def settlement_fee(entry: StagingEntry) -> Decimal:
+    """The fee of a PSP settlement line (metadata.fee_total, set by the settlement ingest); 0 for
+    any other line, at the cost of one dict look-up."""
+    fee = entry.metadata.get("fee_total")
+    return Decimal(fee) if fee else Decimal(0)
 
 
 def _opposite(side: str) -> str:

@@ -46,6 +46,7 @@ from recon.tasks.base import ReconTask, VerdictOutdated
 from recon.tasks.chunk import Reservations, WorkItem, load_items
 from recon.tasks.expected_entry_matching import ExpectedEntryMatchingTask
 from recon.tasks.outcomes import ChunkResult, ItemOutcome
+from recon.tasks.settlement_booking import SettlementBookingTask
 from recon.tasks.transaction_creation import TransactionCreationTask
 from recon.tasks.verdicts import (
     AlreadyProcessed,
@@ -64,6 +65,7 @@ log = logging.getLogger(__name__)
 DEFAULT_IMPLEMENTATIONS: tuple[type[ReconTask], ...] = (
     TransactionCreationTask,
     ExpectedEntryMatchingTask,
+    SettlementBookingTask,
 )
 
 # decide's routes that name no strategy

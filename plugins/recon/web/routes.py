@@ -61,7 +61,7 @@ def as_json(data: Any) -> JSONResponse:
 
 # the view's sections, in page order: (name = its JSON endpoint and template, title while loading)
 SECTIONS = (("queue", "Tracker queue"), ("throughput", "Throughput"), ("exceptions", "Exceptions"),
-            ("ledger", "Ledger"))
+            ("ledger", "Ledger"), ("settlements", "Settlements"))
 
 HTML = Query(False, description="add the section rendered for the Recon view (key `html`)")
 
@@ -120,6 +120,19 @@ async def api_ledger(request: Request, limit: int = Query(monitoring.DEFAULT_LIM
     def read(db: Database) -> dict[str, Any]:
         data = monitoring.ledger_overview(db, limit)
         return section("ledger", data, html, {**links, "lg": data})
+
+    return as_json(await read_recon(read))
+
+
+@router.get("/api/settlements")
+async def api_settlements(request: Request,
+                          limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT),
+                          html: bool = HTML) -> JSONResponse:
+    links = page_links(request)
+
+    def read(db: Database) -> dict[str, Any]:
+        data = monitoring.settlements(db, limit)
+        return section("settlements", data, html, {**links, "st": data})
 
     return as_json(await read_recon(read))
 

@@ -46,7 +46,7 @@ DecimalText = Annotated[str, Field(max_length=64, pattern=DECIMAL_PATTERN, examp
 
 class RuleChange(BaseModel):
     """Rule settings; in a PATCH only those given change (null removes the variance account, the
-    window, the ageing or the grouping)."""
+    window, the ageing, the grouping or the fee account)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -58,6 +58,7 @@ class RuleChange(BaseModel):
     date_window_days: Days | None = None
     aging_days: Days | None = None
     group_by: GroupBy | None = None
+    fee_account_id: Text | None = None
 
     def settings(self) -> dict[str, Any]:
         """The given fields as accounts.RuleSettings takes them."""
@@ -86,6 +87,7 @@ class Rule(BaseModel):
     date_window_days: int | None
     aging_days: int | None
     group_by: str | None
+    fee_account_id: str | None
 
 
 def _rule(rule: ReconRule) -> Rule:
@@ -94,7 +96,7 @@ def _rule(rule: ReconRule) -> Rule:
                 match_keys=[MatchKey(line=line, expected=expected) for line, expected in rule.match_keys],
                 amount_tolerance=Decimal(rule.amount_tolerance), amount_tolerance_pct=Decimal(rule.amount_tolerance_pct),
                 variance_account_id=rule.variance_account_id, date_window_days=rule.date_window_days,
-                aging_days=rule.aging_days, group_by=rule.group_by)
+                aging_days=rule.aging_days, group_by=rule.group_by, fee_account_id=rule.fee_account_id)
 
 
 @router.post("", status_code=201, response_model=Rule, dependencies=WRITERS, responses=problem_responses(409))
