@@ -2,11 +2,12 @@
 
 Per batch: one committed claim (an ``UPDATE ... FOR UPDATE SKIP LOCKED`` lease, as the engine
 does), then one transaction that classifies every claimed line in SQL and writes all of the
-batch's effects with one statement per kind: new transactions, their entries, archived and
-MISMATCH versions, staging statuses and metadata with their outcome history, tracker statuses. psycopg only, no
-SQLAlchemy, no Python per row. Business outcomes equal the engine's on the benchmark's
-workload (the benchmark checks them); rows are not locked beyond what the statements
-themselves lock, as a single writer needs no more: it is a bound, not an engine.
+batch's effects with one statement per kind: new transactions, their entries (a settled
+payment's fee legs among them), archived and MISMATCH versions, staging statuses and metadata
+with their outcome history, tracker statuses. psycopg only, no SQLAlchemy, no Python per row.
+Business outcomes equal the engine's on the benchmark's workload (the benchmark checks them);
+rows are not locked beyond what the statements themselves lock, as a single writer needs no
+more: it is a bound, not an engine.
 """
 
 from __future__ import annotations
@@ -94,10 +95,12 @@ WITH keyed AS (
     -- the benchmark's rules: the account's first rule, one key on the expected order_id, an
     -- absolute tolerance
     SELECT w.*, r.id IS NOT NULL AS has_rule, r.amount_tolerance, r.variance_account_id, r.by_order_id,
+           r.fee_account_id, coalesce(nullif(w.metadata ->> 'fee_total', '')::numeric, 0) AS fee,
            CASE WHEN r.line_field = 'order_id' THEN w.order_id ELSE w.metadata ->> substr(r.line_field, 10) END
                AS key_value
     FROM w
     LEFT JOIN LATERAL (SELECT id, match_keys -> 0 ->> 'line' AS line_field, amount_tolerance, variance_account_id,
+                              fee_account_id,
                               match_keys = '[{"line": "order_id", "expected": "order_id"}]'::jsonb AS by_order_id
                        FROM recon_rules WHERE account_two_id = w.account_id ORDER BY priority, id LIMIT 1) r ON true
     WHERE w.processing_mode = 'CONFIRMATION'
@@ -132,6 +135,7 @@ WITH keyed AS (
                           THEN 'AlreadyFulfilledError' ELSE 'NoMatchFoundError' END
                 WHEN currency <> leg_currency THEN 'CurrencyMismatchError'
                 WHEN abs(amount - leg_amount) > amount_tolerance OR entry_type <> leg_side THEN 'MismatchError'
+                WHEN fee <> 0 AND fee_account_id IS NULL THEN 'NoReconRuleFoundError'  -- a fee with nowhere to go
            END AS error_type
     FROM matched
 )
@@ -174,6 +178,15 @@ SELECT variance_account_id, new_transaction_id,
        abs(amount - leg_amount), currency, 'POSTED', effective_date,
        jsonb_build_object('source_staging_entry_id', staging_entry_id, 'variance_of_expected_entry_id', leg_entry_id), NULL
 FROM cf WHERE error_type IS NULL AND amount <> leg_amount
+UNION ALL  -- a PSP settled payment's fee: clearing -> fee account (recon.ledger.book_pair's sides)
+SELECT v.account_id, new_transaction_id, v.side, abs(fee), currency, 'POSTED', effective_date,
+       jsonb_build_object('source_staging_entry_id', staging_entry_id, 'fee_of_staging_entry_id', staging_entry_id,
+                          'settlement_batch', metadata -> 'settlement_batch')
+           || CASE WHEN order_id IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('order_id', order_id) END, NULL
+FROM cf CROSS JOIN LATERAL (VALUES (CASE WHEN fee > 0 THEN fee_account_id ELSE account_id END, 'CREDIT'),
+                                   (CASE WHEN fee > 0 THEN account_id ELSE fee_account_id END, 'DEBIT'))
+    AS v(account_id, side)
+WHERE error_type IS NULL AND fee <> 0
 """
 
 ARCHIVE = """
@@ -209,6 +222,8 @@ SELECT task_id, staging_entry_id, error_type, error,
                  || CASE WHEN amount = leg_amount THEN '{}'::jsonb
                          ELSE jsonb_build_object('variance', amount - leg_amount,
                                                  'variance_account_id', variance_account_id) END
+                 || CASE WHEN fee = 0 THEN '{}'::jsonb
+                         ELSE jsonb_build_object('fee', fee::text, 'fee_account_id', fee_account_id) END
             WHEN error_type = 'MismatchError'
             THEN jsonb_build_object('error', error, 'error_type', error_type,
                                     'matched_transaction_id', old_transaction_id, 'matched_entry_id', leg_entry_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from decimal import Decimal
 from typing import Any, Callable
 
 import sqlalchemy as sa
@@ -87,6 +88,7 @@ def _fulfil(conn: Connection, entry: Any) -> dict[str, Any]:
     """The benchmark's rules only: the first rule of the account, one key whose expected field is
     order_id (the line's order_id or a metadata field), an optional absolute tolerance."""
     rule = _one(conn, "SELECT id, match_keys -> 0 ->> 'line' AS line_field, amount_tolerance, variance_account_id,"
+                      " fee_account_id,"
                       " match_keys = '[{\"line\": \"order_id\", \"expected\": \"order_id\"}]' AS by_order_id"
                       " FROM recon_rules WHERE account_two_id = :a ORDER BY priority, id LIMIT 1", a=entry.account_id)
     if rule is None:
@@ -134,6 +136,10 @@ def _fulfil(conn: Connection, entry: Any) -> dict[str, Any]:
     if differences:
         raise _Review(ErrorType.MISMATCH, "; ".join(differences),
                       matched_transaction_id=leg.transaction_id, matched_entry_id=leg.entry_id)
+    fee = Decimal(entry.metadata.get("fee_total") or 0)  # a PSP settled payment: the fee it kept
+    if fee and rule.fee_account_id is None:
+        raise _Review(ErrorType.NO_RECON_RULE, f"the settlement line's fee {fee} has no account to go to:"
+                                               f" rule of account {entry.account_id} names no fee account")
     posted = conn.execute(sa.text(
         "SELECT entry_id, account_id, entry_type, amount, currency, effective_date, metadata FROM entries"
         " WHERE transaction_id = :t AND status = 'POSTED' ORDER BY entry_id"
@@ -166,6 +172,17 @@ def _fulfil(conn: Connection, entry: Any) -> dict[str, Any]:
                       metadata={"source_staging_entry_id": entry.staging_entry_id, "variance_of_expected_entry_id": leg.entry_id})
         result.update(match_type="FulfilledWithTolerance", variance=str(variance),
                       variance_account_id=rule.variance_account_id)
+    if fee:  # in the same transaction: clearing -> fee account (recon.ledger.book_pair's sides)
+        money_in, money_out = (rule.fee_account_id, entry.account_id) if fee > 0 else (entry.account_id,
+                                                                                       rule.fee_account_id)
+        metadata = {"source_staging_entry_id": entry.staging_entry_id,
+                    "fee_of_staging_entry_id": entry.staging_entry_id,
+                    "settlement_batch": entry.metadata.get("settlement_batch"),
+                    **({"order_id": entry.order_id} if entry.order_id else {})}
+        for account, side in ((money_in, "CREDIT"), (money_out, "DEBIT")):
+            _insert_entry(conn, account=account, txn=new_txn, side=side, amount=abs(fee), currency=entry.currency,
+                          status="POSTED", date=entry.effective_date, metadata=metadata)
+        result.update(fee=str(fee), fee_account_id=rule.fee_account_id)
     return result
 
 
