@@ -7,7 +7,10 @@ metadata.reference. Every other merchant's PSP rules tolerate 0.05, booked to it
 account. Half of the lines are TRANSACTION lines (one order each); the other half are
 CONFIRMATION lines for those orders, with about 5% amount mismatches, 2% unmatched orders, 1%
 duplicates (a second confirmation of a fulfilled order) and, on tolerant rules, a third of the
-matches settled 0.03 short, shuffled.
+matches settled 0.03 short, shuffled. The third merchant's clearing account is a PSP's that settles
+net of a fee: its rules name a fee account and its confirmations are settled payments at gross
+carrying metadata.fee_total (1.5 % + 0.25) as the settlement ingest writes them, so each fulfilment
+also moves the fee from clearing to the fee account (its balance is checked: Σ fees booked).
 
 Lines go in through the project's producer (``recon.ingest.insert_staging_entries``): each
 with its PROCESS_STAGING_ENTRY task. Confirmations *arrive later*: their tasks are created
@@ -23,7 +26,7 @@ import datetime as dt
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Iterator
 
 import sqlalchemy as sa
@@ -36,6 +39,12 @@ CURRENCIES = ("USD", "EUR", "GBP", "CHF")
 NOT_YET_DUE = "infinity"  # run_after of confirmations until they "arrive"
 INSERT_BATCH = 5_000
 BASE_DATE = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+FEE_MERCHANT = 2  # index of the merchant whose PSP clearing account settles payments net of a fee
+
+
+def psp_fee(gross: Decimal) -> Decimal:
+    """The PSP's fee on a settled payment: 1.5 % + 0.25, to the cent."""
+    return (gross * Decimal("0.015") + Decimal("0.25")).quantize(Decimal("0.01"), ROUND_HALF_UP)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,7 @@ class Pair:
     currency: str
     tolerant: bool = False  # the rule accepts 0.05 short or over, booked to a variance account
     by_reference: bool = False  # confirmations carry the order id in metadata.reference
+    fee_account: str | None = None  # a PSP pair: its confirmations are settled payments with a fee
 
 
 @dataclass
@@ -84,6 +94,7 @@ class Workload:
     confirmations: int
     expected: dict[str, int] | None  # outcome -> count, None when edge cases make it data-dependent
     mix: dict[str, int] = field(default_factory=dict)
+    fees: dict[str, str] = field(default_factory=dict)  # fee account -> its balance once drained (Σ fees booked)
 
 
 def outcome_key(status: str, error_type: str | None, match_type: str | None) -> str:
@@ -100,13 +111,18 @@ def create_books(db: Database, merchants: int = 4) -> Books:
         tolerant = m % 2 == 0
         variance = accounts.create_account(merchant, f"Variance {currency}", "CREDIT_NORMAL", currency,
                                            account_id=f"acc_bench_{m + 1}_variance", db=db)
-        tolerance = (accounts.RuleSettings(amount_tolerance=Decimal("0.05"), variance_account_id=variance)
-                     if tolerant else accounts.RuleSettings())
+        fees = None
+        if m == min(FEE_MERCHANT, merchants - 1):  # both rules onto its clearing account take the fees
+            fees = accounts.create_account(merchant, f"PSP fees {currency}", "CREDIT_NORMAL", currency,
+                                           account_id=f"acc_bench_{m + 1}_fees", db=db)
+        tolerance = (accounts.RuleSettings(amount_tolerance=Decimal("0.05"), variance_account_id=variance,
+                                           fee_account_id=fees)
+                     if tolerant else accounts.RuleSettings(fee_account_id=fees))
         for b in (1, 2):
             bank = accounts.create_account(merchant, f"Bank {b} {currency}", "DEBIT_NORMAL", currency, "1000.00",
                                          account_id=f"acc_bench_{m + 1}_bank{b}", db=db)
             accounts.create_recon_rule(bank, clearing, rule_id=f"rule_bench_{m + 1}_{b}", settings=tolerance, db=db)
-            pairs.append(Pair(merchant, bank, clearing, currency, tolerant=tolerant))
+            pairs.append(Pair(merchant, bank, clearing, currency, tolerant=tolerant, fee_account=fees))
         shop = accounts.create_account(merchant, f"Shop {currency}", "DEBIT_NORMAL", currency,
                                        account_id=f"acc_bench_{m + 1}_shop", db=db)
         bank_in = accounts.create_account(merchant, f"Bank in {currency}", "CREDIT_NORMAL", currency,
@@ -170,6 +186,11 @@ def plan_lines(books: Books, entries: int, seed: int = 7, edge_cases: bool = Fal
         pair = books.pairs[rng.randrange(len(books.pairs))]
         confirmations.append(_confirmation(pair, Decimal("10.00"), n_confirmed + n_dup + k, f"UNKNOWN-{k:08d}"))
 
+    fees: Counter[str] = Counter()  # what the fulfilled payments of PSP pairs move to their fee accounts
+    for i in matched:
+        pair, _, amount = orders[i]
+        if pair.fee_account:
+            fees[pair.fee_account] += psp_fee(amount - Decimal("0.03") if i in short else amount)
     expected: dict[str, int] | None = {
         outcome_key("PROCESSED", None, "NewTransactionGenerated"): n_tx,
         outcome_key("PROCESSED", None, "Phase2_Fulfilled"): len(matched) - len(short),
@@ -190,14 +211,24 @@ def plan_lines(books: Books, entries: int, seed: int = 7, edge_cases: bool = Fal
         expected={k: v for k, v in expected.items() if v} if expected else None,
         mix={"orders": n_tx, "confirmed": n_confirmed, "mismatched": len(mismatched), "duplicates": n_dup,
              "unmatched": n_unmatched, "within_tolerance": len(short),
-             "by_reference": sum(1 for i in confirmed if orders[i][0].by_reference), "edge_cases": int(edge_cases)},
+             "by_reference": sum(1 for i in confirmed if orders[i][0].by_reference),
+             "with_fees": sum(1 for line in confirmations if "fee_total" in line.metadata),
+             "edge_cases": int(edge_cases)},
+        fees={} if edge_cases else {account: str(total) for account, total in sorted(fees.items())},
     )
     return transactions, confirmations, workload
 
 
 def _confirmation(pair: Pair, amount: Decimal, i: int, order_id: str) -> NewStagingEntry:
-    return _line(pair.clearing, "CREDIT", amount, pair.currency, "CONFIRMATION", i, order_id,
+    line = _line(pair.clearing, "CREDIT", amount, pair.currency, "CONFIRMATION", i, order_id,
                  "bench-confirmations.csv", key="reference" if pair.by_reference else "order_id")
+    if pair.fee_account is None:
+        return line
+    # a settled payment as recon.ingest.settlement_entries writes it: CREDIT at gross, the fee kept by the PSP
+    fee = psp_fee(amount)
+    return dataclasses.replace(line, metadata={
+        **line.metadata, "settlement_batch": f"BENCH-{pair.currency}-1", "settlement_kind": "payment",
+        "gross": str(amount), "fee_total": str(fee), "net": str(amount - fee)})
 
 
 def _add_edge_cases(books: Books, rng: random.Random, orders: list, mismatched: list[int],
@@ -376,6 +407,11 @@ def outcomes(db: Database) -> dict[str, Any]:
             "SELECT currency, sum(CASE WHEN entry_type = 'DEBIT' THEN amount ELSE -amount END) AS net"
             " FROM entries WHERE status <> 'ARCHIVED' GROUP BY currency"
         )).all()
+        fee_balances = conn.execute(sa.text(
+            "SELECT a.account_id, coalesce(sum(CASE e.entry_type WHEN 'CREDIT' THEN e.amount ELSE -e.amount END), 0)"
+            " FROM accounts a LEFT JOIN entries e ON e.account_id = a.account_id AND e.status = 'POSTED'"
+            " WHERE a.account_id IN (SELECT fee_account_id FROM recon_rules) GROUP BY 1 ORDER BY 1"
+        )).all()
     counts: Counter[str] = Counter()
     for r in rows:
         counts[outcome_key(r.status, r.error_type, r.match_type)] += r.n
@@ -387,6 +423,7 @@ def outcomes(db: Database) -> dict[str, Any]:
         "entries": ledger_rows.entries,
         "invariants": vars(invariants),
         "books_balance": invariants.ok and all(r.net == 0 for r in totals),
+        "fee_balances": {account: str(balance) for account, balance in fee_balances},
     }
 
 
@@ -403,4 +440,11 @@ def check(result: dict[str, Any], workload: Workload) -> list[str]:
         problems.append(f"{pending} staging entries still PENDING")
     if workload.expected is not None and result["staging"] != workload.expected:
         problems.append(f"outcomes {result['staging']} differ from the expected {workload.expected}")
+    if workload.fees and _amounts(result["fee_balances"]) != _amounts(workload.fees):
+        problems.append(f"fee accounts hold {result['fee_balances']}, the fees booked should be {workload.fees}")
     return problems
+
+
+def _amounts(balances: dict[str, str]) -> dict[str, Decimal]:
+    """Balances compared as numbers (the ledger keeps 4 decimals: 12.3400 is 12.34)."""
+    return {account: Decimal(balance) for account, balance in balances.items()}
