@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,8 @@ def test_bench_runs_at_a_small_size_and_the_books_balance(pg_admin_url: str, tmp
         assert outcomes["books_balance"], (mode, outcomes["invariants"])
         assert sum(outcomes["staging"].values()) == result["processed"], mode
         assert set(outcomes["tasks"]) <= {"COMPLETED", "FAILED"}, mode
+        assert any(Decimal(b) > 0 for b in outcomes["fee_balances"].values()), mode  # checked against Σ fees
+    assert results["workload"]["mix"]["with_fees"] > 0  # settled payments carrying a PSP fee (issue 15)
     scheduled = results["scheduler"]  # drained by runs the due-work watcher started, books checked
     assert scheduled["problems"] == [] and scheduled["outcomes"]["books_balance"], scheduled["problems"]
     assert scheduled["processed"] == ENTRIES and scheduled["runs"] >= 2
