@@ -10,7 +10,7 @@ in Python, exactly) next to the data. A filter change reloads only the exception
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -66,75 +66,56 @@ SECTIONS = (("queue", "Tracker queue"), ("throughput", "Throughput"), ("exceptio
 HTML = Query(False, description="add the section rendered for the Recon view (key `html`)")
 
 
-def section(name: str, data: dict[str, Any], html: bool, context: dict[str, Any]) -> dict[str, Any]:
-    """The section's data, and with `html` its rendering (on the view's threads: it is CPU work)."""
-    if not html:
-        return data
-    return {**data, "html": render(f"_section_{name}.html", context)}
+async def read_section(request: Request, name: str, html: bool, load: Callable[[Database], dict[str, Any]],
+                       context: Callable[[dict[str, Any]], dict[str, Any]]) -> JSONResponse:
+    """A section's data, and with `html` its rendering for the Recon view: `context` names the data
+    for its template (the rendering is CPU work: it runs on the view's threads, with the read)."""
+    links = page_links(request)
+
+    def read(db: Database) -> dict[str, Any]:
+        data = load(db)
+        if not html:
+            return data
+        return {**data, "html": render(f"_section_{name}.html", {**links, **context(data)})}
+
+    return as_json(await read_recon(read))
 
 
 @router.get("/api/queue")
 async def api_queue(request: Request, limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT),
                     html: bool = HTML) -> JSONResponse:
-    links = page_links(request)
-
-    def read(db: Database) -> dict[str, Any]:
-        data = monitoring.queue(db, limit)
-        return section("queue", data, html, {**links, "q": data})
-
-    return as_json(await read_recon(read))
+    return await read_section(request, "queue", html, lambda db: monitoring.queue(db, limit), lambda q: {"q": q})
 
 
 @router.get("/api/throughput")
 async def api_throughput(request: Request, limit: int = Query(30, ge=1, le=monitoring.MAX_LIMIT),
                          html: bool = HTML) -> JSONResponse:
-    links = page_links(request)
-
-    def read(db: Database) -> dict[str, Any]:
-        data = monitoring.throughput(db, limit)
-        return section("throughput", data, html, {**links, "tp": data, "chart": throughput_chart(data["runs"])})
-
-    return as_json(await read_recon(read))
+    return await read_section(request, "throughput", html, lambda db: monitoring.throughput(db, limit),
+                              lambda tp: {"tp": tp, "chart": throughput_chart(tp["runs"])})
 
 
 @router.get("/api/exceptions")
 async def api_exceptions(request: Request, f: dict = Depends(filters), html: bool = HTML) -> JSONResponse:
-    links = page_links(request)
     limit = f.pop("limit")
-
-    def read(db: Database) -> dict[str, Any]:
-        data = monitoring.exceptions(db, limit=limit, **f)
-        return section("exceptions", data, html, {
-            **links, "ex": data, "filters": {k: v for k, v in f.items() if v}, "limit": limit,
-            "reprocess_conf": monitoring.reprocess_conf(f), "window_conf": monitoring.reprocess_window_conf(7),
-        })
-
-    return as_json(await read_recon(read))
+    return await read_section(request, "exceptions", html, lambda db: monitoring.exceptions(db, limit=limit, **f),
+                              lambda ex: {"ex": ex, "filters": {k: v for k, v in f.items() if v}, "limit": limit,
+                                          "reprocess_conf": monitoring.reprocess_conf(f),
+                                          "window_conf": monitoring.reprocess_window_conf(7)})
 
 
 @router.get("/api/ledger")
 async def api_ledger(request: Request, limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT),
                      html: bool = HTML) -> JSONResponse:
-    links = page_links(request)
-
-    def read(db: Database) -> dict[str, Any]:
-        data = monitoring.ledger_overview(db, limit)
-        return section("ledger", data, html, {**links, "lg": data})
-
-    return as_json(await read_recon(read))
+    return await read_section(request, "ledger", html, lambda db: monitoring.ledger_overview(db, limit),
+                              lambda lg: {"lg": lg})
 
 
 @router.get("/api/settlements")
 async def api_settlements(request: Request,
                           limit: int = Query(monitoring.DEFAULT_LIMIT, ge=1, le=monitoring.MAX_LIMIT),
                           html: bool = HTML) -> JSONResponse:
-    links = page_links(request)
-
-    def read(db: Database) -> dict[str, Any]:
-        data = monitoring.settlements(db, limit)
-        return section("settlements", data, html, {**links, "st": data})
-
-    return as_json(await read_recon(read))
+    return await read_section(request, "settlements", html, lambda db: monitoring.settlements(db, limit),
+                              lambda st: {"st": st})
 
 
 @router.get("/api/overview")
