@@ -120,6 +120,8 @@ def test_recon_view_in_a_real_browser(standalone: AirflowServer, books: SeededBo
 
             # dark mode (the system's, or Airflow's own theme): the view is not a white page
             page.emulate_media(color_scheme="dark")
+            # Airflow's UI switches its theme class a moment later and the view follows it: wait for it
+            expect(frame.locator("body")).not_to_have_css("background-color", "rgb(255, 255, 255)")
             background = frame.locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
             assert background != "rgb(255, 255, 255)", background
             page.screenshot(path=str(ARTIFACTS / "recon-view-dark.png"))
@@ -173,6 +175,8 @@ def test_recon_view_in_a_real_browser(standalone: AirflowServer, books: SeededBo
             expect(summary).to_contain_text("3 booked")
             page.screenshot(path=str(ARTIFACTS / "recon-run-summary-tab.png"))
             page.emulate_media(color_scheme="dark")  # the summary tab is not a white page in dark mode either
+            expect(page.frame_locator("iframe[title='Recon summary']").locator("body")).not_to_have_css(
+                "background-color", "rgb(255, 255, 255)")
             tab_background = page.frame_locator("iframe[title='Recon summary']").locator("body").evaluate(
                 "b => getComputedStyle(b).backgroundColor")
             assert tab_background != "rgb(255, 255, 255)", tab_background
