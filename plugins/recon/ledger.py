@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from recon import accounts, match_groups
-from recon.db import Database, json_rows
+from recon.db import Database, copy_rows, copy_statement
 from recon.errors import ConflictError, LedgerInvariantError
 from recon.match_groups import GroupItem, MatchGroup
 from recon.model import Account, EntryType, ExpectedLeg, PostedLeg, StagingEntry
@@ -90,10 +90,8 @@ class LedgerBatch:
     def flush(self, conn: Connection) -> None:
         # inserts first: a transaction booked earlier in the same chunk may be archived or
         # marked MISMATCH by a later confirmation of the chunk
-        if self.transactions:
-            conn.execute(_INSERT_TRANSACTIONS, {"rows": json_rows(self.transactions)})
-        if self.entries:
-            conn.execute(_INSERT_ENTRIES, {"rows": json_rows(self.entries)})
+        copy_rows(conn, _COPY_TRANSACTIONS, self.transactions)
+        copy_rows(conn, _COPY_ENTRIES, self.entries)
         if self.archive_transaction_ids:
             conn.exec_driver_sql(_ARCHIVE, {"ids": self.archive_transaction_ids})
         if self.mismatch_transaction_ids:
@@ -105,30 +103,8 @@ class LedgerBatch:
             assert_balanced(conn, written)
 
 
-_INSERT_TRANSACTIONS = sa.text(
-    """
-    INSERT INTO transactions (transaction_id, logical_transaction_id, version, amount, currency,
-                              merchant_id, status, metadata, source_staging_entry_id)
-    SELECT transaction_id, logical_transaction_id, version, amount, currency,
-           merchant_id, status, metadata, source_staging_entry_id
-    FROM json_to_recordset(CAST(:rows AS json)) AS r(
-        transaction_id text, logical_transaction_id text, version integer, amount numeric,
-        currency text, merchant_id text, status text, metadata jsonb, source_staging_entry_id text)
-    """
-)
-
-_INSERT_ENTRIES = sa.text(
-    """
-    INSERT INTO entries (entry_id, account_id, transaction_id, entry_type, amount, currency, status,
-                         effective_date, metadata, fulfilled_expected_entry_id)
-    SELECT entry_id, account_id, transaction_id, entry_type, amount, currency, status,
-           effective_date, metadata, fulfilled_expected_entry_id
-    FROM json_to_recordset(CAST(:rows AS json)) AS r(
-        entry_id text, account_id text, transaction_id text, entry_type text, amount numeric,
-        currency text, status text, effective_date timestamptz, metadata jsonb,
-        fulfilled_expected_entry_id text)
-    """
-)
+_COPY_TRANSACTIONS = copy_statement("transactions", NewTransaction)
+_COPY_ENTRIES = copy_statement("entries", NewEntry)
 
 # The id-list statements run with exec_driver_sql: %(ids)b sends the list as a binary array,
 # which psycopg builds without escaping each element in Python as the text format does.
