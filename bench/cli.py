@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         " copy, and keep each mode's best round (the machine is shared: default 1)")
     p.add_argument("--serial-entries", type=int, default=10_000,
                    help="entries for the serial baseline, on its own workload from the same generator"
-                        " (default 10,000 or --entries if smaller; it runs about 60 entries/s)")
+                        " (default 10,000 or --entries if smaller; it runs about 200 entries/s)")
     p.add_argument("--noop-tasks", type=int, default=100_000, help="no-op tasks for the claim+complete figure")
     p.add_argument("--noop-rounds", type=int, default=2, help="claim+complete rounds; the best of each is kept")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the figures (default {DEFAULT_JSON})")
