@@ -4,7 +4,7 @@ module whose SQL reads or writes ``merchant_accounts``, ``accounts`` and ``recon
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from decimal import Decimal
 from typing import Sequence
 
@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from recon import match_keys
 from recon.db import Database
 from recon.errors import ConflictError, InvalidInputError, NotFoundError
-from recon.model import Account, AccountType, Merchant, ReconRule
+from recon.model import Account, AccountType, Merchant, ReconRule, RuleSettings
 from recon.money import parse_balance, parse_currency
 
 _ACCOUNT_COLUMNS = "account_id, merchant_id, account_name, account_type, currency, initial_balance"
@@ -92,48 +92,35 @@ def create_account(
     return created
 
 
-@dataclass(frozen=True)
-class RuleSettings:
-    """What a rule matches on and tolerates (sql/0014); every field checked by ``check``."""
+def _parse_settings(settings: RuleSettings) -> RuleSettings:
+    """The settings with parsed values, or InvalidInputError naming the first bad one."""
+    tolerance = _non_negative(settings.amount_tolerance, "amount_tolerance")
+    pct = _non_negative(settings.amount_tolerance_pct, "amount_tolerance_pct", most=Decimal(100))
+    if (tolerance or pct) and settings.variance_account_id is None:
+        raise InvalidInputError("an amount tolerance needs a variance account (variance_account_id) to book"
+                                " the difference to", field="variance_account_id")
+    keys = match_keys.check_match_keys(settings.match_keys)
+    group_by = match_keys.check_group_by(settings.group_by)
+    if group_by is not None and keys != match_keys.DEFAULT_KEYS:
+        # a grouping rule looks confirmations up by its group key alone: other keys would be ignored
+        raise InvalidInputError(
+            f"group_by {group_by} replaces the match keys, so a rule cannot have both (match keys"
+            f" {match_keys.keys_text(keys)}): leave the match keys at the default order_id", field="group_by")
+    return replace(
+        settings,
+        priority=None if settings.priority is None else _whole(settings.priority, "priority", 1_000_000),
+        match_keys=keys, group_by=group_by,
+        amount_tolerance=tolerance, amount_tolerance_pct=pct,
+        variance_account_id=_chosen_id(settings.variance_account_id, "variance_account_id"),
+        date_window_days=None if settings.date_window_days is None else _whole(settings.date_window_days, "date_window_days", 3660),
+        aging_days=None if settings.aging_days is None else _whole(settings.aging_days, "aging_days", 3660),
+        fee_account_id=_chosen_id(settings.fee_account_id, "fee_account_id"),
+    )
 
-    priority: int | None = None  # None: after every rule already on either account
-    match_keys: tuple[tuple[str, str], ...] = match_keys.DEFAULT_KEYS
-    amount_tolerance: Decimal = Decimal(0)
-    amount_tolerance_pct: Decimal = Decimal(0)
-    variance_account_id: str | None = None
-    date_window_days: int | None = None
-    aging_days: int | None = None
-    fee_account_id: str | None = None  # PSP settlement fees (sql/0035)
-    group_by: str | None = None  # metadata.<name>: confirmations fulfil the open legs sharing its value
 
-    @classmethod
-    def of(cls, rule: ReconRule) -> "RuleSettings":
-        return cls(**{f.name: getattr(rule, f.name) for f in fields(cls)})
-
-    def check(self) -> "RuleSettings":
-        """The settings with parsed values, or InvalidInputError naming the first bad one."""
-        tolerance = _non_negative(self.amount_tolerance, "amount_tolerance")
-        pct = _non_negative(self.amount_tolerance_pct, "amount_tolerance_pct", most=Decimal(100))
-        if (tolerance or pct) and self.variance_account_id is None:
-            raise InvalidInputError("an amount tolerance needs a variance account (variance_account_id) to book"
-                                    " the difference to", field="variance_account_id")
-        keys = match_keys.check_match_keys(self.match_keys)
-        group_by = match_keys.check_group_by(self.group_by)
-        if group_by is not None and keys != match_keys.DEFAULT_KEYS:
-            # a grouping rule looks confirmations up by its group key alone: other keys would be ignored
-            raise InvalidInputError(
-                f"group_by {group_by} replaces the match keys, so a rule cannot have both (match keys"
-                f" {match_keys.keys_text(keys)}): leave the match keys at the default order_id", field="group_by")
-        return replace(
-            self,
-            priority=None if self.priority is None else _whole(self.priority, "priority", 1_000_000),
-            match_keys=keys, group_by=group_by,
-            amount_tolerance=tolerance, amount_tolerance_pct=pct,
-            variance_account_id=_chosen_id(self.variance_account_id, "variance_account_id"),
-            date_window_days=None if self.date_window_days is None else _whole(self.date_window_days, "date_window_days", 3660),
-            aging_days=None if self.aging_days is None else _whole(self.aging_days, "aging_days", 3660),
-            fee_account_id=_chosen_id(self.fee_account_id, "fee_account_id"),
-        )
+def _settings_of(rule: ReconRule) -> RuleSettings:
+    """A stored rule's settings, without its id and accounts."""
+    return RuleSettings(**{f.name: getattr(rule, f.name) for f in fields(RuleSettings)})
 
 
 def _whole(value: object, field: str, most: int) -> int:
@@ -158,7 +145,7 @@ def create_recon_rule(account_one_id: str, account_two_id: str, rule_id: str | N
     """A rule maps account_one (where TRANSACTION lines arrive) to its contra account_two (where
     their confirmations arrive), with what confirmations are matched on and tolerated."""
     rule_id = _chosen_id(rule_id, "rule id")
-    settings = settings.check()
+    settings = _parse_settings(settings)
     if account_one_id == account_two_id:
         raise InvalidInputError(f"a recon rule needs two distinct accounts, got {account_one_id!r} twice")
     with db.begin() as conn:
@@ -208,7 +195,7 @@ def update_recon_rule(rule_id: str, changes: dict[str, object], *, db: Database)
     with db.begin() as conn:
         _lock_rules(conn)
         rule = get_rule(rule_id, conn)
-        settings = replace(RuleSettings.of(rule), **changes).check()  # type: ignore[arg-type]
+        settings = _parse_settings(replace(_settings_of(rule), **changes))  # type: ignore[arg-type]
         if settings.priority is None:
             raise InvalidInputError("priority cannot be removed from a rule", field="priority")
         _check_settings(conn, rule.account_one_id, get_account(rule.account_two_id, conn), settings, rule_id=rule.id)
@@ -375,16 +362,22 @@ def merchants_page(conn: Connection, after: str | None, limit: int) -> list[Merc
 
 def accounts_page(conn: Connection, merchant_id: str | None, after: str | None, limit: int) -> list[Account]:
     """Accounts (of one merchant, or all) in id order after `after`, at most `limit`."""
-    rows = conn.execute(
+    rows = _merchant_page(conn, "accounts", _ACCOUNT_COLUMNS, "account_id", merchant_id, after, limit)
+    return [Account(*r) for r in rows]  # selected in field order
+
+
+def _merchant_page(conn: Connection, table: str, columns: str, key: str, merchant_id: str | None,
+                   after: str | None, limit: int) -> Sequence[sa.Row]:
+    """A keyset page of `table` (accounts or recon_rules): rows of one merchant (or all) in `key`
+    order after `after`, at most `limit`."""
+    return conn.execute(
         sa.text(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts"
+            f"SELECT {columns} FROM {table}"
             " WHERE (CAST(:merchant AS text) IS NULL OR merchant_id = :merchant)"
-            " AND (CAST(:after AS text) IS NULL OR account_id > :after)"
-            " ORDER BY account_id LIMIT :limit"
+            f" AND (CAST(:after AS text) IS NULL OR {key} > :after) ORDER BY {key} LIMIT :limit"
         ),
         {"merchant": merchant_id, "after": after, "limit": limit},
-    )
-    return [Account(*r) for r in rows]  # selected in field order
+    ).all()
 
 
 def rename_account(account_id: str, account_name: str, *, db: Database) -> Account:
@@ -452,12 +445,5 @@ def get_rule(rule_id: str, conn: Connection) -> ReconRule:
 
 def rules_page(conn: Connection, merchant_id: str | None, after: str | None, limit: int) -> list[ReconRule]:
     """Rules (of one merchant, or all) in id order after `after`, at most `limit`."""
-    rows = conn.execute(
-        sa.text(
-            f"SELECT {_RULE_COLUMNS} FROM recon_rules"
-            " WHERE (CAST(:merchant AS text) IS NULL OR merchant_id = :merchant)"
-            " AND (CAST(:after AS text) IS NULL OR id > :after) ORDER BY id LIMIT :limit"
-        ),
-        {"merchant": merchant_id, "after": after, "limit": limit},
-    )
+    rows = _merchant_page(conn, "recon_rules", _RULE_COLUMNS, "id", merchant_id, after, limit)
     return [ReconRule.from_row(r) for r in rows]

@@ -701,6 +701,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+def _json_or_text(command: argparse.ArgumentParser, func: Any) -> None:
+    """A command that prints its result: as text for people, or with --json the same data for
+    programs (``_print`` chooses)."""
+    command.add_argument("--json", action="store_true")
+    command.set_defaults(func=func)
+
+
 def _rule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--priority", metavar="N", help="lower first; default: after the rules on these accounts")
     parser.add_argument("--match-key", action="append", metavar="LINE_FIELD[=EXPECTED_FIELD]",
@@ -742,8 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tracker = group("tracker", "the Process Tracker queue: stats, reap")
     stats = tracker.add_parser("stats", help="counts per status and type, oldest due task")
-    stats.add_argument("--json", action="store_true")
-    stats.set_defaults(func=cmd_tracker_stats)
+    _json_or_text(stats, cmd_tracker_stats)
     tracker.add_parser("reap", help="rescue tasks whose lease expired").set_defaults(func=cmd_tracker_reap)
 
     merchant = group("merchant", "merchants")
@@ -753,12 +759,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(func=cmd_merchant_create)
 
     listing = merchant.add_parser("list", help="every merchant")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_merchant_list)
+    _json_or_text(listing, cmd_merchant_list)
     show = merchant.add_parser("show", help="a merchant and its accounts")
     show.add_argument("merchant_id")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_merchant_show)
+    _json_or_text(show, cmd_merchant_show)
 
     account = group("account", "accounts")
     create = account.add_parser("create", help="create an account; prints its id")
@@ -772,24 +776,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = account.add_parser("list", help="every account (of a merchant)")
     listing.add_argument("--merchant", help="only this merchant's accounts")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_account_list)
+    _json_or_text(listing, cmd_account_list)
     show = account.add_parser("show", help="an account and its balances")
     show.add_argument("account_id")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_account_show)
+    _json_or_text(show, cmd_account_show)
 
     entry = group("entry", "staging entries")
     show = entry.add_parser("show", help="a staging entry (by id, or every entry of an order id) with its history")
     show.add_argument("id_or_order", metavar="STAGING_ENTRY_ID_OR_ORDER_ID")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_entry_show)
+    _json_or_text(show, cmd_entry_show)
 
     transaction = group("transaction", "ledger transactions")
     show = transaction.add_parser("show", help="a transaction with every version and its entries")
     show.add_argument("transaction_id", help="any version's transaction_id, or the logical_transaction_id")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_transaction_show)
+    _json_or_text(show, cmd_transaction_show)
 
     exceptions = group("exceptions", "the open exceptions (entries in manual review)")
     export = exceptions.add_parser("export", help="every open exception as CSV or JSON, streamed (no cap)")
@@ -810,12 +810,10 @@ def build_parser() -> argparse.ArgumentParser:
     _rule_arguments(create)
     create.set_defaults(func=cmd_rule_create)
     listing = rule.add_parser("list", help="every rule, in the order confirmations try them")
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_rule_list)
+    _json_or_text(listing, cmd_rule_list)
     show = rule.add_parser("show", help="one rule's settings")
     show.add_argument("rule_id")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_rule_show)
+    _json_or_text(show, cmd_rule_show)
     update = rule.add_parser("update", help="change a rule's settings (its accounts stay)")
     update.add_argument("rule_id")
     _rule_arguments(update)
@@ -843,22 +841,19 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--order-id-pattern", default=None,
                         help="regular expression finding an order id in a bank line's remittance text"
                              " (default: RECON_ORDER_ID_PATTERN)")
-    ingest.add_argument("--json", action="store_true")
-    ingest.set_defaults(func=cmd_ingest)
+    _json_or_text(ingest, cmd_ingest)
 
     void = commands.add_parser("ingest-void", help="`ingest void FILE_OR_ID`: discard a file's entries not yet"
                                " processed (their tasks cancelled); names those already processed")
     void.add_argument("file_or_id", help="the file (path or name) or the staging_entry_id of one of its lines")
     void.add_argument("--account", help="only the file's entries on this account")
-    void.add_argument("--json", action="store_true")
-    void.set_defaults(func=cmd_ingest_void)
+    _json_or_text(void, cmd_ingest_void)
 
     process = commands.add_parser("process", help="drain the queue in-process (the DAG's own steps)")
     process.add_argument("--batch-size", type=int, default=settings.batch_size())
     process.add_argument("--chunk-size", type=int, default=settings.chunk_size())
     process.add_argument("--max-batches", type=int, default=None)
-    process.add_argument("--json", action="store_true")
-    process.set_defaults(func=cmd_process)
+    _json_or_text(process, cmd_process)
 
     reprocess = commands.add_parser("reprocess", help="requeue FAILED tasks and manual-review entries in scope")
     reprocess.add_argument("--created-from", help="ISO 8601, inclusive")
@@ -869,8 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
     reprocess.add_argument("--exclude-error-type", action="append", metavar="ERROR_TYPE",
                            help="leave entries in review for this reason alone (repeatable)")
     reprocess.add_argument("--dry-run", action="store_true", help="say what would be reopened; write nothing")
-    reprocess.add_argument("--json", action="store_true")
-    reprocess.set_defaults(func=cmd_reprocess)
+    _json_or_text(reprocess, cmd_reprocess)
 
     _add_review_commands(group("review", "exceptions: list, show, act on, export/import, verify the audit log"))
 
@@ -878,8 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--merchant", help="only this merchant's accounts (merchant_id)")
     report.add_argument("--account", help="only this account (account_id)")
     report.add_argument("--since", help="only entries and transactions created since (ISO 8601 date or time)")
-    report.add_argument("--json", action="store_true")
-    report.set_defaults(func=cmd_report)
+    _json_or_text(report, cmd_report)
 
     demo = commands.add_parser("demo", help="the main job on demo data: ingest, run the DAG once, report")
     demo.add_argument("--no-airflow", action="store_true", help="process in-process instead of dag.test()")
@@ -919,12 +912,10 @@ def _add_review_commands(review: argparse._SubParsersAction) -> None:
     listing = review.add_parser("list", help="open manual-review items, oldest first")
     filters(listing)
     listing.add_argument("--limit", type=int, default=1000)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_review_list)
+    _json_or_text(listing, cmd_review_list)
     show = review.add_parser("show", help="an item: the line, its reason, mismatched fields, candidates")
     show.add_argument("staging_entry_id", metavar="STAGING_ENTRY_ID")
-    show.add_argument("--json", action="store_true")
-    show.set_defaults(func=cmd_review_show)
+    _json_or_text(show, cmd_review_show)
     helps = {"accept": "fulfil the mismatched expected entry at the line's amount; the difference to the"
                        " rule's variance account",
              "force-match": "fulfil a named open expected entry with this line",

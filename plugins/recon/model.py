@@ -72,20 +72,18 @@ class Account:
 
 
 @dataclass(frozen=True)
-class ReconRule:
-    """A row of recon_rules, in column order (sql/0001, sql/0014, sql/0035, sql/0040).
+class RuleSettings:
+    """What a recon rule matches on and tolerates: the one definition of a rule's settings, shared by
+    ReconRule (a stored rule) and the settings a rule is created or changed with (checked in
+    accounts), so a new setting is one field here.
 
-    match_keys: [{"line": field of the confirmation line, "expected": field of the expected leg}];
+    match_keys: [(field of the confirmation line, field of the expected leg)], all must agree;
     aging_days None means RECON_MATCHING_WINDOW_SECONDS; date_window_days None means no window;
     group_by (`metadata.<name>`) makes a confirmation fulfil every open leg sharing the line's value
     of that key (a match group) instead of matching one leg by match_keys.
     """
 
-    id: str
-    merchant_id: str
-    account_one_id: str
-    account_two_id: str
-    priority: int = 10
+    priority: int | None = None  # None in new settings: after every rule already on either account
     match_keys: tuple[tuple[str, str], ...] = (("order_id", "order_id"),)
     amount_tolerance: Decimal = Decimal(0)
     amount_tolerance_pct: Decimal = Decimal(0)
@@ -94,6 +92,24 @@ class ReconRule:
     aging_days: int | None = None
     fee_account_id: str | None = None  # where a PSP settlement's fees are booked (sql/0035)
     group_by: str | None = None
+
+
+@dataclass(frozen=True)
+class RuleAccounts:
+    """Which rule maps which accounts: the columns of recon_rules before its settings."""
+
+    id: str
+    merchant_id: str
+    account_one_id: str
+    account_two_id: str
+
+
+@dataclass(frozen=True)
+class ReconRule(RuleSettings, RuleAccounts):
+    """A row of recon_rules, in column order (sql/0001, sql/0014, sql/0035, sql/0040): RuleAccounts'
+    fields, then RuleSettings' (a dataclass lists the fields of its last base first)."""
+
+    priority: int = 10  # a stored rule always has one
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> "ReconRule":

@@ -4,5 +4,5 @@ One module per resource (merchants, accounts, rules, staging entries, uploads, l
 reviews), each calling the owner modules' functions (no SQL here); and the conventions every
 resource shares: ``problems`` (RFC 9457 errors), ``pagination`` (opaque keyset cursors),
 ``idempotency`` (``Idempotency-Key`` on creating POSTs), ``fields`` (exact decimals, RFC 3339 UTC
-times), ``request_ids`` and ``limits``.
+times), ``request_ids`` and ``limits`` (both an ``http_middleware``).
 """

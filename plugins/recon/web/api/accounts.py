@@ -4,9 +4,9 @@ while ledger entries, staging entries or rules refer to the account)."""
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.engine import Connection
@@ -15,15 +15,14 @@ from recon import accounts, ledger
 from recon.db import Database
 from recon.errors import NotFoundError
 from recon.web.access import READERS, WRITERS, caller
-from recon.web.api.fields import ID_IN_PATH, NO_NUL, Balance, Currency, DecimalString, Name, Text
+from recon.web.api.fields import Balance, Currency, DecimalString, IdFilter, IdInPath, Name, Text
 from recon.web.api.idempotency import IdempotencyKey, answer_once
-from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_cursor, page
+from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_id_cursor, page
 from recon.web.api.problems import INVALID_INPUT, Problem, problem_responses
 from recon.web.database import query_recon, write_recon
 
 router = APIRouter(prefix="/accounts", tags=["accounts"])
 
-AccountId = Annotated[str, Path(min_length=1, max_length=255, pattern=ID_IN_PATH)]
 
 
 class NewAccount(BaseModel):
@@ -85,13 +84,13 @@ async def create_account(
 
 @router.get("", response_model=Page[Account], dependencies=READERS)
 async def list_accounts(
-    merchant_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
+    merchant_id: IdFilter = None,
     limit: Limit = DEFAULT_LIMIT, cursor: CursorParam = None,
 ) -> Page[Account]:
-    after = decode_cursor("accounts", cursor, (str,))
+    after = decode_id_cursor("accounts", cursor)
 
     def read(conn: Connection) -> tuple[list[Account], str | None]:
-        rows = accounts.accounts_page(conn, merchant_id, after[0] if after else None, limit + 1)
+        rows = accounts.accounts_page(conn, merchant_id, after, limit + 1)
         shown, next_cursor = page("accounts", rows, limit, lambda a: (a.account_id,))
         return with_balances(conn, shown), next_cursor
 
@@ -100,12 +99,12 @@ async def list_accounts(
 
 
 @router.get("/{account_id}", response_model=Account, dependencies=READERS, responses=problem_responses(404))
-async def get_account(account_id: AccountId) -> Account:
+async def get_account(account_id: IdInPath) -> Account:
     return await query_recon(lambda conn: _account(conn, account_id))
 
 
 @router.patch("/{account_id}", response_model=Account, dependencies=WRITERS, responses=problem_responses(404))
-async def rename_account(account_id: AccountId, body: AccountChange) -> Account:
+async def rename_account(account_id: IdInPath, body: AccountChange) -> Account:
     def rename(db: Database) -> Account:
         accounts.rename_account(account_id, body.account_name, db=db)
         with db.begin() as conn:
@@ -116,6 +115,6 @@ async def rename_account(account_id: AccountId, body: AccountChange) -> Account:
 
 @router.delete("/{account_id}", status_code=204, response_class=Response, dependencies=WRITERS,
                responses=problem_responses(404, 409))
-async def delete_account(account_id: AccountId) -> Response:
+async def delete_account(account_id: IdInPath) -> Response:
     await write_recon(lambda db: accounts.delete_account(account_id, db=db))
     return Response(status_code=204)

@@ -11,6 +11,7 @@ import datetime as dt
 from decimal import Decimal
 from typing import Annotated
 
+from fastapi import Path, Query
 from pydantic import AfterValidator, AwareDatetime, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
 from recon.money import parse_amount, parse_balance, parse_currency
@@ -31,6 +32,11 @@ def _decimal_text(value: Decimal) -> str:
 def _utc_text(value: dt.datetime) -> str:
     return value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
+
+# ---- in paths and query strings ------------------------------------------------------------------
+
+IdInPath = Annotated[str, Path(min_length=1, max_length=255, pattern=ID_IN_PATH)]
+IdFilter = Annotated[str | None, Query(max_length=255, pattern=NO_NUL)]  # only the rows with this id
 
 # ---- in responses ---------------------------------------------------------------------------------
 

@@ -10,13 +10,12 @@ from pydantic import BaseModel
 
 from recon import ledger
 from recon.web.access import READERS
-from recon.web.api.fields import NO_NUL, DecimalString, UtcTimestamp
-from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_cursor, page
+from recon.web.api.fields import NO_NUL, DecimalString, IdFilter, UtcTimestamp
+from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_id_cursor, page
 from recon.web.database import query_recon
 
 router = APIRouter(tags=["ledger"])
 
-IdFilter = Annotated[str | None, Query(max_length=255, pattern=NO_NUL)]
 
 
 class Entry(BaseModel):
@@ -64,9 +63,9 @@ async def list_transactions(
     cursor: CursorParam = None,
 ) -> Page[LogicalTransaction]:
     """Transactions grouped by logical id, in id order, each with all its versions and their entries."""
-    after = decode_cursor("transactions", cursor, (str,))
+    after = decode_id_cursor("transactions", cursor)
     rows = await query_recon(lambda conn: ledger.logical_transactions_page(
-        conn, merchant_id, account_id, after[0] if after else None, limit + 1))
+        conn, merchant_id, account_id, after, limit + 1))
     items, next_cursor = page("transactions", rows, limit, lambda t: (t.logical_transaction_id,))
     return Page[LogicalTransaction](
         items=[LogicalTransaction.model_validate(t, from_attributes=True) for t in items], next_cursor=next_cursor)
@@ -81,8 +80,8 @@ async def list_entries(
     cursor: CursorParam = None,
 ) -> Page[Entry]:
     """Ledger entries in id order."""
-    after = decode_cursor("entries", cursor, (str,))
+    after = decode_id_cursor("entries", cursor)
     rows = await query_recon(lambda conn: ledger.entries_page(
-        conn, account_id, status, order_id, after[0] if after else None, limit + 1))
+        conn, account_id, status, order_id, after, limit + 1))
     items, next_cursor = page("entries", rows, limit, lambda e: (e.entry_id,))
     return Page[Entry](items=[Entry.model_validate(e, from_attributes=True) for e in items], next_cursor=next_cursor)

@@ -7,9 +7,10 @@ setting: at the first read when its Content-Length says so, else as soon as the 
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from recon import settings
+from recon.web.api.http_middleware import HttpMiddleware
 from recon.web.api.problems import BODY_TOO_LARGE, UPLOAD_TOO_LARGE, Problem
 
 
@@ -29,14 +30,8 @@ def body_limit(scope: Scope) -> tuple[int, BodyTooLarge]:
                                " (RECON_API_MAX_BODY_BYTES)", field="body")
 
 
-class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class BodyLimitMiddleware(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit, too_large = body_limit(scope)
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
         received = int(declared) if declared.isdigit() else 0  # a declared size counts from the start

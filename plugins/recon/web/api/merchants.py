@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from recon import accounts
 from recon.db import Database
 from recon.web.access import READERS, WRITERS, caller
-from recon.web.api.fields import ID_IN_PATH, NO_NUL, Name, Text, UtcTimestamp
+from recon.web.api.fields import IdInPath, Name, Text, UtcTimestamp
 from recon.web.api.idempotency import IdempotencyKey, answer_once
-from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_cursor, page
+from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_id_cursor, page
 from recon.web.api.problems import problem_responses
 from recon.web.database import query_recon
 
 router = APIRouter(prefix="/merchants", tags=["merchants"])
 
-MerchantId = Annotated[str, Path(min_length=1, max_length=255, pattern=ID_IN_PATH)]
 
 
 class NewMerchant(BaseModel):
@@ -49,13 +46,13 @@ async def create_merchant(
 
 @router.get("", response_model=Page[Merchant], dependencies=READERS)
 async def list_merchants(limit: Limit = DEFAULT_LIMIT, cursor: CursorParam = None) -> Page[Merchant]:
-    after = decode_cursor("merchants", cursor, (str,))
-    rows = await query_recon(lambda conn: accounts.merchants_page(conn, after[0] if after else None, limit + 1))
+    after = decode_id_cursor("merchants", cursor)
+    rows = await query_recon(lambda conn: accounts.merchants_page(conn, after, limit + 1))
     items, next_cursor = page("merchants", rows, limit, lambda m: (m.merchant_id,))
     return Page[Merchant](items=[Merchant.model_validate(m, from_attributes=True) for m in items], next_cursor=next_cursor)
 
 
 @router.get("/{merchant_id}", response_model=Merchant, dependencies=READERS, responses=problem_responses(404))
-async def get_merchant(merchant_id: MerchantId) -> Merchant:
+async def get_merchant(merchant_id: IdInPath) -> Merchant:
     found = await query_recon(lambda conn: accounts.get_merchant(merchant_id, conn))
     return Merchant.model_validate(found, from_attributes=True)

@@ -56,6 +56,12 @@ def decode_cursor(list_name: str, cursor: str | None, parts: Sequence[Callable[[
         raise Problem(INVALID_INPUT, "cursor is not a next_cursor this list returned", field="cursor") from None
 
 
+def decode_id_cursor(list_name: str, cursor: str | None) -> str | None:
+    """The id a cursor of a list in id order holds (None: the first page)."""
+    after = decode_cursor(list_name, cursor, (str,))
+    return after[0] if after else None
+
+
 def timestamp(text: str) -> dt.datetime:
     value = dt.datetime.fromisoformat(text)
     if value.tzinfo is None:

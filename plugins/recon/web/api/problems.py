@@ -195,15 +195,15 @@ def _message(error: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ")  # the library's own message, as it wrote it
 
 
+# the library's input errors by the problem each is, most specific first (a StaleReviewError is a ConflictError)
+_INPUT_PROBLEMS = ((StaleReviewError, REVIEW_STALE), (ReviewNotAllowedError, REVIEW_NOT_ALLOWED),
+                   (ConflictError, CONFLICT), (InvalidInputError, INVALID_INPUT))
+
+
 async def _recon_error(request: Request, exc: ReconError) -> JSONResponse:
-    if isinstance(exc, StaleReviewError):
-        return problem_response(request, REVIEW_STALE, str(exc), field=exc.field)
-    if isinstance(exc, ReviewNotAllowedError):
-        return problem_response(request, REVIEW_NOT_ALLOWED, str(exc), field=exc.field)
-    if isinstance(exc, ConflictError):
-        return problem_response(request, CONFLICT, str(exc), field=exc.field)
     if isinstance(exc, InvalidInputError):
-        return problem_response(request, INVALID_INPUT, str(exc), field=exc.field)
+        kind = next(kind for error, kind in _INPUT_PROBLEMS if isinstance(exc, error))
+        return problem_response(request, kind, str(exc), field=exc.field)
     if isinstance(exc, NotFoundError):
         return problem_response(request, NOT_FOUND, str(exc))
     if isinstance(exc, DatabaseConfigError):

@@ -11,16 +11,16 @@ action applies to (``review-not-allowed``) or changed since the reviewer read it
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_type_hints
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from recon import review, staging
 from recon.db import Database
 from recon.web.access import READERS, WRITERS, caller, reviewer
-from recon.web.api.fields import ID_IN_PATH, NO_NUL, DecimalString, Text, UtcTimestamp
+from recon.web.api.fields import NO_NUL, DecimalString, IdFilter, IdInPath, Text, UtcTimestamp
 from recon.web.api.idempotency import IdempotencyKey, answer_once
 from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_cursor, page, timestamp
 from recon.web.api.problems import problem_responses
@@ -28,8 +28,6 @@ from recon.web.database import query_recon, read_recon
 
 router = APIRouter(prefix="/exceptions", tags=["review"])
 
-EntryId = Annotated[str, Path(min_length=1, max_length=255, pattern=ID_IN_PATH)]
-IdFilter = Annotated[str | None, Query(max_length=255, pattern=NO_NUL)]
 AGE_PATTERN = r"^[0-9]{1,6}(\.[0-9]{1,6})?[dhm]?$"
 OlderThan = Annotated[str | None, Query(pattern=AGE_PATTERN, max_length=16, examples=["3d"],
                                         description="created before this long ago: 3d, 12h, 90m (a bare number is days)")]
@@ -79,22 +77,19 @@ class Candidate(BaseModel):
     recon_rule_id: str | None
 
 
-class Decision(BaseModel):
-    """A row of the audit log: who decided what, when and why, the item before and after, and the
-    row's place in the hash chain."""
+def _decision_model() -> type[BaseModel]:
+    """The API's Decision has review.Decision's fields, so that an audit column is defined once;
+    only its time takes the API's form (RFC 3339 in UTC)."""
+    types = get_type_hints(review.Decision) | {"decided_at": UtcTimestamp}
+    return create_model(
+        "Decision", __module__=__name__,
+        __doc__="A row of the audit log: who decided what, when and why, the item before and after, and the\n"
+                "row's place in the hash chain.",
+        **{name: (type_, ...) for name, type_ in types.items()},
+    )
 
-    seq: int
-    staging_entry_id: str
-    action: str
-    reason_code: str
-    note: str
-    actor: str
-    decided_at: UtcTimestamp
-    before: dict[str, Any]
-    after: dict[str, Any]
-    decision_key: str | None
-    prev_hash: str
-    row_hash: str
+
+Decision = _decision_model()
 
 
 class ExceptionDetail(BaseModel):
@@ -140,7 +135,7 @@ def _open_exception(item: staging.OpenItem) -> OpenException:
 
 @router.get("/{staging_entry_id}", response_model=ExceptionDetail, dependencies=READERS,
             responses=problem_responses(404))
-async def get_exception(staging_entry_id: EntryId) -> ExceptionDetail:
+async def get_exception(staging_entry_id: IdInPath) -> ExceptionDetail:
     """The line, its reason, mismatched fields, candidate expected entries and its decisions."""
     return ExceptionDetail(**await read_recon(lambda db: review.show(db, staging_entry_id)))
 
@@ -199,7 +194,7 @@ ACTED = {"status_code": 201, "response_model": Decision, "dependencies": WRITERS
 
 
 @router.post("/{staging_entry_id}/accept", **ACTED)
-async def accept(request: Request, staging_entry_id: EntryId, body: Action, actor: str = Depends(reviewer),
+async def accept(request: Request, staging_entry_id: IdInPath, body: Action, actor: str = Depends(reviewer),
                  principal: str = Depends(caller), key: IdempotencyKey = None) -> JSONResponse:
     """A mismatch: fulfil its expected entry at the line's amount, the difference to the rule's
     variance account."""
@@ -207,28 +202,28 @@ async def accept(request: Request, staging_entry_id: EntryId, body: Action, acto
 
 
 @router.post("/{staging_entry_id}/force-match", **ACTED)
-async def force_match(request: Request, staging_entry_id: EntryId, body: ForceMatch, actor: str = Depends(reviewer),
+async def force_match(request: Request, staging_entry_id: IdInPath, body: ForceMatch, actor: str = Depends(reviewer),
                       principal: str = Depends(caller), key: IdempotencyKey = None) -> JSONResponse:
     """Fulfil the named open expected entry with this line; an amount difference as in accept."""
     return await _act(request, "force-match", staging_entry_id, body, actor, principal, key)
 
 
 @router.post("/{staging_entry_id}/ignore", **ACTED)
-async def ignore(request: Request, staging_entry_id: EntryId, body: Action, actor: str = Depends(reviewer),
+async def ignore(request: Request, staging_entry_id: IdInPath, body: Action, actor: str = Depends(reviewer),
                  principal: str = Depends(caller), key: IdempotencyKey = None) -> JSONResponse:
     """PROCESSED with no ledger effect (match_type Ignored); a mismatched expected entry opens again."""
     return await _act(request, "ignore", staging_entry_id, body, actor, principal, key)
 
 
 @router.post("/{staging_entry_id}/reopen", **ACTED)
-async def reopen(request: Request, staging_entry_id: EntryId, body: Action, actor: str = Depends(reviewer),
+async def reopen(request: Request, staging_entry_id: IdInPath, body: Action, actor: str = Depends(reviewer),
                  principal: str = Depends(caller), key: IdempotencyKey = None) -> JSONResponse:
     """Undo a match or mismatch: the expected entry EXPECTED again, the line back in review."""
     return await _act(request, "reopen", staging_entry_id, body, actor, principal, key)
 
 
 @router.post("/{staging_entry_id}/requeue", **ACTED)
-async def requeue(request: Request, staging_entry_id: EntryId, body: Action, actor: str = Depends(reviewer),
+async def requeue(request: Request, staging_entry_id: IdInPath, body: Action, actor: str = Depends(reviewer),
                   principal: str = Depends(caller), key: IdempotencyKey = None) -> JSONResponse:
     """Back to the queue (PENDING with a fresh task), as a reprocess of this one line."""
     return await _act(request, "requeue", staging_entry_id, body, actor, principal, key)

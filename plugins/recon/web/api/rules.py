@@ -8,7 +8,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,15 +17,14 @@ from recon.db import Database
 from recon.errors import NotFoundError
 from recon.model import ReconRule
 from recon.web.access import READERS, WRITERS, caller
-from recon.web.api.fields import DECIMAL_PATTERN, ID_IN_PATH, NO_NUL, DecimalString, Text
+from recon.web.api.fields import DECIMAL_PATTERN, NO_NUL, DecimalString, IdFilter, IdInPath, Text
 from recon.web.api.idempotency import IdempotencyKey, answer_once
-from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_cursor, page
+from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_id_cursor, page
 from recon.web.api.problems import INVALID_INPUT, Problem, problem_responses
 from recon.web.database import query_recon, write_recon
 
 router = APIRouter(prefix="/rules", tags=["rules"])
 
-RuleId = Annotated[str, Path(min_length=1, max_length=255, pattern=ID_IN_PATH)]
 
 
 class MatchKey(BaseModel):
@@ -119,27 +118,27 @@ async def create_rule(
 
 @router.get("", response_model=Page[Rule], dependencies=READERS)
 async def list_rules(
-    merchant_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
+    merchant_id: IdFilter = None,
     limit: Limit = DEFAULT_LIMIT, cursor: CursorParam = None,
 ) -> Page[Rule]:
-    after = decode_cursor("rules", cursor, (str,))
-    rows = await query_recon(lambda conn: accounts.rules_page(conn, merchant_id, after[0] if after else None, limit + 1))
+    after = decode_id_cursor("rules", cursor)
+    rows = await query_recon(lambda conn: accounts.rules_page(conn, merchant_id, after, limit + 1))
     items, next_cursor = page("rules", rows, limit, lambda r: (r.id,))
     return Page[Rule](items=[_rule(r) for r in items], next_cursor=next_cursor)
 
 
 @router.get("/{rule_id}", response_model=Rule, dependencies=READERS, responses=problem_responses(404))
-async def get_rule(rule_id: RuleId) -> Rule:
+async def get_rule(rule_id: IdInPath) -> Rule:
     return _rule(await query_recon(lambda conn: accounts.get_rule(rule_id, conn)))
 
 
 @router.patch("/{rule_id}", response_model=Rule, dependencies=WRITERS, responses=problem_responses(404, 409))
-async def change_rule(rule_id: RuleId, body: RuleChange) -> Rule:
+async def change_rule(rule_id: IdInPath, body: RuleChange) -> Rule:
     return _rule(await write_recon(lambda db: accounts.update_recon_rule(rule_id, body.settings(), db=db)))
 
 
 @router.delete("/{rule_id}", status_code=204, response_class=Response, dependencies=WRITERS,
                responses=problem_responses(404, 409))
-async def delete_rule(rule_id: RuleId) -> Response:
+async def delete_rule(rule_id: IdInPath) -> Response:
     await write_recon(lambda db: accounts.delete_recon_rule(rule_id, db=db))
     return Response(status_code=204)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.engine import Connection
@@ -17,7 +17,7 @@ from recon.errors import ConflictError, NotFoundError
 from recon.ingest.csv import RESERVED_COLUMNS  # the metadata keys the engine writes
 from recon.staging import NewStagingEntry
 from recon.web.access import READERS, WRITERS, caller
-from recon.web.api.fields import ID_IN_PATH, NO_NUL, Amount, Currency, DecimalString, Text, Timestamp, UtcTimestamp
+from recon.web.api.fields import NO_NUL, Amount, Currency, DecimalString, IdFilter, IdInPath, Text, Timestamp, UtcTimestamp
 from recon.web.api.idempotency import IdempotencyKey, answer_once
 from recon.web.api.pagination import DEFAULT_LIMIT, CursorParam, Limit, Page, decode_cursor, page, timestamp
 from recon.web.api.problems import problem_responses
@@ -177,10 +177,10 @@ async def create_staging_entries(
 
 @router.get("", response_model=Page[StagingEntry], dependencies=READERS)
 async def list_staging_entries(
-    account_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
+    account_id: IdFilter = None,
     status: Status | None = None,
     processing_mode: Mode | None = None,
-    order_id: Annotated[str | None, Query(max_length=255, pattern=NO_NUL)] = None,
+    order_id: IdFilter = None,
     created_from: Annotated[Timestamp | None, Query(description="created at or after (RFC 3339)")] = None,
     created_to: Annotated[Timestamp | None, Query(description="created before (RFC 3339)")] = None,
     limit: Limit = DEFAULT_LIMIT,
@@ -198,7 +198,7 @@ async def list_staging_entries(
 @router.get("/{staging_entry_id}", response_model=StagingEntryDetail, dependencies=READERS,
             responses=problem_responses(404))
 async def get_staging_entry(
-    staging_entry_id: Annotated[str, Path(min_length=1, max_length=255, pattern=ID_IN_PATH)],
+    staging_entry_id: IdInPath,
 ) -> StagingEntryDetail:
     def read(conn: Connection) -> StagingEntryDetail:
         entry = staging.get_staging_entry(conn, staging_entry_id)
