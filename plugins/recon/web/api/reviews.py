@@ -11,11 +11,11 @@ action applies to (``review-not-allowed``) or changed since the reviewer read it
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from recon import review, staging
 from recon.db import Database
@@ -77,19 +77,22 @@ class Candidate(BaseModel):
     recon_rule_id: str | None
 
 
-def _decision_model() -> type[BaseModel]:
-    """The API's Decision has review.Decision's fields, so that an audit column is defined once;
-    only its time takes the API's form (RFC 3339 in UTC)."""
-    types = get_type_hints(review.Decision) | {"decided_at": UtcTimestamp}
-    return create_model(
-        "Decision", __module__=__name__,
-        __doc__="A row of the audit log: who decided what, when and why, the item before and after, and the\n"
-                "row's place in the hash chain.",
-        **{name: (type_, ...) for name, type_ in types.items()},
-    )
+class Decision(BaseModel):
+    """A row of the audit log: who decided what, when and why, the item before and after, and the
+    row's place in the hash chain."""
 
-
-Decision = _decision_model()
+    seq: int
+    staging_entry_id: str
+    action: str
+    reason_code: str
+    note: str
+    actor: str
+    decided_at: UtcTimestamp
+    before: dict[str, Any]
+    after: dict[str, Any]
+    decision_key: str | None
+    prev_hash: str
+    row_hash: str
 
 
 class ExceptionDetail(BaseModel):
