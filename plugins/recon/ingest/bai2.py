@@ -53,6 +53,7 @@ from recon.ingest.statement import (
     build_line,
     collect_statements,
     compile_order_id_pattern,
+    lines_of_checked_statements,
     read_text,
 )
 
@@ -101,10 +102,8 @@ def iter_bai2_lines(
     order_id_pattern: str | re.Pattern[str] | None = None,
     encoding: str = "utf-8",
 ) -> Iterator[StatementLine]:
-    """The lines of a BAI2 file, the whole file checked before the first line (the bai2 package
-    holds the whole text anyway, so nothing is gained by streaming)."""
-    statements = parse_bai2(source, expected_currency=expected_currency, order_id_pattern=order_id_pattern, encoding=encoding)
-    return (line for statement in statements for line in statement.lines)
+    """The lines of a BAI2 file, the whole file checked before the first line."""
+    return lines_of_checked_statements(_read(source, order_id_pattern, encoding), expected_currency)
 
 
 def _read(
