@@ -42,22 +42,10 @@ from decimal import Decimal
 
 from recon.errors import InvalidInputError
 from recon.ingest.settlement import (
-    EXPECTED_FLOW,
-    FORMAT_ADYEN,
-    Flow,
-    LineKind,
-    ReportRow,
-    ReportSource,
-    RowProblems,
-    SettlementLine,
-    SettlementReport,
-    parse_signed_amount,
-    parse_unsigned_amount,
-    read_report_rows,
-    show,
+    EXPECTED_FLOW, FORMAT_ADYEN, Flow, LineKind, ReportRow, ReportSource, RowProblems, SettlementLine, SettlementReport,
+    order_id_cell, parse_signed_amount, parse_unsigned_amount, read_report_rows, show,
 )
 from recon.money import parse_currency
-from recon.staging import MAX_ORDER_ID_LENGTH
 
 FORMAT = FORMAT_ADYEN
 
@@ -155,9 +143,7 @@ def _parse_line(row: ReportRow) -> SettlementLine:
         line_reference = row.cell("Modification Merchant Reference")
     if not line_reference:
         problems.add("Modification Reference and Psp Reference are both empty: the line has no reference")
-    order_id = row.cell("Merchant Reference") or None
-    if order_id is not None and len(order_id) > MAX_ORDER_ID_LENGTH:
-        problems.add(f"Merchant Reference is {len(order_id):,} characters long; the limit is {MAX_ORDER_ID_LENGTH}")
+    order_id = order_id_cell(row, problems, "Merchant Reference")
 
     currency = problems.parse(parse_currency, row.cell("Net Currency"), "Net Currency")
     gross_currency = row.cell("Gross Currency")

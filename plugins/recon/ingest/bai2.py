@@ -40,20 +40,8 @@ from bai2.exceptions import IntegrityException, NotSupportedYetException, Parsin
 
 from recon.errors import InvalidInputError
 from recon.ingest.statement import (
-    BOOKED,
-    CREDIT,
-    DEBIT,
-    PENDING,
-    CompositeKeys,
-    Statement,
-    StatementIntegrityError,
-    StatementLine,
-    StatementSource,
-    amount_key,
-    build_line,
-    collect_statements,
-    compile_order_id_pattern,
-    read_text,
+    BOOKED, CREDIT, DEBIT, PENDING, CompositeKeys, Statement, StatementIntegrityError, StatementLine, StatementSource,
+    amount_key, build_line, collect_statements, compile_order_id_pattern, lines_of_checked_statements, read_text,
 )
 
 # ISO 4217 currencies whose minor unit is not the cent (every other one has two decimals).
@@ -101,10 +89,8 @@ def iter_bai2_lines(
     order_id_pattern: str | re.Pattern[str] | None = None,
     encoding: str = "utf-8",
 ) -> Iterator[StatementLine]:
-    """The lines of a BAI2 file, the whole file checked before the first line (the bai2 package
-    holds the whole text anyway, so nothing is gained by streaming)."""
-    statements = parse_bai2(source, expected_currency=expected_currency, order_id_pattern=order_id_pattern, encoding=encoding)
-    return (line for statement in statements for line in statement.lines)
+    """The lines of a BAI2 file, the whole file checked before the first line."""
+    return lines_of_checked_statements(_read(source, order_id_pattern, encoding), expected_currency)
 
 
 def _read(

@@ -40,20 +40,8 @@ import mt940
 
 from recon.errors import InvalidInputError
 from recon.ingest.statement import (
-    BOOKED,
-    CREDIT,
-    DEBIT,
-    PENDING,
-    CompositeKeys,
-    Statement,
-    StatementIntegrityError,
-    StatementLine,
-    StatementSource,
-    amount_key,
-    build_line,
-    collect_statements,
-    compile_order_id_pattern,
-    read_text,
+    BOOKED, CREDIT, DEBIT, PENDING, CompositeKeys, Statement, StatementIntegrityError, StatementLine, StatementSource,
+    amount_key, build_line, collect_statements, compile_order_id_pattern, lines_of_checked_statements, read_text,
 )
 
 # mt-940 logs a tag it cannot parse with the tag's content (statement data) at ERROR level; that
@@ -118,10 +106,8 @@ def iter_mt940_lines(
     order_id_pattern: str | re.Pattern[str] | None = None,
     encoding: str = "utf-8",
 ) -> Iterator[StatementLine]:
-    """The lines of an MT940 file, all of its statements checked before the first line (mt-940
-    holds the whole text anyway, so nothing is gained by streaming)."""
-    statements = parse_mt940(source, expected_currency=expected_currency, order_id_pattern=order_id_pattern, encoding=encoding)
-    return (line for statement in statements for line in statement.lines)
+    """The lines of an MT940 file, all of its statements checked before the first line."""
+    return lines_of_checked_statements(_read(source, "mt940", order_id_pattern, encoding), expected_currency)
 
 
 def iter_mt942_lines(
@@ -132,8 +118,7 @@ def iter_mt942_lines(
     encoding: str = "utf-8",
 ) -> Iterator[StatementLine]:
     """The (pending) lines of an MT942 file, all of its reports checked before the first line."""
-    statements = parse_mt942(source, expected_currency=expected_currency, order_id_pattern=order_id_pattern, encoding=encoding)
-    return (line for statement in statements for line in statement.lines)
+    return lines_of_checked_statements(_read(source, "mt942", order_id_pattern, encoding), expected_currency)
 
 
 def _read(

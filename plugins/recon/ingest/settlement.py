@@ -53,6 +53,7 @@ from typing import BinaryIO, TypeVar, Union
 from recon.errors import InvalidInputError
 from recon.ingest.reading import csv_records, open_binary
 from recon.money import MAX_INTEGER_DIGITS, SCALE
+from recon.staging import MAX_ORDER_ID_LENGTH
 
 # --- Limits (each one is named in the error it causes) ------------------------------------
 MAX_FILE_BYTES = 2 * 1024**3  # 2 GiB, as for CSV statements
@@ -410,6 +411,14 @@ def parse_unsigned_amount(text: str, column: str) -> Decimal:
     if amount < 0:
         raise InvalidInputError(f"{column} {show(text)} must not be negative (the column gives the side)")
     return amount
+
+
+def order_id_cell(row: ReportRow, problems: RowProblems, column: str) -> str | None:
+    """The order id in `column`, None when empty; one too long for a staging entry is a problem of the row."""
+    order_id = row.cell(column) or None
+    if order_id is not None and len(order_id) > MAX_ORDER_ID_LENGTH:
+        problems.add(f"{column} is {len(order_id):,} characters long; the limit is {MAX_ORDER_ID_LENGTH}")
+    return order_id
 
 
 def show(value: object) -> str:

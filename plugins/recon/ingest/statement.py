@@ -12,7 +12,8 @@ Why it is built this way:
 - Streaming: a format module yields each statement's lines and then the ``Statement`` itself
   (its ``lines`` left empty), so the balance is checked from running totals
   (``checked_lines``) without holding the lines; ``collect_statements`` builds whole
-  ``Statement`` objects from the same stream for callers that want them.
+  ``Statement`` objects from the same stream for callers that want them, and
+  ``lines_of_checked_statements`` hands out their lines once all of them are checked.
 - Every line has a ``natural_key``, the format's duplicate key (unique per account), so a
   statement loaded twice, or two overlapping statements, can be ingested without booking a
   line twice.
@@ -304,6 +305,18 @@ def collect_statements(
             statements.append(statement)
             lines = []
     return statements
+
+
+def lines_of_checked_statements(
+    items: Iterable[StatementLine | Statement], expected_currency: str | None = None
+) -> Iterator[StatementLine]:
+    """A format module's stream as lines, every statement checked before the first line is handed out.
+
+    For the formats whose parser package holds the whole text anyway (MT940/942, BAI2): streaming
+    would save nothing there, and a caller never sees a line of a file that is then refused.
+    """
+    statements = collect_statements(items, expected_currency)
+    return (line for statement in statements for line in statement.lines)
 
 
 def _check_line_currency(statement: Statement, line: StatementLine) -> None:

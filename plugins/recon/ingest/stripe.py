@@ -34,20 +34,10 @@ from decimal import Decimal
 
 from recon.errors import InvalidInputError
 from recon.ingest.settlement import (
-    FORMAT_STRIPE,
-    Flow,
-    LineKind,
-    ReportRow,
-    ReportSource,
-    RowProblems,
-    SettlementLine,
-    SettlementReport,
-    parse_signed_amount,
-    read_report_rows,
-    show,
+    FORMAT_STRIPE, Flow, LineKind, ReportRow, ReportSource, RowProblems, SettlementLine, SettlementReport,
+    order_id_cell, parse_signed_amount, read_report_rows, show,
 )
 from recon.money import parse_currency
-from recon.staging import MAX_ORDER_ID_LENGTH
 
 FORMAT = FORMAT_STRIPE
 ORDER_ID_COLUMN = "payment_metadata[order_id]"
@@ -108,9 +98,7 @@ def _parse_line(row: ReportRow, order_id_column: str) -> SettlementLine:
     line_reference = row.cell("balance_transaction_id")
     if not line_reference:
         problems.add("balance_transaction_id is missing")
-    order_id = row.cell(order_id_column) or None
-    if order_id is not None and len(order_id) > MAX_ORDER_ID_LENGTH:
-        problems.add(f"{order_id_column} is {len(order_id):,} characters long; the limit is {MAX_ORDER_ID_LENGTH}")
+    order_id = order_id_cell(row, problems, order_id_column)
     currency = problems.parse(_parse_currency, row.cell("currency"))
     gross = problems.parse(parse_signed_amount, row.cell("gross"), "gross")
     fee = problems.parse(parse_signed_amount, row.cell("fee"), "fee")
