@@ -42,8 +42,20 @@ from decimal import Decimal
 
 from recon.errors import InvalidInputError
 from recon.ingest.settlement import (
-    EXPECTED_FLOW, FORMAT_ADYEN, Flow, LineKind, ReportRow, ReportSource, RowProblems, SettlementLine, SettlementReport,
-    order_id_cell, parse_signed_amount, parse_unsigned_amount, read_report_rows, show,
+    EXPECTED_FLOW,
+    FORMAT_ADYEN,
+    Flow,
+    LineKind,
+    ReportRow,
+    ReportSource,
+    RowProblems,
+    SettlementLine,
+    SettlementReport,
+    order_id_cell,
+    parse_signed_amount,
+    parse_unsigned_amount,
+    read_report_rows,
+    show,
 )
 from recon.money import parse_currency
 

@@ -40,8 +40,21 @@ from bai2.exceptions import IntegrityException, NotSupportedYetException, Parsin
 
 from recon.errors import InvalidInputError
 from recon.ingest.statement import (
-    BOOKED, CREDIT, DEBIT, PENDING, CompositeKeys, Statement, StatementIntegrityError, StatementLine, StatementSource,
-    amount_key, build_line, collect_statements, compile_order_id_pattern, lines_of_checked_statements, read_text,
+    BOOKED,
+    CREDIT,
+    DEBIT,
+    PENDING,
+    CompositeKeys,
+    Statement,
+    StatementIntegrityError,
+    StatementLine,
+    StatementSource,
+    amount_key,
+    build_line,
+    collect_statements,
+    compile_order_id_pattern,
+    lines_of_checked_statements,
+    read_text,
 )
 
 # ISO 4217 currencies whose minor unit is not the cent (every other one has two decimals).

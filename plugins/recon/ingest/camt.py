@@ -42,8 +42,21 @@ from defusedxml.ElementTree import iterparse
 
 from recon.errors import InvalidInputError
 from recon.ingest.statement import (
-    BOOKED, CREDIT, DEBIT, DETECT_BYTES, PENDING, CompositeKeys, Statement, StatementIntegrityError, StatementLine,
-    StatementSource, amount_key, build_line, checked_lines, collect_statements, compile_order_id_pattern,
+    BOOKED,
+    CREDIT,
+    DEBIT,
+    DETECT_BYTES,
+    PENDING,
+    CompositeKeys,
+    Statement,
+    StatementIntegrityError,
+    StatementLine,
+    StatementSource,
+    amount_key,
+    build_line,
+    checked_lines,
+    collect_statements,
+    compile_order_id_pattern,
     open_utf8_stream,
 )
 

@@ -40,8 +40,21 @@ import mt940
 
 from recon.errors import InvalidInputError
 from recon.ingest.statement import (
-    BOOKED, CREDIT, DEBIT, PENDING, CompositeKeys, Statement, StatementIntegrityError, StatementLine, StatementSource,
-    amount_key, build_line, collect_statements, compile_order_id_pattern, lines_of_checked_statements, read_text,
+    BOOKED,
+    CREDIT,
+    DEBIT,
+    PENDING,
+    CompositeKeys,
+    Statement,
+    StatementIntegrityError,
+    StatementLine,
+    StatementSource,
+    amount_key,
+    build_line,
+    collect_statements,
+    compile_order_id_pattern,
+    lines_of_checked_statements,
+    read_text,
 )
 
 # mt-940 logs a tag it cannot parse with the tag's content (statement data) at ERROR level; that

@@ -34,8 +34,18 @@ from decimal import Decimal
 
 from recon.errors import InvalidInputError
 from recon.ingest.settlement import (
-    FORMAT_STRIPE, Flow, LineKind, ReportRow, ReportSource, RowProblems, SettlementLine, SettlementReport,
-    order_id_cell, parse_signed_amount, read_report_rows, show,
+    FORMAT_STRIPE,
+    Flow,
+    LineKind,
+    ReportRow,
+    ReportSource,
+    RowProblems,
+    SettlementLine,
+    SettlementReport,
+    order_id_cell,
+    parse_signed_amount,
+    read_report_rows,
+    show,
 )
 from recon.money import parse_currency
 
