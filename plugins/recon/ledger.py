@@ -23,7 +23,7 @@ from recon import accounts, match_groups
 from recon.db import Database, copy_rows, copy_statement
 from recon.errors import ConflictError, LedgerInvariantError
 from recon.match_groups import GroupItem, MatchGroup
-from recon.model import Account, EntryType, ExpectedLeg, PostedLeg, StagingEntry
+from recon.model import Account, EntryLeg, EntryType, ExpectedLeg, PostedLeg, StagingEntry
 
 
 _RANDOM_HEX: list[str] = []  # 128-bit random ids drawn 1,024 at a time (one urandom call)
@@ -54,13 +54,9 @@ class NewTransaction:
 
 
 @dataclass(frozen=True, slots=True)
-class NewEntry:
-    entry_id: str
-    account_id: str
-    transaction_id: str
-    entry_type: str
-    amount: Decimal
-    currency: str
+class NewEntry(EntryLeg):
+    """A leg to insert into ``entries`` (LedgerBatch.flush)."""
+
     status: str
     effective_date: dt.datetime
     metadata: dict[str, Any]
@@ -187,11 +183,7 @@ def book_fulfilment(batch: LedgerBatch, leg: ExpectedLeg, posted_legs: Sequence[
                   "fulfilled_expected_entry_id": leg.entry_id},
         fulfilled_expected_entry_id=leg.entry_id,
     )]
-    legs.extend(NewEntry(
-        entry_id=new_id("ent"), account_id=posted.account_id, transaction_id=transaction_id,
-        entry_type=posted.entry_type, amount=posted.amount, currency=posted.currency, status="POSTED",
-        effective_date=posted.effective_date, metadata={**posted.metadata, "derived_from_entry_id": posted.entry_id},
-    ) for posted in posted_legs)
+    legs.extend(_carried(posted, transaction_id) for posted in posted_legs)
     if difference:
         legs.append(_variance_leg(legs, variance_account_id, line, {
             "source_staging_entry_id": line.staging_entry_id, "variance_of_expected_entry_id": leg.entry_id,
@@ -637,6 +629,8 @@ def rule_is_referenced(conn: Connection, rule_id: str) -> bool:
 
 
 def _carried(posted: PostedLeg, transaction_id: str, status: str = "POSTED") -> NewEntry:
+    """A leg of an earlier version carried into `transaction_id` under a new id; its metadata names
+    the leg it was derived from."""
     return NewEntry(
         entry_id=new_id("ent"),
         account_id=posted.account_id,
@@ -882,16 +876,10 @@ def stream_open_expected(conn: Connection, account_id: str | None = None) -> Ite
     )
 
 
-@dataclass(frozen=True)
-class LedgerEntry:
+@dataclass(frozen=True, slots=True)
+class LedgerEntry(EntryLeg):
     """One leg of a transaction version, as the REST API shows it."""
 
-    entry_id: str
-    account_id: str
-    transaction_id: str
-    entry_type: str
-    amount: Decimal
-    currency: str
     status: str
     effective_date: dt.datetime
     metadata: dict[str, Any]

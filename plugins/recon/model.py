@@ -159,8 +159,10 @@ class ExpectedLeg:
 
 
 @dataclass(frozen=True, slots=True)
-class PostedLeg:
-    """A POSTED entry of a transaction, carried over when the transaction gets a new version."""
+class EntryLeg:
+    """The columns every view of an ``entries`` row starts with, in column order: PostedLeg here and
+    ledger.NewEntry / ledger.LedgerEntry add theirs after these, so a leg's fields are named once.
+    (ExpectedLeg keeps its own order: it is read joined with its transaction's header.)"""
 
     entry_id: str
     account_id: str
@@ -168,5 +170,11 @@ class PostedLeg:
     entry_type: str
     amount: Decimal
     currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class PostedLeg(EntryLeg):
+    """A POSTED entry of a transaction, carried over when the transaction gets a new version."""
+
     effective_date: dt.datetime
     metadata: dict[str, Any]
