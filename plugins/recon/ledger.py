@@ -41,7 +41,10 @@ def new_id(prefix: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class NewTransaction:
+class TransactionHeader:
+    """The columns every view of a ``transactions`` row starts with, in column order: NewTransaction
+    and TransactionVersion add theirs after these, so a transaction's fields are named once."""
+
     transaction_id: str
     logical_transaction_id: str
     version: int
@@ -50,6 +53,12 @@ class NewTransaction:
     merchant_id: str
     status: str
     metadata: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NewTransaction(TransactionHeader):
+    """A transaction version to insert into ``transactions`` (LedgerBatch.flush)."""
+
     source_staging_entry_id: str
 
 
@@ -687,18 +696,6 @@ def candidate_legs(conn: Connection, account_id: str, order_id: str | None,
     return [ReviewLeg(ExpectedLeg(*r[:12]), r.transaction_status, r.recon_rule_id) for r in rows]
 
 
-@dataclass(frozen=True)
-class _LiveVersion:
-    transaction_id: str
-    logical_transaction_id: str
-    version: int
-    amount: Decimal
-    currency: str
-    merchant_id: str
-    status: str
-    metadata: dict[str, Any]
-
-
 def reopen_confirmed(conn: Connection, staging_entry_id: str, mismatched_transaction_id: str | None,
                      batch: LedgerBatch) -> dict[str, str] | None:
     """The live version this confirmation fulfilled (or the MISMATCH transaction it was compared
@@ -718,7 +715,7 @@ def reopen_confirmed(conn: Connection, staging_entry_id: str, mismatched_transac
     ), {"source": staging_entry_id, "mismatched": mismatched_transaction_id}).first()
     if row is None:
         return None
-    live = _LiveVersion(*row)
+    live = TransactionHeader(*row)
     if "match_group_id" in live.metadata:
         # its legs came from several transactions: restoring them is not built yet (issue 15, item 3)
         raise ConflictError(f"staging entry {staging_entry_id} fulfilled match group {live.metadata['match_group_id']}"
@@ -888,16 +885,10 @@ class LedgerEntry(EntryLeg):
     created_at: dt.datetime
 
 
-@dataclass(frozen=True)
-class TransactionVersion:
-    transaction_id: str
-    logical_transaction_id: str
-    version: int
-    amount: Decimal
-    currency: str
-    merchant_id: str
-    status: str
-    metadata: dict[str, Any]
+@dataclass(frozen=True, slots=True)
+class TransactionVersion(TransactionHeader):
+    """A version of a transaction with its legs, as the REST API shows it."""
+
     source_staging_entry_id: str | None
     created_at: dt.datetime
     updated_at: dt.datetime
