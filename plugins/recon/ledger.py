@@ -71,6 +71,12 @@ class NewEntry(EntryLeg):
     metadata: dict[str, Any]
     fulfilled_expected_entry_id: str | None = None
 
+    def as_posted_leg(self) -> PostedLeg:
+        """This leg as a later fulfilment carries it over, for one in the same chunk that runs before
+        the batch is flushed (Reservations.publish_booking)."""
+        return PostedLeg(self.entry_id, self.account_id, self.transaction_id, self.entry_type, self.amount,
+                         self.currency, self.effective_date, self.metadata)
+
 
 @dataclass(slots=True)
 class LedgerBatch:

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from recon import accounts, ledger, match_keys, staging
 from recon.errors import ErrorType
 from recon.ledger import LedgerBatch, NewEntry, NewTransaction, new_id
-from recon.model import Account, EntryType, ExpectedLeg, PostedLeg, ProcessingMode, ReconRule, StagingEntry, StagingStatus
+from recon.model import Account, EntryType, ExpectedLeg, ProcessingMode, ReconRule, StagingEntry, StagingStatus
 from recon.tasks.base import ReconTask, VerdictOutdated
 from recon.tasks.chunk import Reservations, WorkItem
 from recon.tasks.verdicts import Applied, ManualReview, Plan, Verdict
@@ -135,7 +135,7 @@ class TransactionCreationTask(ReconTask):
     def run(self, item: WorkItem, plan: Book, prepared: None, reservations: Reservations, batch: LedgerBatch) -> Applied:
         entry = item.staging
         assert entry is not None
-        transaction_id, posted_id, expected_id = new_id("txn"), new_id("ent"), new_id("ent")
+        transaction_id, expected_id = new_id("txn"), new_id("ent")
         source = {"source_staging_entry_id": entry.staging_entry_id}
         order = {"order_id": entry.order_id} if entry.order_id else {}
         batch.transactions.append(
@@ -151,20 +151,18 @@ class TransactionCreationTask(ReconTask):
                 source_staging_entry_id=entry.staging_entry_id,
             )
         )
-        posted_metadata = {**entry.metadata, **order, **source}
-        batch.entries.append(
-            NewEntry(
-                entry_id=posted_id,
-                account_id=entry.account_id,
-                transaction_id=transaction_id,
-                entry_type=entry.entry_type,
-                amount=entry.amount,
-                currency=entry.currency,
-                status="POSTED",
-                effective_date=entry.effective_date,
-                metadata=posted_metadata,
-            )
+        posted = NewEntry(
+            entry_id=new_id("ent"),
+            account_id=entry.account_id,
+            transaction_id=transaction_id,
+            entry_type=entry.entry_type,
+            amount=entry.amount,
+            currency=entry.currency,
+            status="POSTED",
+            effective_date=entry.effective_date,
+            metadata={**entry.metadata, **order, **source},
         )
+        batch.entries.append(posted)
         batch.entries.append(
             NewEntry(
                 entry_id=expected_id,
@@ -180,10 +178,8 @@ class TransactionCreationTask(ReconTask):
         )
         if reservations.wants(plan.contra_account_id):
             # the confirmation of this chunk that fulfils this booking carries its POSTED leg over
-            posted = PostedLeg(posted_id, entry.account_id, transaction_id, entry.entry_type, entry.amount,
-                               entry.currency, entry.effective_date, posted_metadata)
             reservations.publish_booking(entry.staging_entry_id, _expected_leg(
-                entry, plan.contra_account_id, plan.merchant_id, expected_id, transaction_id), [posted])
+                entry, plan.contra_account_id, plan.merchant_id, expected_id, transaction_id), [posted.as_posted_leg()])
         return Applied("book", {"created_transaction_id": transaction_id, "match_type": "NewTransactionGenerated"})
 
 
