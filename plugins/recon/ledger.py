@@ -78,6 +78,22 @@ class NewEntry(EntryLeg):
                          self.currency, self.effective_date, self.metadata)
 
 
+def leg_from(row: StagingEntry | PostedLeg, transaction_id: str, status: str, metadata: dict[str, Any]) -> NewEntry:
+    """A new leg of `transaction_id` on a row's account, side, amount, currency and date: a statement
+    line's own leg, or a leg carried over from an earlier version (_carried)."""
+    return NewEntry(
+        entry_id=new_id("ent"),
+        account_id=row.account_id,
+        transaction_id=transaction_id,
+        entry_type=row.entry_type,
+        amount=row.amount,
+        currency=row.currency,
+        status=status,
+        effective_date=row.effective_date,
+        metadata=metadata,
+    )
+
+
 @dataclass(slots=True)
 class LedgerBatch:
     """Ledger writes of one chunk, flushed together inside the caller's transaction."""
@@ -261,12 +277,8 @@ def book_group_fulfilment(batch: LedgerBatch, legs: Sequence[tuple[ExpectedLeg, 
                   "recon_rule_id": recon_rule_id, "source_staging_entry_id": line.staging_entry_id, **variance},
         source_staging_entry_id=line.staging_entry_id,
     ))
-    new_legs = [NewEntry(
-        entry_id=new_id("ent"), account_id=line.account_id, transaction_id=transaction_id,
-        entry_type=line.entry_type, amount=line.amount, currency=line.currency, status="POSTED",
-        effective_date=line.effective_date,
-        metadata={**line.metadata, "source_staging_entry_id": line.staging_entry_id, "match_group_id": group_id},
-    )]
+    new_legs = [leg_from(line, transaction_id, "POSTED", {
+        **line.metadata, "source_staging_entry_id": line.staging_entry_id, "match_group_id": group_id})]
     carried: set[str] = set()  # a transaction with two legs in the group is archived and carried once
     for leg, posted_legs in legs:
         if leg.transaction_id in carried:
@@ -646,17 +658,7 @@ def rule_is_referenced(conn: Connection, rule_id: str) -> bool:
 def _carried(posted: PostedLeg, transaction_id: str, status: str = "POSTED") -> NewEntry:
     """A leg of an earlier version carried into `transaction_id` under a new id; its metadata names
     the leg it was derived from."""
-    return NewEntry(
-        entry_id=new_id("ent"),
-        account_id=posted.account_id,
-        transaction_id=transaction_id,
-        entry_type=posted.entry_type,
-        amount=posted.amount,
-        currency=posted.currency,
-        status=status,
-        effective_date=posted.effective_date,
-        metadata={**posted.metadata, "derived_from_entry_id": posted.entry_id},
-    )
+    return leg_from(posted, transaction_id, status, {**posted.metadata, "derived_from_entry_id": posted.entry_id})
 
 
 @dataclass(frozen=True)

@@ -151,17 +151,7 @@ class TransactionCreationTask(ReconTask):
                 source_staging_entry_id=entry.staging_entry_id,
             )
         )
-        posted = NewEntry(
-            entry_id=new_id("ent"),
-            account_id=entry.account_id,
-            transaction_id=transaction_id,
-            entry_type=entry.entry_type,
-            amount=entry.amount,
-            currency=entry.currency,
-            status="POSTED",
-            effective_date=entry.effective_date,
-            metadata={**entry.metadata, **order, **source},
-        )
+        posted = ledger.leg_from(entry, transaction_id, "POSTED", {**entry.metadata, **order, **source})
         batch.entries.append(posted)
         batch.entries.append(
             NewEntry(
