@@ -962,28 +962,18 @@ def _escape_like(text: str) -> str:
 # ---- read models: the REST API -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StagingEntryRow:
-    """A staging entry as the REST API shows it: every column."""
+@dataclass(frozen=True, slots=True)
+class StagingEntryRow(StagingEntry):
+    """A staging entry as the REST API and `entry show` show it: the engine's columns and the two
+    it does not read."""
 
-    staging_entry_id: str
-    account_id: str
-    entry_type: str
-    amount: Decimal
-    currency: str
-    status: str
-    processing_mode: str
-    effective_date: dt.datetime
-    metadata: dict[str, Any]
-    order_id: str | None
     natural_key: str | None
-    created_at: dt.datetime
     updated_at: dt.datetime
 
 
 _ROW_COLUMNS = (  # in StagingEntryRow's field order: rows are unpacked positionally
     "staging_entry_id, account_id, entry_type, amount, currency, status, processing_mode, effective_date,"
-    " metadata, order_id, natural_key, created_at, updated_at"
+    " metadata, order_id, created_at, natural_key, updated_at"
 )
 
 

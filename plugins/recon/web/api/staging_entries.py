@@ -4,6 +4,7 @@ one transaction, idempotent), list with filters, get one with its tasks and its 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -207,7 +208,7 @@ async def get_staging_entry(
         tasks = tracker.tasks_of_entry(conn, staging_entry_id)
         written = {k: v for k in Outcome.model_fields if k != "status" and isinstance(v := entry.metadata.get(k), str)}
         outcome = Outcome(status=entry.status, **written)
-        return StagingEntryDetail(**vars(entry), tasks=[Task.model_validate(t, from_attributes=True) for t in tasks],
+        return StagingEntryDetail(**asdict(entry), tasks=[Task.model_validate(t, from_attributes=True) for t in tasks],
                                   outcome=outcome)
 
     return await query_recon(read)
