@@ -362,22 +362,16 @@ def merchants_page(conn: Connection, after: str | None, limit: int) -> list[Merc
 
 def accounts_page(conn: Connection, merchant_id: str | None, after: str | None, limit: int) -> list[Account]:
     """Accounts (of one merchant, or all) in id order after `after`, at most `limit`."""
-    rows = _merchant_page(conn, "accounts", _ACCOUNT_COLUMNS, "account_id", merchant_id, after, limit)
-    return [Account(*r) for r in rows]  # selected in field order
-
-
-def _merchant_page(conn: Connection, table: str, columns: str, key: str, merchant_id: str | None,
-                   after: str | None, limit: int) -> Sequence[sa.Row]:
-    """A keyset page of `table` (accounts or recon_rules): rows of one merchant (or all) in `key`
-    order after `after`, at most `limit`."""
-    return conn.execute(
+    rows = conn.execute(
         sa.text(
-            f"SELECT {columns} FROM {table}"
+            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts"
             " WHERE (CAST(:merchant AS text) IS NULL OR merchant_id = :merchant)"
-            f" AND (CAST(:after AS text) IS NULL OR {key} > :after) ORDER BY {key} LIMIT :limit"
+            " AND (CAST(:after AS text) IS NULL OR account_id > :after)"
+            " ORDER BY account_id LIMIT :limit"
         ),
         {"merchant": merchant_id, "after": after, "limit": limit},
-    ).all()
+    )
+    return [Account(*r) for r in rows]  # selected in field order
 
 
 def rename_account(account_id: str, account_name: str, *, db: Database) -> Account:
@@ -445,5 +439,12 @@ def get_rule(rule_id: str, conn: Connection) -> ReconRule:
 
 def rules_page(conn: Connection, merchant_id: str | None, after: str | None, limit: int) -> list[ReconRule]:
     """Rules (of one merchant, or all) in id order after `after`, at most `limit`."""
-    rows = _merchant_page(conn, "recon_rules", _RULE_COLUMNS, "id", merchant_id, after, limit)
+    rows = conn.execute(
+        sa.text(
+            f"SELECT {_RULE_COLUMNS} FROM recon_rules"
+            " WHERE (CAST(:merchant AS text) IS NULL OR merchant_id = :merchant)"
+            " AND (CAST(:after AS text) IS NULL OR id > :after) ORDER BY id LIMIT :limit"
+        ),
+        {"merchant": merchant_id, "after": after, "limit": limit},
+    )
     return [ReconRule.from_row(r) for r in rows]
