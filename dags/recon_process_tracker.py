@@ -35,12 +35,15 @@ locks, only what another worker can change between `validate` and `run`:
 | --- | --- |
 | every task | its lease (outcomes are written only for tasks still leased to this run) and its staging entry (locked; a PROCESSED entry makes the verdict outdated) |
 | book | that no other worker booked the same order meanwhile (advisory lock on orders other queued lines book too, then a re-read) |
-| fulfil, mismatch | that the expected leg is still open (its transaction locked `FOR UPDATE`) |
-| fulfil a match group | that every leg of the group is still open (all the chunk's planned legs locked in one statement, in transaction id order) |
+| fulfil, mismatch | that the expected leg is still open (its transaction locked `FOR UPDATE SKIP LOCKED`) |
+| fulfil a match group | that every leg of the group is still open (all the chunk's planned legs locked in one statement) |
 | manual review, wait | nothing: written as validated |
 
 If a re-check fails, the chunk is validated again inside the same transaction, under those
 locks, before anything is written; results never depend on chunking or on which worker ran first.
+A line whose expected leg another worker's uncommitted chunk holds is set aside: the rest of the
+chunk is validated again without it and committed, then the set-aside lines run on their own and
+wait for that commit. One contended line no longer holds back its whole chunk.
 
 ## Triggering by hand
 

@@ -570,11 +570,15 @@ def expected_legs_by_amount(
     return found
 
 
-def lock_open_legs(conn: Connection, entry_ids: Sequence[str]) -> dict[str, ExpectedLeg]:
-    """These EXPECTED legs, each still open, with their transactions locked FOR UPDATE in a fixed
-    order; a leg fulfilled or mismatched meanwhile by another worker is left out."""
+def lock_open_legs(conn: Connection, entry_ids: Sequence[str]) -> tuple[dict[str, ExpectedLeg], set[str]]:
+    """These EXPECTED legs, each still open, with their transactions locked FOR UPDATE; and the ids
+    of open legs that another worker's uncommitted transaction holds (busy). A leg fulfilled or
+    mismatched meanwhile by another worker is in neither.
+
+    SKIP LOCKED: waiting here held a whole chunk, and its worker, until the other worker's chunk
+    committed, over a few contended legs; the caller sets the busy legs' lines aside instead."""
     if not entry_ids:
-        return {}
+        return {}, set()
     columns = _EXPECTED_LEG_COLUMNS.format(transaction_metadata="t.metadata")
     rows = conn.exec_driver_sql(
         f"""
@@ -582,11 +586,22 @@ def lock_open_legs(conn: Connection, entry_ids: Sequence[str]) -> dict[str, Expe
         FROM entries e JOIN transactions t ON t.transaction_id = e.transaction_id
         WHERE e.entry_id = ANY(CAST(%(ids)b AS text[])) AND {_OPEN}
         ORDER BY t.transaction_id, e.entry_id
-        FOR UPDATE OF t
+        FOR UPDATE OF t SKIP LOCKED
         """,
         {"ids": sorted(entry_ids)},
     )
-    return {r[0]: _expected_leg(r) for r in rows}
+    legs = {r[0]: _expected_leg(r) for r in rows}
+    skipped = sorted(set(entry_ids) - set(legs))
+    if not skipped:
+        return legs, set()
+    still_open = conn.exec_driver_sql(  # skipped because locked, or because no longer open?
+        f"""
+        SELECT e.entry_id FROM entries e JOIN transactions t ON t.transaction_id = e.transaction_id
+        WHERE e.entry_id = ANY(CAST(%(ids)b AS text[])) AND {_OPEN}
+        """,
+        {"ids": skipped},
+    ).scalars().all()
+    return legs, set(still_open)
 
 
 def held_legs(conn: Connection, entry_ids: Sequence[str], lock: bool) -> dict[str, tuple[ExpectedLeg, str | None]]:

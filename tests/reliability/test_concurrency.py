@@ -12,7 +12,8 @@ The size is RECON_RELIABILITY_TASKS, default 50,000 as the issue asks (about 40 
 2-core machine); the figure and the duration are recorded in test-artifacts/guarantees.json.
 
 A second test makes one race deterministic: two workers, two identical confirmations, the second
-worker blocked on the expected entry the first one is fulfilling.
+worker blocked on the expected entry the first one is fulfilling. A third shows that such a wait
+holds back only the contended line: the rest of the second worker's chunk is written meanwhile.
 """
 
 from __future__ import annotations
@@ -183,3 +184,35 @@ def test_two_confirmations_racing_for_one_expected_entry(books, db, db_url):
                   s=second.staging_entry_id) == 0
     report = assert_books_consistent(db)
     assert report.processed == 2 and report.by_error_type == {"AlreadyFulfilledError": 1}
+
+
+def test_a_contended_line_does_not_hold_back_the_rest_of_its_chunk(books, db, db_url):
+    """Worker 1 is fulfilling order r1 (written, not committed). Worker 2's chunk has a second
+    confirmation of r1 and a confirmation of r2: it writes and commits r2 while worker 1 still
+    holds r1, and only the r1 line waits for worker 1's commit, then finds r1 fulfilled."""
+    books.stage([books.transaction("r1", "42.00"), books.transaction("r2", "17.00")])
+    pipeline.process_queue(db=db)
+    (first,) = books.stage([books.confirmation("r1", "42.00")])
+    winner = Worker(db_url, fault="after_ledger_write:pause", batch_size=1, chunk_size=1)
+    winner.wait_paused()
+    second, other = books.stage([books.confirmation("r1", "42.00"), books.confirmation("r2", "17.00")])
+    loser = Worker(db_url, batch_size=2, chunk_size=2)
+
+    def status(created) -> str:
+        return scalar(db, "SELECT status FROM staging_entries WHERE staging_entry_id = :s", s=created.staging_entry_id)
+
+    wait_until(lambda: status(other) == "PROCESSED", "worker 2 to commit r2 while worker 1 holds r1")
+    wait_until(lambda: scalar(db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = :a"
+                                  " AND wait_event_type = 'Lock'", a=loser.app_name) == 1,
+               "worker 2's r1 line to wait for the expected entry")
+    assert status(second) == "PENDING" and status(first) == "PENDING"
+    winner.resume()
+    assert winner.wait() == 0 and loser.wait() == 0, winner.stderr + loser.stderr
+    figures.record(concurrent_races=1)
+
+    outcome = {r.staging_entry_id: (r.status, r.metadata.get("error_type")) for r in rows(
+        db, "SELECT staging_entry_id, status, metadata FROM staging_entries WHERE processing_mode = 'CONFIRMATION'")}
+    assert outcome == {first.staging_entry_id: ("PROCESSED", None), other.staging_entry_id: ("PROCESSED", None),
+                       second.staging_entry_id: ("NEEDS_MANUAL_REVIEW", "AlreadyFulfilledError")}
+    report = assert_books_consistent(db)
+    assert (report.processed, report.manual_review, report.by_error_type) == (4, 1, {"AlreadyFulfilledError": 1})

@@ -17,7 +17,7 @@ Cross-item coordination goes through the chunk's ``Reservations``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 from sqlalchemy.engine import Connection
 
@@ -27,7 +27,17 @@ from recon.tasks.verdicts import Plan, RunResult, Verdict
 
 
 class VerdictOutdated(Exception):
-    """Another worker changed what a plan relied on between validate and run."""
+    """Another worker changed what a plan relied on between validate and run: the chunk is
+    validated again under row locks.
+
+    ``busy`` names the tasks whose rows another worker's uncommitted transaction holds: they are
+    set aside, the rest of the chunk is validated again without them and written, and then they
+    run on their own, waiting for those rows (see TaskManager.run_chunk).
+    """
+
+    def __init__(self, message: str, busy: Iterable[str] = ()):
+        super().__init__(message)
+        self.busy = frozenset(busy)
 
 
 class ReconTask(ABC):

@@ -415,9 +415,10 @@ class ExpectedEntryMatchingTask(ReconTask):
     def prepare_run(self, conn: Connection, planned: Sequence[tuple[WorkItem, Fulfil | Mismatch | FulfilGroup]],
                     reservations: Reservations) -> _Prepared:
         """Another confirmation may have fulfilled or mismatched a planned leg since validate: lock
-        the legs' transactions, every plan's (a group's too) in one statement in one fixed order so
-        concurrent chunks cannot deadlock, and check that each is still open; the leg a reprocessed
-        mismatch holds is locked as it is (its transaction is MISMATCH)."""
+        the legs' transactions, every plan's (a group's too) in one statement, and check that each
+        is still open; the leg a reprocessed mismatch holds is locked as it is (its transaction is
+        MISMATCH). A leg another worker's uncommitted chunk holds is not waited for here: its
+        line is set aside (VerdictOutdated.busy) and runs after the rest of the chunk."""
         in_db: set[str] = set()
         held: set[str] = set()
         for _, plan in planned:
@@ -427,10 +428,13 @@ class ExpectedEntryMatchingTask(ReconTask):
                 held.add(plan.leg_ref)
             elif not plan.booked_in_chunk:
                 in_db.add(plan.leg_ref)
-        legs = ledger.lock_open_legs(conn, sorted(in_db))
+        legs, busy = ledger.lock_open_legs(conn, sorted(in_db))
         if held:  # reprocessed mismatches only: normal work runs no query for them
             held_legs = ledger.held_legs(conn, sorted(held), lock=True)
             legs.update((entry_id, leg) for entry_id, (leg, _) in held_legs.items())
+        if busy:
+            raise VerdictOutdated(f"{len(busy)} expected leg(s) held by another worker, e.g. {min(busy)}",
+                                  busy=(item.task_id for item, plan in planned if busy.intersection(_leg_refs(plan))))
         if len(legs) != len(in_db) + len(held):
             gone = sorted((in_db | held) - set(legs))
             raise VerdictOutdated(f"{len(gone)} expected leg(s) no longer open, e.g. {gone[0]}")
@@ -518,6 +522,10 @@ def _held_leg_id(entry: StagingEntry) -> str | None:
     """The expected leg a reprocessed mismatch still names (set by its mismatch, kept by a reprocess)."""
     leg_id = entry.metadata.get("matched_entry_id")
     return leg_id if isinstance(leg_id, str) and entry.status != StagingStatus.PROCESSED else None
+
+
+def _leg_refs(plan: Fulfil | Mismatch | FulfilGroup) -> Sequence[str]:
+    return plan.leg_refs if isinstance(plan, FulfilGroup) else (plan.leg_ref,)
 
 
 def _holds(plan: Fulfil | Mismatch | FulfilGroup) -> bool:

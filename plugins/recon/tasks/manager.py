@@ -16,14 +16,17 @@ worker can change between validate and run (the DAG's doc_md lists them):
                       its staging entry (a PROCESSED entry makes a plan outdated)
     a booking         that no other worker booked the same logical transaction meanwhile
                       (advisory lock on orders other queued lines book too, then a re-read)
-    a fulfilment or   that the expected leg is still open (its transaction locked FOR UPDATE):
-    a mismatch        another confirmation may have fulfilled or mismatched it meanwhile
+    a fulfilment or   that the expected leg is still open (its transaction locked FOR UPDATE
+    a mismatch        SKIP LOCKED): another confirmation may have fulfilled or mismatched it
     a match group     that every leg of the group is still open (the chunk's planned legs are
-                      locked in one statement, in transaction id order, so chunks cannot deadlock)
+                      locked in one statement)
 
 Verdicts that write no ledger row (manual review, wait) are written as validated. When a re-check
 fails, the chunk is validated again inside the writing transaction, under the same locks, and
 only then written: outcomes never depend on how tasks were chunked or which worker ran first.
+A leg held by another worker's uncommitted chunk is skipped, not waited for: its line is set
+aside, the rest of the chunk is validated again without it and committed, and the set-aside lines
+then run on their own, validated under locks, so they wait for that commit and see what it wrote.
 Without a validation (a direct call, or a failed chunk retried one task at a time) run_chunk
 decides and validates under locks itself.
 """
@@ -208,12 +211,22 @@ class TaskManager:
     # ---- run ----------------------------------------------------------------------------------
 
     @without_gc_pauses
-    def run_chunk(self, task_ids: Sequence[str], owner: str, validation: Validation | None = None) -> ChunkResult:
-        """Process a claimed chunk; every task ends COMPLETED, FAILED or RETRY (or is not ours)."""
+    def run_chunk(self, task_ids: Sequence[str], owner: str, validation: Validation | None = None,
+                  set_aside_busy: bool = True) -> ChunkResult:
+        """Process a claimed chunk; every task ends COMPLETED, FAILED or RETRY (or is not ours).
+
+        A task whose rows another worker's uncommitted chunk holds is set aside while the rest of
+        the chunk is written and committed; then the set-aside tasks run on their own, validated
+        afresh under locks, so they wait for that commit and see what it wrote. Waiting with the
+        whole chunk held a worker (and its thousands of locked rows) for the other chunk's length
+        over a few contended lines.
+        """
         task_ids = list(task_ids)
+        set_aside: list[str] = []
         try:
             with self.db.begin() as conn:
-                return self._run_in_transaction(conn, task_ids, owner, validation)
+                result = self._run_in_transaction(conn, task_ids, owner, validation,
+                                                  set_aside if set_aside_busy else None)
         except LeaseLostError as exc:
             log.warning("chunk not written: %s", exc)
             return ChunkResult(task_ids=len(task_ids), not_owned=len(task_ids))
@@ -227,10 +240,17 @@ class TaskManager:
             for task_id in task_ids:
                 total.add(self.run_chunk([task_id], owner))
             return total
+        if set_aside:
+            log.info("%d task(s) set aside for rows another worker holds: run after the rest", len(set_aside))
+            result.add(self.run_chunk(set_aside, owner, set_aside_busy=False))
+        return result
 
     def _run_in_transaction(
-        self, conn: Connection, task_ids: list[str], owner: str, validation: Validation | None
+        self, conn: Connection, task_ids: list[str], owner: str, validation: Validation | None,
+        set_aside: list[str] | None,
     ) -> ChunkResult:
+        """The chunk's writes in the caller's transaction; busy tasks go to `set_aside` (None: wait
+        for their rows instead)."""
         items = load_items(conn, self.tracker, task_ids, lock=True)
         owned = [i for i in items if i.task.status == TaskStatus.PROCESSING and i.task.lease_owner == owner]
         result = ChunkResult(task_ids=len(task_ids), not_owned=len(task_ids) - len(owned))
@@ -243,6 +263,11 @@ class TaskManager:
             prepared = self._prepare_run(conn, owned, routes, verdicts, position, reservations)
         except VerdictOutdated as outdated:
             log.info("chunk validated again under locks: %s", outdated)
+            if outdated.busy and set_aside is not None:
+                # validated again without them: no item may count on what a set-aside one would consume
+                set_aside.extend(i.task_id for i in owned if i.task_id in outdated.busy)
+                owned = [i for i in owned if i.task_id not in outdated.busy]
+                result.task_ids -= len(set_aside)  # counted by their own run
             decision = self._decide(task_ids, owned)
             routes, position = decision.route_of_each(), {t: i for i, t in enumerate(decision.task_ids)}
             verdicts = self._validate(conn, decision, owned, lock=True)
