@@ -62,11 +62,13 @@ def instrument(timers: Timers, recon_database: str) -> None:
     """Time the pipeline steps the DAG calls, and SQL statements sent to the recon database."""
     import sqlalchemy as sa
 
-    from recon import pipeline
+    from recon import ledger, pipeline
 
     for name in PIPELINE_STEPS:
         if hasattr(pipeline, name):
             setattr(pipeline, name, timers.wrap(name, getattr(pipeline, name)))
+    # the ledger's COPY goes to the driver connection directly, past the cursor events below
+    ledger.copy_rows = timers.wrap("sql", ledger.copy_rows)
 
     @sa.event.listens_for(sa.engine.Engine, "before_cursor_execute")
     def _before(conn, cursor, statement, parameters, context, executemany):  # noqa: ANN001

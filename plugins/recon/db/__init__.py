@@ -1,5 +1,5 @@
 """The recon database: where it is (``resolve``), the embedded server (``embedded``), connections
-(``engine``), bulk parameters (``bulk``) and the schema (``migrations``)."""
+(``engine``), bulk writes (``bulk``) and the schema (``migrations``)."""
 
 from recon.db.bulk import copy_rows, copy_statement, json_rows
 from recon.db.embedded import ensure_database_exists, start_embedded_server, stop_embedded_server
