@@ -16,7 +16,7 @@ from typing import Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from recon.db import json_rows
+from recon.db import copy_rows, copy_statement
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,39 +47,20 @@ class GroupItem:
     allocated_amount: Decimal
 
 
-# the dataclasses' fields, in order (a literal: SQL is built from constants only)
+# the dataclasses' fields, in order, for the reads (a literal: SQL is built from constants only)
 _GROUP_COLUMNS = ("match_group_id, staging_entry_id, recon_rule_id, account_id, group_by, group_value, currency,"
                   " line_amount, expected_total, variance, transaction_id")
 _ITEM_COLUMNS = "match_group_id, expected_entry_id, expected_transaction_id, allocated_amount"
 
-_INSERT_GROUPS = sa.text(
-    f"""
-    INSERT INTO match_groups ({_GROUP_COLUMNS})
-    SELECT {_GROUP_COLUMNS}
-    FROM json_to_recordset(CAST(:rows AS json)) AS r(
-        match_group_id text, staging_entry_id text, recon_rule_id text, account_id text, group_by text,
-        group_value text, currency text, line_amount numeric, expected_total numeric, variance numeric,
-        transaction_id text)
-    """
-)
-
-_INSERT_ITEMS = sa.text(
-    f"""
-    INSERT INTO match_group_items ({_ITEM_COLUMNS})
-    SELECT {_ITEM_COLUMNS}
-    FROM json_to_recordset(CAST(:rows AS json)) AS r(
-        match_group_id text, expected_entry_id text, expected_transaction_id text, allocated_amount numeric)
-    """
-)
+_COPY_GROUPS = copy_statement("match_groups", MatchGroup)
+_COPY_ITEMS = copy_statement("match_group_items", GroupItem)
 
 
 def insert(conn: Connection, groups: Sequence[MatchGroup], items: Sequence[GroupItem]) -> None:
-    """Write these groups and their items (two statements for a chunk). The unique index on an
-    item's expected entry refuses a leg a second group would fulfil."""
-    if groups:
-        conn.execute(_INSERT_GROUPS, {"rows": json_rows(groups)})
-    if items:
-        conn.execute(_INSERT_ITEMS, {"rows": json_rows(items)})
+    """Write these groups and their items (two COPYs for a chunk, as the ledger's rows). The unique
+    index on an item's expected entry refuses a leg a second group would fulfil."""
+    copy_rows(conn, _COPY_GROUPS, groups)
+    copy_rows(conn, _COPY_ITEMS, items)
 
 
 def groups_of_entries(conn: Connection, staging_entry_ids: Sequence[str]) -> dict[str, MatchGroup]:

@@ -2,7 +2,7 @@
 
 A chunk writes thousands of rows per statement. Plain inserts go through COPY (``copy_rows``):
 PostgreSQL skips the executor's per-row work and psycopg's C writer encodes the rows, which
-halved the cost of the ledger's inserts against ``json_to_recordset`` (bench/RESULTS.md).
+cut the ledger's inserts by about a third against ``json_to_recordset`` (bench/RESULTS.md).
 Statements that join their rows with a table (an UPDATE ... FROM) take them as one JSON
 document (``json_rows``): one json.dumps (C) instead of one array parameter per column, which
 psycopg would escape element by element in Python. Decimal and datetime travel as their exact
