@@ -22,12 +22,12 @@ from decimal import Decimal
 from typing import Any, Sequence
 
 from recon.errors import InvalidInputError
-from recon.model import ExpectedLeg, ReconRule, StagingEntry
+from recon.model import DEFAULT_MATCH_KEYS, ExpectedLeg, ReconRule, StagingEntry
 
 ORDER_ID = "order_id"
 AMOUNT = "amount"
 METADATA = "metadata."
-DEFAULT_KEYS: tuple[tuple[str, str], ...] = ((ORDER_ID, ORDER_ID),)
+DEFAULT_KEYS = DEFAULT_MATCH_KEYS  # ((ORDER_ID, ORDER_ID),), defined with the rule settings
 MAX_KEYS = 5
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _LARGEST_AMOUNT = Decimal("9999999999999999.9999")  # numeric(20, 4)

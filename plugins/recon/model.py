@@ -71,6 +71,10 @@ class Account:
     initial_balance: Decimal
 
 
+# a rule without match keys matches a confirmation's order_id to the expected leg's (recon.match_keys)
+DEFAULT_MATCH_KEYS: tuple[tuple[str, str], ...] = (("order_id", "order_id"),)
+
+
 @dataclass(frozen=True)
 class RuleSettings:
     """What a recon rule matches on and tolerates: the one definition of a rule's settings, shared by
@@ -84,7 +88,7 @@ class RuleSettings:
     """
 
     priority: int | None = None  # None in new settings: after every rule already on either account
-    match_keys: tuple[tuple[str, str], ...] = (("order_id", "order_id"),)
+    match_keys: tuple[tuple[str, str], ...] = DEFAULT_MATCH_KEYS
     amount_tolerance: Decimal = Decimal(0)
     amount_tolerance_pct: Decimal = Decimal(0)
     variance_account_id: str | None = None
